@@ -1,0 +1,149 @@
+"""Agent-facing study API: upload instances, commit studies, read their delivery status."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response, status
+from sqlalchemy import func, select
+
+from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.db.models import ForwardJob, InstanceDelivery, Instance, Study
+from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
+from relaypacs_hub.ingest.receive import BodyTooLarge, InstanceConflict, receive_instance
+from relaypacs_shared.dicom import check_uid
+from relaypacs_shared.errors import ChecksumMismatch, DicomValidationError, ProtocolError
+from relaypacs_shared.wire import (
+    CommitRequest,
+    DestinationStatus,
+    InstanceReceipt,
+    StudyStatus,
+    parse_content_digest,
+)
+
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"])
+
+
+def _problem(code: int, kind: str, detail: str, missing: list[str] | None = None) -> HTTPException:
+    body: dict[str, object] = {"code": kind, "detail": detail}
+    if missing is not None:
+        body["missing"] = missing
+    return HTTPException(status_code=code, detail=body)
+
+
+def _uid(value: str, name: str) -> str:
+    try:
+        return check_uid(value, name)
+    except DicomValidationError as exc:
+        raise _problem(422, "malformed_uid", exc.message) from exc
+
+
+@router.put(
+    "/{study_uid}/instances/{sop_uid}",
+    response_model=InstanceReceipt,
+    status_code=status.HTTP_201_CREATED,
+)
+async def put_instance(
+    study_uid: str,
+    sop_uid: str,
+    request: Request,
+    response: Response,
+    state: State,
+    _auth: AgentAuth,
+    content_digest: Annotated[str | None, Header()] = None,
+) -> InstanceReceipt:
+    """Store one instance. Idempotent: the same bytes again answer 200 ``duplicate``."""
+    study_uid = _uid(study_uid, "StudyInstanceUID")
+    sop_uid = _uid(sop_uid, "SOPInstanceUID")
+    try:
+        declared = parse_content_digest(content_digest or "")
+    except ProtocolError as exc:
+        raise _problem(400, "bad_digest", str(exc)) from exc
+    try:
+        receipt = await receive_instance(
+            sessionmaker=state.sessionmaker,
+            store=state.store,
+            study_uid=study_uid,
+            sop_uid=sop_uid,
+            declared_sha256=declared,
+            body=request.stream(),
+            max_bytes=state.settings.max_instance_bytes,
+        )
+    except ChecksumMismatch as exc:
+        raise _problem(400, "checksum_mismatch", str(exc)) from exc
+    except BodyTooLarge as exc:
+        raise _problem(413, "too_large", str(exc)) from exc
+    except InstanceConflict as exc:
+        raise _problem(409, "conflict", str(exc)) from exc
+    except DicomValidationError as exc:
+        raise _problem(422, exc.reason, exc.message) from exc
+    if receipt.status == "duplicate":
+        response.status_code = status.HTTP_200_OK
+    return receipt
+
+
+@router.post("/{study_uid}/commit", response_model=StudyStatus)
+async def post_commit(
+    study_uid: str, body: CommitRequest, state: State, _auth: AgentAuth
+) -> StudyStatus:
+    """Commit a study once every instance of the manifest is held; forwarding starts then."""
+    study_uid = _uid(study_uid, "StudyInstanceUID")
+    try:
+        await commit_study(state.sessionmaker, study_uid, body, state.destination_names)
+    except StudyIncomplete as exc:
+        raise _problem(409, "incomplete", str(exc), missing=exc.missing[:1000]) from exc
+    if callable(state.wake_worker):
+        state.wake_worker()
+    return await _status(state, study_uid)
+
+
+@router.get("/{study_uid}", response_model=StudyStatus)
+async def get_study(study_uid: str, state: State, _auth: AgentAuth) -> StudyStatus:
+    """Where a study stands: committed or not, and per destination delivered and confirmed."""
+    return await _status(state, _uid(study_uid, "StudyInstanceUID"))
+
+
+async def _status(state: State, study_uid: str) -> StudyStatus:
+    async with state.sessionmaker() as session:
+        study = await session.get(Study, study_uid)
+        if study is None:
+            raise _problem(404, "unknown_study", "the hub holds no instance of this study")
+        jobs = list(
+            await session.scalars(
+                select(ForwardJob)
+                .where(ForwardJob.study_instance_uid == study_uid)
+                .order_by(ForwardJob.destination)
+            )
+        )
+        counts = {
+            row[0]: (row[1], row[2])
+            for row in await session.execute(
+                select(
+                    InstanceDelivery.destination,
+                    func.count(),
+                    func.count(InstanceDelivery.confirmed_at),
+                )
+                .join(Instance, Instance.sop_instance_uid == InstanceDelivery.sop_instance_uid)
+                .where(Instance.study_instance_uid == study_uid)
+                .group_by(InstanceDelivery.destination)
+            )
+        }
+        return StudyStatus(
+            study_instance_uid=study.study_instance_uid,
+            state=study.state,
+            service_level=study.service_level,
+            instance_count=study.instance_count,
+            committed_at=study.committed_at,
+            destinations=[
+                DestinationStatus(
+                    destination=j.destination,
+                    state=j.state,
+                    attempts=j.attempts,
+                    delivered_instances=counts.get(j.destination, (0, 0))[0],
+                    confirmed_instances=counts.get(j.destination, (0, 0))[1],
+                    last_error=j.last_error,
+                    completed_at=j.completed_at,
+                )
+                for j in jobs
+            ],
+        )

@@ -1,0 +1,85 @@
+"""Hub database models (SQLAlchemy 2, typed). Timestamps are naive UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="receiving")  # receiving | committed
+    service_level: Mapped[str] = mapped_column(String(16), default="routine")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    commits: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("studies.study_instance_uid"), index=True
+    )
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(String(255))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Set when a commit's manifest names the instance: only committed instances are forwarded.
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ForwardJob(Base):
+    """One study to one destination. Picked with SKIP LOCKED on PostgreSQL."""
+
+    __tablename__ = "forward_jobs"
+    __table_args__ = (
+        UniqueConstraint("study_instance_uid", "destination"),
+        Index("ix_forward_jobs_due", "state", "priority", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("studies.study_instance_uid")
+    )
+    destination: Mapped[str] = mapped_column(String(64))
+    # pending | running | done | dead
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class InstanceDelivery(Base):
+    """An instance the destination accepted (``confirmed_at`` once the archive was asked)."""
+
+    __tablename__ = "instance_deliveries"
+
+    destination: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("instances.sop_instance_uid"), primary_key=True
+    )
+    delivered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -1,0 +1,458 @@
+"""DICOMweb destination: STOW-RS to send, QIDO-RS to confirm.
+
+Speaks HTTP with httpx directly instead of through dicomweb-client: that library sends large bodies
+chunked and its built-in retry re-sends a half-consumed body generator, so an archive such as
+Orthanc stores only the tail it could parse and still answers 200 (see DESIGN.md, "Known traps").
+Here every request body is built in memory for one batch and sent with a Content-Length; nothing
+is retried at this level (the hub's job queue retries whole deliveries, and a duplicate instance
+is a success at the archive).
+
+The STOW-RS response is read per instance, as PS3.18 section 10.5.3 describes it:
+
+- Referenced SOP Sequence (0008,1199): stored; each item names its Referenced SOP Instance UID
+  (0008,1155).
+- Failed SOP Sequence (0008,1198): refused, with a Failure Reason (0008,1197).
+- An instance sent but named in neither sequence was not stored. Orthanc 1.10 answers 200 with
+  both sequences empty when it could not split the multipart body, and leaves out a part it
+  cannot parse as DICOM (400), so silence is a failure, never a success.
+
+HTTP status only decides whether the body is worth reading: 200, 202, 400 and 409 (and any other
+4xx with a readable STOW-RS body) are read per instance; 5xx, 408, 429, timeouts and connection
+errors raise ``TransientDestinationError``; an unreadable body raises ``DestinationError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+
+from relaypacs_hub.forwarding.base import DeliveryResult, OutgoingInstance
+from relaypacs_hub.forwarding.config import DicomWebDestinationConfig
+from relaypacs_shared.errors import DestinationError, RoutingError, TransientDestinationError
+
+log = structlog.get_logger(__name__)
+
+# DICOM JSON keys (PS3.18 annex F) of the Store Instances Response Module (PS3.18 10.5.3).
+FAILED_SOP_SEQUENCE = "00081198"
+REFERENCED_SOP_SEQUENCE = "00081199"
+REFERENCED_SOP_INSTANCE_UID = "00081155"
+FAILURE_REASON = "00081197"
+WARNING_REASON = "00081196"
+SOP_INSTANCE_UID = "00080018"
+
+NOT_ACKNOWLEDGED = "archive did not acknowledge the instance"
+
+# 0x0111: the archive already holds an instance with this UID. The Destination protocol counts
+# an instance the archive already had as delivered; confirm() checks presence afterwards.
+ALREADY_HELD_REASONS = frozenset({0x0111})
+
+# Failure Reason values: PS3.18 10.5.3 and PS3.4 Annex B (C-STORE) / C.14 (commitment).
+_FAILURE_REASONS: Mapping[int, str] = {
+    0x0110: "processing failure",
+    0x0111: "duplicate SOP instance (the archive already holds this SOP Instance UID)",
+    0x0112: "no such SOP instance",
+    0x0117: "invalid object instance",
+    0x0119: "SOP class and instance conflict",
+    0x0122: "SOP class not supported by the archive",
+    0x0124: "refused: not authorized",
+    0x0210: "duplicate invocation",
+    0x0211: "unrecognized operation",
+    0x0212: "mistyped argument",
+    0x0213: "resource limitation at the archive",
+    0xC122: "transfer syntax not supported by the archive",
+}
+_FAILURE_REASON_RANGES: Sequence[tuple[int, str]] = (
+    (0xA700, "out of resources at the archive"),
+    (0xA900, "data set does not match SOP class"),
+    (0xC000, "cannot understand the data set"),
+)
+_WARNING_REASONS: Mapping[int, str] = {
+    0xB000: "coercion of data elements",
+    0xB006: "elements discarded",
+    0xB007: "data set does not match SOP class",
+}
+
+# Statuses a retry may cure, besides every 5xx.
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+QIDO_PAGE_SIZE = 1000
+_QIDO_MAX_PAGES = 10_000
+_EXCERPT_CHARS = 200
+
+
+def describe_failure_reason(code: int | None) -> str:
+    """A Failure Reason (0008,1197) in plain words, with its code: ``out of resources (0xA700)``."""
+    if code is None:
+        return "archive refused the instance without giving a reason"
+    words = _FAILURE_REASONS.get(code)
+    if words is None:
+        for base, range_words in _FAILURE_REASON_RANGES:
+            if code & 0xFF00 == base:
+                words = range_words
+                break
+        else:
+            words = "failure reason"
+    return f"{words} (0x{code:04X})"
+
+
+def describe_warning_reason(code: int) -> str:
+    return f"{_WARNING_REASONS.get(code, 'warning reason')} (0x{code:04X})"
+
+
+# -- STOW-RS response ------------------------------------------------------------------------
+
+
+@dataclass
+class StoreResponse:
+    """What a STOW-RS response body says, instance by instance."""
+
+    referenced: set[str] = field(default_factory=set)
+    failed: dict[str, int | None] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+
+
+class UnreadableStoreResponse(ValueError):
+    """The body is not a DICOM JSON Store Instances Response."""
+
+
+def parse_store_response(body: bytes) -> StoreResponse:
+    """Read a DICOM JSON Store Instances Response (PS3.18 10.5.3).
+
+    Raises ``UnreadableStoreResponse`` when the body is not JSON, or is JSON without either
+    sequence (an error page from the archive or a proxy, for instance).
+    """
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableStoreResponse(f"not JSON: {exc}") from exc
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]  # some archives wrap the single response data set in an array
+    if not isinstance(data, dict) or not (
+        FAILED_SOP_SEQUENCE in data or REFERENCED_SOP_SEQUENCE in data
+    ):
+        raise UnreadableStoreResponse("no Referenced SOP Sequence nor Failed SOP Sequence")
+
+    response = StoreResponse()
+    for item in _sequence_items(data, REFERENCED_SOP_SEQUENCE):
+        uid = _first_str(item, REFERENCED_SOP_INSTANCE_UID)
+        if uid is None:
+            continue
+        response.referenced.add(uid)
+        warning = _first_int(item, WARNING_REASON)
+        if warning is not None:
+            response.warnings[uid] = warning
+    for item in _sequence_items(data, FAILED_SOP_SEQUENCE):
+        uid = _first_str(item, REFERENCED_SOP_INSTANCE_UID)
+        if uid is not None:
+            response.failed[uid] = _first_int(item, FAILURE_REASON)
+    return response
+
+
+def classify(sent_uids: Sequence[str], response: StoreResponse) -> DeliveryResult:
+    """Per sent instance: delivered, or failed with a reason in plain words.
+
+    A failure wins over a reference to the same instance (a retry costs less than a lost
+    instance), except "already held", which the protocol counts as delivered.
+    """
+    result = DeliveryResult()
+    for uid in sent_uids:
+        if uid in response.failed:
+            code = response.failed[uid]
+            if code in ALREADY_HELD_REASONS:
+                result.delivered.add(uid)
+            else:
+                result.failed[uid] = describe_failure_reason(code)
+        elif uid in response.referenced:
+            result.delivered.add(uid)
+        else:
+            result.failed[uid] = NOT_ACKNOWLEDGED
+    return result
+
+
+def interpret_store_response(
+    status_code: int, body: bytes, sent_uids: Sequence[str]
+) -> DeliveryResult:
+    """Turn one STOW-RS answer into per-instance outcomes, or raise for the whole request.
+
+    Orthanc 1.10 (DICOMweb plugin 1.7) answers 200 when it stored everything it understood, 400
+    when a part was not DICOM (the others are stored and listed), 409 when an instance belongs
+    to another study than the one in the URL, and 200 with both sequences empty when it could
+    not split the body at all.
+    """
+    if status_code >= 500 or status_code in _TRANSIENT_STATUSES:
+        raise TransientDestinationError(
+            f"archive answered HTTP {status_code} to STOW-RS: {excerpt(body)}"
+        )
+    if not (200 <= status_code < 300 or 400 <= status_code < 500):
+        raise DestinationError(f"archive answered HTTP {status_code} to STOW-RS: {excerpt(body)}")
+    try:
+        response = parse_store_response(body)
+    except UnreadableStoreResponse as exc:
+        raise DestinationError(
+            f"archive answered HTTP {status_code} to STOW-RS with an unreadable body ({exc}):"
+            f" {excerpt(body)}"
+        ) from exc
+    return classify(sent_uids, response)
+
+
+# -- STOW-RS request -------------------------------------------------------------------------
+
+
+def plan_batches(
+    instances: Sequence[OutgoingInstance], max_instances: int, max_bytes: int
+) -> Iterator[list[OutgoingInstance]]:
+    """Consecutive batches of at most ``max_instances`` and ``max_bytes`` (declared sizes).
+
+    An instance larger than ``max_bytes`` travels alone.
+    """
+    batch: list[OutgoingInstance] = []
+    batch_bytes = 0
+    for instance in instances:
+        if batch and (len(batch) >= max_instances or batch_bytes + instance.size > max_bytes):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(instance)
+        batch_bytes += instance.size
+    if batch:
+        yield batch
+
+
+def build_multipart(parts: Sequence[bytes]) -> tuple[bytes, str]:
+    """A multipart/related body of application/dicom parts, and its Content-Type header value.
+
+    The boundary is random and checked against the payload: a boundary that occurs inside an
+    instance would cut it, and Orthanc would silently store less than was sent.
+    """
+    while True:
+        boundary = f"relaypacs-{secrets.token_hex(16)}"
+        delimiter = b"--" + boundary.encode("ascii")
+        if not any(delimiter in part for part in parts):
+            break
+    chunks: list[bytes] = []
+    for part in parts:
+        chunks += [delimiter, b"\r\nContent-Type: application/dicom\r\n\r\n", part, b"\r\n"]
+    chunks += [delimiter, b"--\r\n"]
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return b"".join(chunks), content_type
+
+
+# -- the destination -------------------------------------------------------------------------
+
+
+def excerpt(body: bytes, limit: int = _EXCERPT_CHARS) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    text = " ".join(text.split())
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _build_auth(config: DicomWebDestinationConfig) -> tuple[httpx.Auth | None, dict[str, str]]:
+    if config.bearer_token is not None and config.username is not None:
+        raise RoutingError(
+            f"destination {config.name!r}: configure either username/password or bearer_token"
+        )
+    if config.bearer_token is not None:
+        return None, {"Authorization": f"Bearer {config.bearer_token.get_secret_value()}"}
+    if config.username is not None:
+        password = config.password.get_secret_value() if config.password is not None else ""
+        return httpx.BasicAuth(config.username, password), {}
+    if config.password is not None:
+        raise RoutingError(f"destination {config.name!r}: password given without username")
+    return None, {}
+
+
+class DicomWebDestination:
+    """Deliver to a DICOMweb archive (Orthanc, dcm4chee-arc, ...) by STOW-RS, confirm by QIDO-RS.
+
+    ``transport`` is for tests (``httpx.MockTransport``); production uses httpx's default.
+    """
+
+    def __init__(
+        self,
+        config: DicomWebDestinationConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self.base_url = config.url.rstrip("/")
+        auth, headers = _build_auth(config)
+        self._client = httpx.AsyncClient(
+            auth=auth,
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout_seconds),
+            verify=config.verify_tls,
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    async def deliver(
+        self, study_instance_uid: str, instances: Sequence[OutgoingInstance]
+    ) -> DeliveryResult:
+        result = DeliveryResult()
+        bound = log.bind(destination=self.name, study_uid=study_instance_uid)
+        batches = plan_batches(
+            instances, self.config.max_batch_instances, self.config.max_batch_bytes
+        )
+        for number, batch in enumerate(batches, start=1):
+            # Only one batch of bytes is held at a time, never the whole study.
+            parts = await asyncio.gather(*(instance.read() for instance in batch))
+            outcome = await self._store_batch([i.sop_instance_uid for i in batch], parts)
+            del parts
+            result.delivered |= outcome.delivered
+            result.failed.update(outcome.failed)
+            bound.info(
+                "stow_batch",
+                batch=number,
+                instances=len(batch),
+                delivered=len(outcome.delivered),
+                failed=len(outcome.failed),
+            )
+        # An instance refused in one batch and accepted in a later one (repeated in the list).
+        for uid in result.delivered:
+            result.failed.pop(uid, None)
+        return result
+
+    async def _store_batch(self, sent_uids: list[str], parts: Sequence[bytes]) -> DeliveryResult:
+        body, content_type = build_multipart(parts)
+        url = f"{self.base_url}/studies"
+        response = await self._request(
+            "POST",
+            url,
+            content=body,
+            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+        )
+        outcome = interpret_store_response(response.status_code, response.content, sent_uids)
+        if outcome.failed:
+            log.warning(
+                "stow_instances_refused",
+                destination=self.name,
+                status=response.status_code,
+                reasons=sorted(set(outcome.failed.values())),
+            )
+        return outcome
+
+    async def confirm(self, study_instance_uid: str, sop_instance_uids: Sequence[str]) -> set[str]:
+        wanted = set(sop_instance_uids)
+        if not wanted:
+            return set()
+        held: set[str] = set()
+        url = f"{self.base_url}/studies/{study_instance_uid}/instances"
+        offset = 0
+        for _ in range(_QIDO_MAX_PAGES):
+            page = await self._qido_page(url, offset)
+            page_uids = set(page)
+            # An empty page is the end; a page with nothing new means the archive ignores offset.
+            if not page_uids or page_uids <= held:
+                break
+            held |= page_uids
+            if wanted <= held:
+                break
+            offset += len(page)
+        return held & wanted
+
+    async def _qido_page(self, url: str, offset: int) -> list[str]:
+        response = await self._request(
+            "GET",
+            url,
+            params={"limit": str(QIDO_PAGE_SIZE), "offset": str(offset)},
+            headers={"Accept": "application/dicom+json"},
+        )
+        status = response.status_code
+        if status in (204, 404):
+            return []
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise TransientDestinationError(
+                f"archive answered HTTP {status} to QIDO-RS: {excerpt(response.content)}"
+            )
+        if status != 200:
+            raise DestinationError(
+                f"archive answered HTTP {status} to QIDO-RS: {excerpt(response.content)}"
+            )
+        if not response.content.strip():
+            return []
+        try:
+            data = json.loads(response.content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DestinationError(
+                f"archive answered QIDO-RS with a body that is not DICOM JSON:"
+                f" {excerpt(response.content)}"
+            ) from exc
+        if not isinstance(data, list):
+            raise DestinationError(
+                f"archive answered QIDO-RS with a body that is not a list of data sets:"
+                f" {excerpt(response.content)}"
+            )
+        uids = [_first_str(item, SOP_INSTANCE_UID) for item in data if isinstance(item, dict)]
+        return [uid for uid in uids if uid is not None]
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._client.request(method, url, **kwargs)
+        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            raise TransientDestinationError(
+                f"{method} {url} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        except httpx.ProxyError as exc:
+            raise TransientDestinationError(f"{method} {url} failed at the proxy: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise DestinationError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# -- DICOM JSON helpers ----------------------------------------------------------------------
+
+
+def _sequence_items(data: Mapping[str, Any], tag: str) -> list[Mapping[str, Any]]:
+    element = data.get(tag)
+    if not isinstance(element, dict):
+        return []
+    values = element.get("Value")
+    if not isinstance(values, list):
+        return []
+    return [item for item in values if isinstance(item, dict)]
+
+
+def _first_value(data: Mapping[str, Any], tag: str) -> Any:
+    element = data.get(tag)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if not isinstance(values, list) or not values:
+        return None
+    return values[0]
+
+
+def _first_str(data: Mapping[str, Any], tag: str) -> str | None:
+    value = _first_value(data, tag)
+    if not isinstance(value, str):
+        return None
+    value = value.strip().rstrip("\x00")
+    return value or None
+
+
+def _first_int(data: Mapping[str, Any], tag: str) -> int | None:
+    value = _first_value(data, tag)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        # US values should be numbers; some archives send strings, decimal or hex.
+        text = value.strip().lower().removeprefix("0x")
+        for base in (10, 16):
+            try:
+                return int(text, base)
+            except ValueError:
+                continue
+    return None

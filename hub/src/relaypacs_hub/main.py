@@ -1,0 +1,90 @@
+"""The hub's FastAPI application, built from settings by ``create_app`` (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from relaypacs_hub.api.deps import HubState
+from relaypacs_hub.api.routes import health, studies
+from relaypacs_hub.config import HubSettings
+from relaypacs_hub.db.migrate import upgrade
+from relaypacs_hub.db.session import make_engine, make_sessionmaker
+from relaypacs_hub.forwarding.base import Destination
+from relaypacs_hub.forwarding.config import load_destinations
+from relaypacs_hub.forwarding.registry import build_destination
+from relaypacs_hub.forwarding.worker import ForwardingWorker
+from relaypacs_hub.storage.local import LocalObjectStore
+
+log = structlog.get_logger("relaypacs.hub")
+
+
+def build_destinations(settings: HubSettings) -> dict[str, Destination]:
+    if settings.destinations_file is None:
+        return {}
+    return {c.name: build_destination(c) for c in load_destinations(settings.destinations_file)}
+
+
+def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> FastAPI:
+    settings = settings or HubSettings()
+    # Parse destinations now, so a bad file fails at start with its error, not at first commit.
+    destinations = build_destinations(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        if migrate:
+            await anyio.to_thread.run_sync(upgrade, url)
+        engine = make_engine(url)
+        sessionmaker = make_sessionmaker(engine)
+        store = LocalObjectStore(settings.resolved_object_store_dir)
+        stop = asyncio.Event()
+        worker_task: asyncio.Task[None] | None = None
+        worker: ForwardingWorker | None = None
+        if settings.worker_enabled and destinations:
+            worker = ForwardingWorker(settings, sessionmaker, store, destinations)
+            worker_task = asyncio.create_task(worker.run(stop))
+        app.state.hub = HubState(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            store=store,
+            destination_names=sorted(destinations),
+            wake_worker=worker.wake if worker else None,
+        )
+        log.info(
+            "hub_started",
+            database=engine.dialect.name,
+            destinations=sorted(destinations),
+            worker=worker is not None,
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                try:
+                    await asyncio.wait_for(worker_task, timeout=30)
+                except TimeoutError:
+                    worker_task.cancel()
+            for dest in destinations.values():
+                await dest.aclose()
+            await engine.dispose()
+            log.info("hub_stopped")
+
+    app = FastAPI(title="RelayPACS hub", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def _problem_handler(_request: Request, exc: HTTPException) -> JSONResponse:
+        body = exc.detail if isinstance(exc.detail, dict) else {"code": "error", "detail": exc.detail}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    app.include_router(health.router)
+    app.include_router(studies.router)
+    return app
