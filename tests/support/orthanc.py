@@ -174,6 +174,7 @@ class OrthancServer:
                     )
                 try:
                     if client.get(f"{self.http_url}/system").status_code == 200:
+                        self._check_dicomweb(client)
                         return
                 except httpx.HTTPError:
                     pass
@@ -182,6 +183,15 @@ class OrthancServer:
             f"Orthanc did not answer on {self.http_url} within {self.start_timeout:.0f} s\n"
             + self.log_tail()
         )
+
+    def _check_dicomweb(self, client: httpx.Client) -> None:
+        # Orthanc starts without a plugin it cannot load and only logs it: fail loudly instead.
+        plugins = client.get(f"{self.http_url}/plugins").json()
+        if "dicom-web" not in plugins:
+            raise OrthancStartError(
+                f"Orthanc started without the DICOMweb plugin (loaded: {plugins})\n"
+                + self.log_tail()
+            )
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None

@@ -26,3 +26,6 @@ def configure_logging(level: str = "info", json: bool = False) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Request lines of the HTTP libraries add nothing the structured events do not say.
+    for noisy in ("httpx", "httpcore", "aiosqlite", "watchdog", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))

@@ -1,0 +1,82 @@
+"""What the agent holds and where each study stands, read from its catalogue."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+
+def read_status(db_path: Path) -> dict[str, Any]:
+    if not db_path.exists():
+        return {"database": str(db_path), "exists": False, "studies": [], "totals": {}}
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        by_state = {
+            r["state"]: r["n"]
+            for r in conn.execute("SELECT state, COUNT(*) AS n FROM instances GROUP BY state")
+        }
+        quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        duplicates = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0]
+        studies = []
+        for s in conn.execute("SELECT * FROM studies ORDER BY first_received_at"):
+            counts = {
+                r["state"]: r["n"]
+                for r in conn.execute(
+                    "SELECT state, COUNT(*) AS n, SUM(size) AS b FROM instances "
+                    "WHERE study_instance_uid = ? GROUP BY state",
+                    (s["study_instance_uid"],),
+                )
+            }
+            size = conn.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM instances WHERE study_instance_uid = ?",
+                (s["study_instance_uid"],),
+            ).fetchone()[0]
+            hub = json.loads(s["hub_status"]) if s["hub_status"] else None
+            studies.append(
+                {
+                    "study_instance_uid": s["study_instance_uid"],
+                    "state": s["state"],
+                    "service_level": s["service_level"],
+                    "instances": sum(counts.values()),
+                    "instances_by_state": counts,
+                    "bytes": size,
+                    "attempts": s["attempts"],
+                    "last_error": s["last_error"],
+                    "committed_at": s["committed_at"],
+                    "delivered_at": s["delivered_at"],
+                    "destinations": [
+                        {k: d[k] for k in ("destination", "state", "confirmed_instances", "last_error")}
+                        for d in (hub or {}).get("destinations", [])
+                    ],
+                }
+            )
+        reasons = {
+            r["reason"]: r["n"]
+            for r in conn.execute("SELECT reason, COUNT(*) AS n FROM quarantine GROUP BY reason")
+        }
+    finally:
+        conn.close()
+    return {
+        "database": str(db_path),
+        "exists": True,
+        "totals": {
+            "instances": sum(by_state.values()),
+            "instances_by_state": by_state,
+            "duplicates": duplicates,
+            "quarantined": quarantined,
+            "quarantine_reasons": reasons,
+            "studies": len(studies),
+            "studies_by_state": _count(s["state"] for s in studies),
+        },
+        "studies": studies,
+    }
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out

@@ -1,0 +1,137 @@
+"""HTTP client for the hub's agent API (httpx + tenacity).
+
+Each attempt re-opens the spool file, so a retried upload always sends the whole body (the trap
+of retrying a half-consumed body generator is documented in DESIGN.md). Only errors that may pass
+are retried here; the sender's loop retries whole studies later with a capped backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from relaypacs_shared.errors import ChecksumMismatch, ProtocolError, RelayError, Transient
+from relaypacs_shared.wire import (
+    CommitRequest,
+    InstanceReceipt,
+    StudyStatus,
+    format_content_digest,
+)
+
+
+class HubUnavailable(RelayError, Transient):
+    """The hub could not be reached, timed out, or answered 5xx."""
+
+
+class HubRefused(ProtocolError):
+    """The hub answered 4xx: retrying the same request will not help."""
+
+    def __init__(self, status: int, code: str, detail: str, missing: list[str] | None = None):
+        super().__init__(f"hub refused ({status} {code}): {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.missing = missing or []
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, HubUnavailable)
+
+
+_retry = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential_jitter(initial=0.5, max=8),
+    reraise=True,
+)
+
+
+def _file_chunks(path: Path, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            yield block
+
+
+class HubClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"User-Agent": "relaypacs-agent/0.1"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise HubUnavailable(f"hub unreachable: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 500:
+            raise HubUnavailable(f"hub answered {resp.status_code}")
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            code = str(body.get("code", "error"))
+            detail = str(body.get("detail", resp.text[:200]))
+            if code == "checksum_mismatch":
+                raise ChecksumMismatch(detail)
+            raise HubRefused(resp.status_code, code, detail, body.get("missing"))
+        return resp
+
+    @_retry
+    def put_instance(
+        self, study_uid: str, sop_uid: str, path: Path, sha256: str, size: int
+    ) -> InstanceReceipt:
+        resp = self._send(
+            "PUT",
+            f"/api/v1/studies/{study_uid}/instances/{sop_uid}",
+            content=_file_chunks(path),
+            headers={
+                "Content-Type": "application/dicom",
+                "Content-Digest": format_content_digest(sha256),
+                "Content-Length": str(size),
+            },
+        )
+        return InstanceReceipt.model_validate(resp.json())
+
+    @_retry
+    def commit(self, study_uid: str, request: CommitRequest) -> StudyStatus:
+        resp = self._send(
+            "POST", f"/api/v1/studies/{study_uid}/commit", json=request.model_dump(mode="json")
+        )
+        return StudyStatus.model_validate(resp.json())
+
+    @_retry
+    def study_status(self, study_uid: str) -> StudyStatus:
+        resp = self._send("GET", f"/api/v1/studies/{study_uid}")
+        return StudyStatus.model_validate(resp.json())
+
+    def healthy(self) -> bool:
+        try:
+            return self._send("GET", "/healthz").status_code == 200
+        except RelayError:
+            return False
