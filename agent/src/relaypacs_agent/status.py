@@ -8,9 +8,20 @@ from pathlib import Path
 from typing import Any
 
 
+_EMPTY_TOTALS: dict[str, Any] = {
+    "instances": 0,
+    "instances_by_state": {},
+    "duplicates": 0,
+    "quarantined": 0,
+    "quarantine_reasons": {},
+    "studies": 0,
+    "studies_by_state": {},
+}
+
+
 def read_status(db_path: Path) -> dict[str, Any]:
     if not db_path.exists():
-        return {"database": str(db_path), "exists": False, "studies": [], "totals": {}}
+        return {"database": str(db_path), "exists": False, "studies": [], "totals": _EMPTY_TOTALS}
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     conn.row_factory = sqlite3.Row
     try:

@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -610,8 +611,9 @@ def generate_study(
         raise ValueError(f"rows and columns must be in 1..65535 (US), got {rows}x{columns}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    if study_instance_uid is not None and not UID(study_instance_uid).is_valid:
-        raise ValueError(f"invalid study_instance_uid {study_instance_uid!r}")
+    # IGNORE: we raise our own error instead of pydicom's warning.
+    if study_instance_uid is not None and not UID(study_instance_uid, config.IGNORE).is_valid:
+        raise ValueError(f"invalid study_instance_uid {study_instance_uid!r} (PS3.5 9.1)")
 
     key = f"{seed}|{modality}|{instances}|{series}|{rows}x{columns}|{patient_id}"
     study_uid = UID(study_instance_uid) if study_instance_uid else _uid("study", key)
@@ -648,7 +650,9 @@ def generate_study(
 
     counts = _split(instances, series)
     series_uids = [_uid("series", study_uid, key, i) for i in range(series)]
-    plan: list[tuple[int, int, UID, Path]] = []  # (series index, instance number, SOP UID, path)
+    # Every name is known and checked before the first byte is written.
+    sop_uids: list[UID] = []
+    paths: list[Path] = []
     seen: set[PurePath] = set()
     for s, (count, series_uid) in enumerate(zip(counts, series_uids, strict=True)):
         for n in range(1, count + 1):
@@ -657,7 +661,7 @@ def generate_study(
                 filename_pattern.format(
                     series=s + 1,
                     instance=n,
-                    index=len(plan),
+                    index=len(paths),
                     modality=modality,
                     sop_instance_uid=sop_uid,
                 )
@@ -665,7 +669,8 @@ def generate_study(
             if rel in seen:
                 raise ValueError(f"filename_pattern names two instances {str(rel)!r}")
             seen.add(rel)
-            plan.append((s, n, sop_uid, out_dir / rel))
+            sop_uids.append(sop_uid)
+            paths.append(out_dir / rel)
 
     pixels = _PixelSource(ctx, noise_rng)
     made_dirs: set[Path] = set()
@@ -682,7 +687,7 @@ def generate_study(
         # (PS3.3 C.7.6.2.1.1), so the vertex is at the highest z.
         z_first = -thickness * (count - 1) / 2
         for n in range(1, count + 1):
-            _, _, sop_uid, path = plan[position]
+            sop_uid, path = sop_uids[position], paths[position]
             position += 1
             z_mm = z_first + (n - 1) * thickness
             z_norm = 0.0 if count == 1 else -0.95 + 1.9 * (n - 1) / (count - 1)
@@ -714,8 +719,8 @@ def generate_study(
 
     return GeneratedStudy(
         study_instance_uid=str(study_uid),
-        files=[p for *_, p in plan],
+        files=paths,
         series_instance_uids=[str(u) for u in series_uids],
-        sop_instance_uids=[str(u) for _, _, u, _ in plan],
+        sop_instance_uids=[str(u) for u in sop_uids],
         total_bytes=total,
     )

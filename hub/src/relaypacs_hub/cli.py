@@ -39,6 +39,10 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+    # uvicorn re-raises the stop signal after its graceful shutdown; a stop we asked for is a
+    # clean exit (status 0) for systemd and for `make demo`, so that re-raise lands on a no-op.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
 
 

@@ -1,0 +1,34 @@
+# RelayPACS — the two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export UV_LINK_MODE ?= copy
+
+.PHONY: demo test test-fast lint install system-deps services bench-ingest clean
+
+install:  ## Python environment for all workspace packages (installs uv if missing)
+	@bash scripts/ensure-uv.sh
+	$(UV) sync --all-packages --frozen
+
+system-deps:  ## Debian packages the integration tests use as real peers
+	@bash scripts/install-system-deps.sh
+
+services:  ## start PostgreSQL if this machine is not already running it
+	@bash scripts/ensure-services.sh
+
+demo: install  ## hub + agent on embedded defaults, in the foreground (Ctrl-C stops both)
+	@bash scripts/demo.sh
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+	$(UV) run lint-imports
+
+test: system-deps install services lint  ## everything: lint, unit and integration tests
+	$(UV) run pytest -q
+
+test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)
+	$(UV) run pytest -q -m "not integration"
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# `make demo`: a hub and an agent on embedded defaults (SQLite, local object store, folder
+# destination), in the foreground. Ctrl-C or SIGTERM stops both cleanly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UV=${UV:-$(command -v uv || echo "$HOME/.local/bin/uv")}
+DEMO_DIR=${DEMO_DIR:-var/demo}
+DEMO_PORT=${DEMO_PORT:-8080}
+mkdir -p "$DEMO_DIR/inbox" "$DEMO_DIR/archive"
+DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
+cat > "$DEMO_DIR/destinations.toml" <<TOML
+[[destinations]]
+name = "demo-archive"
+type = "folder"
+path = "$DEMO_DIR/archive"
+TOML
+
+export RELAYPACS_HUB_DATA_DIR="$DEMO_DIR/hub"
+export RELAYPACS_HUB_DESTINATIONS_FILE="$DEMO_DIR/destinations.toml"
+export RELAYPACS_HUB_PORT="$DEMO_PORT"
+export RELAYPACS_AGENT_DATA_DIR="$DEMO_DIR/agent"
+export RELAYPACS_AGENT_INBOX="$DEMO_DIR/inbox"
+export RELAYPACS_AGENT_HUB_URL="http://127.0.0.1:$DEMO_PORT"
+export RELAYPACS_AGENT_QUIET_PERIOD_SECONDS=${RELAYPACS_AGENT_QUIET_PERIOD_SECONDS:-5}
+
+hub_pid=""; agent_pid=""
+stop() {
+  trap - INT TERM
+  echo; echo "stopping RelayPACS demo..."
+  [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null || true
+  [ -n "$hub_pid" ] && kill -TERM "$hub_pid" 2>/dev/null || true
+  [ -n "$agent_pid" ] && wait "$agent_pid" 2>/dev/null || true
+  [ -n "$hub_pid" ] && wait "$hub_pid" 2>/dev/null || true
+  echo "stopped."
+  exit 0
+}
+trap stop INT TERM
+
+"$UV" run --frozen relaypacs-hub serve &
+hub_pid=$!
+for _ in $(seq 1 60); do
+  if curl -fs "http://127.0.0.1:$DEMO_PORT/healthz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$hub_pid" 2>/dev/null; then echo "the hub failed to start" >&2; exit 1; fi
+  sleep 0.5
+done
+"$UV" run --frozen relaypacs-agent run &
+agent_pid=$!
+
+cat <<TXT
+
+  RelayPACS demo is running (hub on http://127.0.0.1:$DEMO_PORT, agent watching a folder).
+
+    drop DICOM files into:   $DEMO_DIR/inbox/
+    they arrive in:          $DEMO_DIR/archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    refused files go to:     $DEMO_DIR/agent/quarantine/ (with a .reason.json beside each)
+    see what the agent holds: RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent status
+    make a test study:       uv run relaypacs-dev gen-study --out $DEMO_DIR/inbox/ct1 --instances 50
+
+  Ctrl-C stops both.
+
+TXT
+# Wait for either process; if one dies, stop the other too.
+while kill -0 "$hub_pid" 2>/dev/null && kill -0 "$agent_pid" 2>/dev/null; do
+  sleep 1 &
+  wait $! || true
+done
+echo "a RelayPACS process exited on its own" >&2
+stop

@@ -1,0 +1,139 @@
+"""Real hub and agent processes for integration tests, started as a user would start them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.orthanc import free_port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class _Proc:
+    name = "process"
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class HubProcess(_Proc):
+    name = "hub"
+
+    def __init__(self, workdir: Path, *, port: int | None = None, **settings: str) -> None:
+        self.port = port or free_port()
+        env = {
+            "RELAYPACS_HUB_DATA_DIR": str(workdir / "hub"),
+            "RELAYPACS_HUB_PORT": str(self.port),
+            "RELAYPACS_HUB_WORKER_POLL_SECONDS": "0.5",
+            **{f"RELAYPACS_HUB_{k.upper()}": v for k, v in settings.items()},
+        }
+        super().__init__(
+            [sys.executable, "-m", "relaypacs_hub.cli", "serve"], env, workdir / "hub.log"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        super().start()
+
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"hub exited at start:\n{self.log()[-3000:]}")
+            try:
+                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, "the hub to answer /healthz")
+
+
+class AgentProcess(_Proc):
+    name = "agent"
+
+    def __init__(self, workdir: Path, hub_url: str, **settings: str) -> None:
+        self.data_dir = workdir / "agent"
+        self.inbox = workdir / "inbox"
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        env = {
+            "RELAYPACS_AGENT_DATA_DIR": str(self.data_dir),
+            "RELAYPACS_AGENT_INBOX": str(self.inbox),
+            "RELAYPACS_AGENT_HUB_URL": hub_url,
+            "RELAYPACS_AGENT_SETTLE_SECONDS": "0.5",
+            "RELAYPACS_AGENT_SCAN_INTERVAL_SECONDS": "0.5",
+            "RELAYPACS_AGENT_QUIET_PERIOD_SECONDS": "2",
+            "RELAYPACS_AGENT_STATUS_POLL_SECONDS": "1",
+            "RELAYPACS_AGENT_RETRY_MAX_SECONDS": "3",
+            **{f"RELAYPACS_AGENT_{k.upper()}": v for k, v in settings.items()},
+        }
+        super().__init__(
+            [sys.executable, "-m", "relaypacs_agent.cli", "run"], env, workdir / "agent.log"
+        )
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "relaypacs_agent.cli", "status", "--json"],
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return json.loads(out.stdout)
+
+
+def folder_destinations(path: Path, archive: Path, extra: str = "") -> Path:
+    path.write_text(
+        f'[[destinations]]\nname = "archive"\ntype = "folder"\npath = "{archive}"\n{extra}',
+        encoding="utf-8",
+    )
+    return path
