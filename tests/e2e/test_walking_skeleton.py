@@ -82,7 +82,10 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
             "two quarantined files",
         )
         reasons = {p.name.split("_", 1)[1]: p.read_text() for p in sidecars}
-        assert set(reasons) == {"referral-letter.txt.reason.json", "interrupted-copy.dcm.reason.json"}
+        assert set(reasons) == {
+            "referral-letter.txt.reason.json",
+            "interrupted-copy.dcm.reason.json",
+        }
         assert '"not_dicom"' in reasons["referral-letter.txt.reason.json"]
         assert '"truncated"' in reasons["interrupted-copy.dcm.reason.json"]
         # The quarantined bytes are kept, not deleted.
@@ -91,6 +94,7 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
         # Counts add up: every dropped file is delivered or quarantined, the inbox is empty.
         assert dropped == len(archive_files(archive)) + len(kept)
         assert [p for p in inbox.rglob("*") if p.is_file()] == []
+
         def agent_totals() -> dict[str, Any]:
             out = subprocess.run(
                 [sys.executable, "-m", "relaypacs_agent.cli", "status", "--json"],
@@ -137,7 +141,8 @@ def test_postgresql_hub_delivers_to_orthanc(tmp_path: Path, pg_url: str) -> None
     with OrthancServer() as orthanc:
         dest = tmp_path / "destinations.toml"
         dest.write_text(
-            f'[[destinations]]\nname = "orthanc"\ntype = "dicomweb"\nurl = "{orthanc.dicomweb_url}"\n'
+            f'[[destinations]]\nname = "orthanc"\ntype = "dicomweb"\n'
+            f'url = "{orthanc.dicomweb_url}"\n'
             "max_batch_instances = 16\n"
         )
         hub = HubProcess(tmp_path, database_url=pg_url, destinations_file=str(dest))
@@ -153,7 +158,9 @@ def test_postgresql_hub_delivers_to_orthanc(tmp_path: Path, pg_url: str) -> None
                 interval=1,
             )
             for study in drop.studies:
-                r = httpx.get(f"{orthanc.dicomweb_url}/studies/{study.study_instance_uid}/instances")
+                r = httpx.get(
+                    f"{orthanc.dicomweb_url}/studies/{study.study_instance_uid}/instances"
+                )
                 assert r.status_code == 200
                 assert len(r.json()) == len(study.sop_instance_uids)
             assert orthanc.instance_count() == drop.instance_count

@@ -20,7 +20,7 @@ def run() -> None:
 
     Example:
 
-        RELAYPACS_AGENT_INBOX=/srv/dicom-in RELAYPACS_AGENT_HUB_URL=https://hub.example relaypacs-agent run
+        RELAYPACS_AGENT_INBOX=/srv/dicom-in relaypacs-agent run
     """
     from relaypacs_agent.runner import Agent
 
@@ -59,7 +59,11 @@ def status(
         typer.echo(
             f"  {s['study_instance_uid']}  {s['state']:<10} {s['service_level']:<7} "
             f"{s['instances']:>5} inst  {s['bytes'] / 1e6:8.1f} MB  {dests}"
-            + (f"  last error: {s['last_error']}" if s["last_error"] and s["state"] == "receiving" else "")
+            + (
+                f"  last error: {s['last_error']}"
+                if s["last_error"] and s["state"] == "receiving"
+                else ""
+            )
         )
     for reason, n in sorted(t["quarantine_reasons"].items()):
         typer.echo(f"  quarantine: {n} x {reason}")

@@ -13,15 +13,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RELAYPACS_AGENT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RELAYPACS_AGENT_", env_file=".env", extra="ignore"
+    )
 
     data_dir: Path = Field(
         default=Path("var/agent"),
         description="Folder for the agent's database, spool and quarantine.",
     )
-    inbox: Path | None = Field(
-        default=None, description="Watched folder. Empty: `data_dir/inbox`."
-    )
+    inbox: Path | None = Field(default=None, description="Watched folder. Empty: `data_dir/inbox`.")
     hub_url: str = Field(default="http://127.0.0.1:8080", description="Base URL of the hub.")
     hub_token: SecretStr | None = Field(
         default=None, description="Bearer token the hub expects from agents (if it requires one)."

@@ -65,7 +65,9 @@ class Agent:
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
         threads = [
-            threading.Thread(target=self.watcher.run, args=(self.stop,), name="watcher", daemon=True),
+            threading.Thread(
+                target=self.watcher.run, args=(self.stop,), name="watcher", daemon=True
+            ),
             threading.Thread(target=self.sender.run, args=(self.stop,), name="sender", daemon=True),
         ]
         for t in threads:

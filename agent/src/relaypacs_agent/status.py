@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-
 _EMPTY_TOTALS: dict[str, Any] = {
     "instances": 0,
     "instances_by_state": {},
@@ -59,7 +58,10 @@ def read_status(db_path: Path) -> dict[str, Any]:
                     "committed_at": s["committed_at"],
                     "delivered_at": s["delivered_at"],
                     "destinations": [
-                        {k: d[k] for k in ("destination", "state", "confirmed_instances", "last_error")}
+                        {
+                            k: d[k]
+                            for k in ("destination", "state", "confirmed_instances", "last_error")
+                        }
                         for d in (hub or {}).get("destinations", [])
                     ],
                 }

@@ -17,7 +17,7 @@ class HubSettings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         default="development",
-        description="`production` refuses unsafe defaults (no agent token, SQLite without consent).",
+        description="`production` refuses unsafe defaults (a missing or short agent token).",
     )
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8080, description="Port the API listens on.")

@@ -82,7 +82,9 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
 
     @app.exception_handler(HTTPException)
     async def _problem_handler(_request: Request, exc: HTTPException) -> JSONResponse:
-        body = exc.detail if isinstance(exc.detail, dict) else {"code": "error", "detail": exc.detail}
+        body = (
+            exc.detail if isinstance(exc.detail, dict) else {"code": "error", "detail": exc.detail}
+        )
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     app.include_router(health.router)

@@ -39,7 +39,21 @@ DEFAULT_MAX_SEQUENCE_DEPTH = 16
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 # PS3.5 7.1.2: these explicit VRs carry 2 reserved bytes and a 32-bit length.
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = (0xFFFE, 0xE000)
 _ITEM_DELIM = (0xFFFE, 0xE00D)
@@ -103,7 +117,9 @@ def validate_file(
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             dataset_start = _dataset_start(f)
         except InvalidDicomError as exc:
-            raise DicomValidationError("unreadable", f"the DICOM header is unreadable: {exc}") from exc
+            raise DicomValidationError(
+                "unreadable", f"the DICOM header is unreadable: {exc}"
+            ) from exc
         except (ValueError, EOFError, OSError, struct.error, KeyError, TypeError) as exc:
             raise DicomValidationError(
                 "truncated" if isinstance(exc, EOFError) else "unreadable",
@@ -112,11 +128,14 @@ def validate_file(
         meta = ds.file_meta
         ts_raw = str(meta.get("TransferSyntaxUID", "") or "")
         if not ts_raw:
-            raise DicomValidationError("unreadable", "the File Meta Information has no TransferSyntaxUID")
+            raise DicomValidationError(
+                "unreadable", "the File Meta Information has no TransferSyntaxUID"
+            )
         ts = UID(check_uid(ts_raw, "TransferSyntaxUID"))
         if not ts.is_transfer_syntax:
             raise DicomValidationError(
-                "unknown_transfer_syntax", f"unknown transfer syntax {ts!s}: the header cannot be read"
+                "unknown_transfer_syntax",
+                f"unknown transfer syntax {ts!s}: the header cannot be read",
             )
         if ts != DeflatedExplicitVRLittleEndian:
             _walk_structure(f, dataset_start, size, ts, max_depth)
@@ -158,7 +177,7 @@ def _dataset_start(f: BinaryIO) -> int:
         head = f.read(8)
         if len(head) < 8:
             raise EOFError("file ends inside the File Meta Information")
-        group, elem = struct.unpack("<HH", head[:4])
+        group, _elem = struct.unpack("<HH", head[:4])
         if group != 0x0002:
             return pos
         vr = head[4:6]
@@ -274,13 +293,17 @@ class _Walker:
             item = self._tag()
             length = self._length_u32()
             if item != _ITEM:
-                raise DicomValidationError("unreadable", "a sequence holds something that is not an item")
+                raise DicomValidationError(
+                    "unreadable", "a sequence holds something that is not an item"
+                )
             if length == _UNDEFINED:
                 self.dataset(None, depth)
             else:
                 item_end = self.f.tell() + length
                 if item_end > end:
-                    raise DicomValidationError("truncated", "an item runs past the end of its sequence")
+                    raise DicomValidationError(
+                        "truncated", "an item runs past the end of its sequence"
+                    )
                 self.dataset(item_end, depth)
 
     def items(self, tag: tuple[int, int], depth: int, explicit: bool) -> None:
@@ -293,12 +316,14 @@ class _Walker:
             if item != _ITEM:
                 raise DicomValidationError(
                     "unreadable",
-                    f"({tag[0]:04X},{tag[1]:04X}) of undefined length holds something that is not an item",
+                    f"({tag[0]:04X},{tag[1]:04X}) of undefined length holds a non-item",
                 )
             if tag == (0x7FE0, 0x0010):
                 # Encapsulated pixel data: fragments are opaque bytes (PS3.5 A.4).
                 if length == _UNDEFINED:
-                    raise DicomValidationError("unreadable", "a pixel data fragment has undefined length")
+                    raise DicomValidationError(
+                        "unreadable", "a pixel data fragment has undefined length"
+                    )
                 self._skip(length, item)
             elif length == _UNDEFINED:
                 self.dataset(None, depth, explicit)

@@ -150,8 +150,17 @@ class Store:
             conn.execute(
                 """INSERT OR IGNORE INTO quarantine (path, original_name, source, reason, message,
                    size, sha256, sop_instance_uid, quarantined_at) VALUES (?,?,?,?,?,?,?,?,?)""",
-                (str(path), original_name, source, reason, message, size, sha256, sop_uid,
-                 at or time.time()),
+                (
+                    str(path),
+                    original_name,
+                    source,
+                    reason,
+                    message,
+                    size,
+                    sha256,
+                    sop_uid,
+                    at or time.time(),
+                ),
             )
 
     def quarantine_paths(self) -> set[str]:
@@ -175,14 +184,16 @@ class Store:
                 (study_uid,),
             )
         return self.query(
-            "SELECT * FROM instances WHERE study_instance_uid = ? AND state = ? ORDER BY received_at",
+            "SELECT * FROM instances WHERE study_instance_uid = ? AND state = ? "
+            "ORDER BY received_at",
             (study_uid, state),
         )
 
     def mark_uploaded(self, sop_uid: str) -> None:
         with self.tx() as conn:
             conn.execute(
-                "UPDATE instances SET state = 'uploaded', uploaded_at = ? WHERE sop_instance_uid = ?",
+                "UPDATE instances SET state = 'uploaded', uploaded_at = ? "
+                "WHERE sop_instance_uid = ?",
                 (time.time(), sop_uid),
             )
 

@@ -44,7 +44,7 @@ class Sender:
         self.wake = threading.Event()
 
     def _backoff(self, attempts: int) -> float:
-        return min(self.retry_max, 1.0 * 2**attempts) * random.uniform(0.5, 1.0)  # noqa: S311
+        return float(min(self.retry_max, 2.0**attempts) * random.uniform(0.5, 1.0))  # noqa: S311
 
     def run_once(self) -> int:
         """Send every due study once; returns how many were committed."""

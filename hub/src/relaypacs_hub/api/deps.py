@@ -30,9 +30,7 @@ def get_state(request: Request) -> HubState:
 State = Annotated[HubState, Depends(get_state)]
 
 
-def require_agent(
-    state: State, authorization: Annotated[str | None, Header()] = None
-) -> None:
+def require_agent(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
     token = state.settings.agent_token
     if token is None:
         return

@@ -29,8 +29,8 @@ class OutgoingInstance:
 class DeliveryResult:
     """Per-instance outcome of one delivery attempt.
 
-    ``delivered`` holds the SOP Instance UIDs the archive accepted (an instance it already had counts
-    as accepted); ``failed`` maps SOP Instance UIDs to the archive's reason, in plain words.
+    ``delivered`` holds the SOP Instance UIDs the archive accepted (an instance it already had
+    counts as accepted); ``failed`` maps SOP Instance UIDs to the archive's reason, in plain words.
     """
 
     delivered: set[str] = field(default_factory=set)

@@ -56,9 +56,14 @@ class ForwardingWorker:
                 worked = False
             if not worked:
                 self._wake.clear()
-                waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+                waiters = [
+                    asyncio.ensure_future(stop.wait()),
+                    asyncio.ensure_future(self._wake.wait()),
+                ]
                 await asyncio.wait(
-                    waiters, timeout=self.settings.worker_poll_seconds, return_when=asyncio.FIRST_COMPLETED
+                    waiters,
+                    timeout=self.settings.worker_poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 for w in waiters:
                     w.cancel()
@@ -94,7 +99,9 @@ class ForwardingWorker:
         if job is None:
             return False
         dest = self.destinations[job.destination]
-        bound = log.bind(study_uid=job.study_instance_uid, destination=job.destination, job_id=job.id)
+        bound = log.bind(
+            study_uid=job.study_instance_uid, destination=job.destination, job_id=job.id
+        )
         try:
             complete, detail = await self._forward(job, dest)
         except RelayError as exc:
@@ -241,13 +248,15 @@ class ForwardingWorker:
             row.last_error = reason[:2000]
             row.updated_at = now
             row.lease_until = None
-            if not transient and isinstance(reason, str) and row.attempts >= 3:
-                row.state = "dead"
-            elif row.attempts >= self.settings.forward_max_attempts:
+            # A refusal that retrying cannot fix is parked sooner than a flaky link.
+            limit = 3 if not transient else self.settings.forward_max_attempts
+            if row.attempts >= min(limit, self.settings.forward_max_attempts):
                 row.state = "dead"
             else:
                 row.state = "pending"
-                delay = min(2.0 * 2 ** (row.attempts - 1), self.settings.forward_backoff_max_seconds)
+                delay = min(
+                    2.0 * 2 ** (row.attempts - 1), self.settings.forward_backoff_max_seconds
+                )
                 delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
                 row.next_attempt_at = now + timedelta(seconds=delay)
 

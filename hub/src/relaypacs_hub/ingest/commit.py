@@ -35,7 +35,9 @@ async def commit_study(
     async with sessionmaker() as session, session.begin():
         held = await held_instances(session, study_uid)
         missing = [
-            e.sop_instance_uid for e in request.instances if held.get(e.sop_instance_uid) != e.sha256
+            e.sop_instance_uid
+            for e in request.instances
+            if held.get(e.sop_instance_uid) != e.sha256
         ]
         if missing:
             raise StudyIncomplete(missing)
@@ -53,12 +55,15 @@ async def commit_study(
             raise StudyIncomplete([e.sop_instance_uid for e in request.instances])
         study.state = "committed"
         study.commits += 1
-        study.instance_count = await session.scalar(
-            select(func.count())
-            .select_from(Instance)
-            .where(Instance.study_instance_uid == study_uid)
-            .where(Instance.committed_at.is_not(None))
-        ) or 0
+        study.instance_count = (
+            await session.scalar(
+                select(func.count())
+                .select_from(Instance)
+                .where(Instance.study_instance_uid == study_uid)
+                .where(Instance.committed_at.is_not(None))
+            )
+            or 0
+        )
         study.committed_at = now
         if request.service_level == "stat":
             study.service_level = "stat"

@@ -35,7 +35,9 @@ class BodyTooLarge(ProtocolError):
     pass
 
 
-async def _stage(body: AsyncIterator[bytes], staging: Path, max_bytes: int) -> tuple[Path, str, int]:
+async def _stage(
+    body: AsyncIterator[bytes], staging: Path, max_bytes: int
+) -> tuple[Path, str, int]:
     tmp = staging / f"{uuid.uuid4().hex}.part"
     h = hashlib.sha256()
     size = 0
@@ -70,7 +72,10 @@ async def receive_instance(
         if existing is not None and existing.sha256 == declared_sha256:
             # Already held: drain nothing more than needed and answer as a duplicate.
             return InstanceReceipt(
-                sop_instance_uid=sop_uid, sha256=existing.sha256, size=existing.size, status="duplicate"
+                sop_instance_uid=sop_uid,
+                sha256=existing.sha256,
+                size=existing.size,
+                status="duplicate",
             )
     tmp, sha, size = await _stage(body, store.staging_dir(), max_bytes)
     try:
@@ -78,7 +83,9 @@ async def receive_instance(
             raise ChecksumMismatch(
                 f"body hashes to {sha}, the agent declared {declared_sha256}: bytes were damaged"
             )
-        info = await anyio.to_thread.run_sync(lambda: validate_file(tmp, max_bytes=max_bytes, sha256=sha))
+        info = await anyio.to_thread.run_sync(
+            lambda: validate_file(tmp, max_bytes=max_bytes, sha256=sha)
+        )
         if info.sop_instance_uid != sop_uid or info.study_instance_uid != study_uid:
             raise DicomValidationError(
                 "uid_mismatch", "the instance's Study/SOP Instance UIDs differ from the URL's"
@@ -92,7 +99,11 @@ async def receive_instance(
 
 
 async def _record(
-    sessionmaker: async_sessionmaker[AsyncSession], fields: dict[str, object], sop_uid: str, sha: str, size: int
+    sessionmaker: async_sessionmaker[AsyncSession],
+    fields: dict[str, object],
+    sop_uid: str,
+    sha: str,
+    size: int,
 ) -> InstanceReceipt:
     for _ in range(3):
         async with sessionmaker() as session:
@@ -102,7 +113,9 @@ async def _record(
                     raise InstanceConflict(
                         f"the hub already holds SOP Instance {sop_uid} with other bytes"
                     )
-                return InstanceReceipt(sop_instance_uid=sop_uid, sha256=sha, size=size, status="duplicate")
+                return InstanceReceipt(
+                    sop_instance_uid=sop_uid, sha256=sha, size=size, status="duplicate"
+                )
             study_uid = str(fields["study_instance_uid"])
             study = await session.get(Study, study_uid)
             try:
@@ -138,6 +151,8 @@ async def _record(
 
 async def held_instances(session: AsyncSession, study_uid: str) -> dict[str, str]:
     rows = await session.execute(
-        select(Instance.sop_instance_uid, Instance.sha256).where(Instance.study_instance_uid == study_uid)
+        select(Instance.sop_instance_uid, Instance.sha256).where(
+            Instance.study_instance_uid == study_uid
+        )
     )
     return {r[0]: r[1] for r in rows}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import AgentAuth, State
-from relaypacs_hub.db.models import ForwardJob, InstanceDelivery, Instance, Study
+from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
 from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
 from relaypacs_hub.ingest.receive import BodyTooLarge, InstanceConflict, receive_instance
 from relaypacs_shared.dicom import check_uid
