@@ -21,6 +21,7 @@ from relaypacs_hub.forwarding.config import load_destinations
 from relaypacs_hub.forwarding.registry import build_destination
 from relaypacs_hub.forwarding.worker import ForwardingWorker
 from relaypacs_hub.storage.local import LocalObjectStore
+from relaypacs_shared.errors import StorageError
 
 log = structlog.get_logger("relaypacs.hub")
 
@@ -86,6 +87,23 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             exc.detail if isinstance(exc.detail, dict) else {"code": "error", "detail": exc.detail}
         )
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StorageError)
+    async def _storage_handler(_request: Request, exc: StorageError) -> JSONResponse:
+        log.error("storage_error", error=str(exc))
+        return JSONResponse(
+            {"code": "storage_unavailable", "detail": "the hub cannot store data right now"},
+            status_code=503,
+            headers={"Retry-After": "10"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected_error", error_type=type(exc).__name__)
+        return JSONResponse(
+            {"code": "internal_error", "detail": "unexpected hub error; retry the request"},
+            status_code=500,
+        )
 
     app.include_router(health.router)
     app.include_router(studies.router)
