@@ -24,7 +24,7 @@ Drop = Callable[..., Path]
 
 
 def _count(store: Store, table: str) -> int:
-    return int(store.query(f"SELECT count(*) FROM {table}")[0][0])  # noqa: S608 - fixed names
+    return int(store.query(f"SELECT count(*) FROM {table}")[0][0])
 
 
 def _quarantined(store: Store) -> list[tuple[Path, dict[str, object]]]:

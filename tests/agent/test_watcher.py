@@ -31,7 +31,9 @@ def _outcomes(results: list) -> list[str]:  # type: ignore[type-arg]
 
 
 def _inbox_files(dirs: AgentDirs) -> list[str]:
-    return sorted(p.relative_to(dirs.inbox).as_posix() for p in dirs.inbox.rglob("*") if p.is_file())
+    return sorted(
+        p.relative_to(dirs.inbox).as_posix() for p in dirs.inbox.rglob("*") if p.is_file()
+    )
 
 
 def test_a_file_still_growing_is_left_alone_until_it_settles(

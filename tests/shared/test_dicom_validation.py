@@ -52,7 +52,9 @@ REASONS = {
     "malformed_uid",
     "unknown_transfer_syntax",
 }
-MEDIA_UID_WARNING = "MediaStorageSOPInstanceUID in the file meta differs from the dataset's SOPInstanceUID"
+MEDIA_UID_WARNING = (
+    "MediaStorageSOPInstanceUID in the file meta differs from the dataset's SOPInstanceUID"
+)
 # PS3.5 7.1.2: explicit VRs whose header has 2 reserved bytes and a 32-bit length.
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -307,7 +309,9 @@ def test_an_empty_uid_is_missing(tmp_path: Path, ct_instance: Path) -> None:
     ["1.2.03.4", "abc", "1.2." + "3" * 61, "1.2.", "1..2"],
     ids=["leading-zero", "letters", "65-chars", "trailing-dot", "empty-component"],
 )
-def test_a_malformed_uid_is_refused(tmp_path: Path, ct_instance: Path, name: str, value: str) -> None:
+def test_a_malformed_uid_is_refused(
+    tmp_path: Path, ct_instance: Path, name: str, value: str
+) -> None:
     ds = _read(ct_instance)
     tag = ds.data_element(name).tag  # type: ignore[union-attr]
     ds[tag] = DataElement(tag, "UI", value, validation_mode=config.IGNORE)
@@ -377,7 +381,9 @@ ENCODINGS = [
     pytest.param(ExplicitVRLittleEndian, True, id="explicit-le-undefined"),
     pytest.param(ExplicitVRBigEndian, False, id="explicit-be-defined"),
     pytest.param(ExplicitVRBigEndian, True, id="explicit-be-undefined"),
-    pytest.param(ImplicitVRLittleEndian, False, id="implicit-defined", marks=IMPLICIT_DEFINED_XFAIL),
+    pytest.param(
+        ImplicitVRLittleEndian, False, id="implicit-defined", marks=IMPLICIT_DEFINED_XFAIL
+    ),
     pytest.param(ImplicitVRLittleEndian, True, id="implicit-undefined"),
 ]
 
@@ -387,7 +393,9 @@ ENCODINGS = [
 def test_sequences_nested_too_deep_are_refused(
     tmp_path: Path, ct_instance: Path, depth: int, transfer_syntax: UID, undefined_length: bool
 ) -> None:
-    path = _nest_sequences(ct_instance, tmp_path / "deep.dcm", depth, transfer_syntax, undefined_length)
+    path = _nest_sequences(
+        ct_instance, tmp_path / "deep.dcm", depth, transfer_syntax, undefined_length
+    )
     assert _refusal(path).reason == "too_deep"
 
 

@@ -62,7 +62,9 @@ def test_the_sha_256_member_is_found_among_others(header: str) -> None:
         "sha-256=:YWJj:",  # valid base64, 3 bytes
         "sha-256=:" + base64.b64encode(bytes(33)).decode() + ":",  # 33 bytes
         "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF:",  # broken padding
-        "sha-256=:" + "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" + ":",  # hex
+        "sha-256=:"
+        + "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        + ":",  # hex
         "sha-256=::",
     ],
     ids=[
@@ -106,9 +108,7 @@ def test_a_commit_request_carries_its_manifest() -> None:
 )
 def test_a_commit_request_refuses_a_bad_sha256(sha256: str) -> None:
     with pytest.raises(ValidationError):
-        CommitRequest.model_validate(
-            {"instances": [{"sop_instance_uid": SOP, "sha256": sha256}]}
-        )
+        CommitRequest.model_validate({"instances": [{"sop_instance_uid": SOP, "sha256": sha256}]})
 
 
 def test_a_commit_request_refuses_an_empty_manifest_and_unknown_levels() -> None:
