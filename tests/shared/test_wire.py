@@ -62,9 +62,7 @@ def test_the_sha_256_member_is_found_among_others(header: str) -> None:
         "sha-256=:YWJj:",  # valid base64, 3 bytes
         "sha-256=:" + base64.b64encode(bytes(33)).decode() + ":",  # 33 bytes
         "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF:",  # broken padding
-        "sha-256=:"
-        + "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        + ":",  # hex
+        f"sha-256=:{EMPTY_SHA256}:",  # hex, not base64
         "sha-256=::",
     ],
     ids=[

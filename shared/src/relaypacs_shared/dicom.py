@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from relaypacs_shared.errors import DicomValidationError
@@ -58,6 +58,7 @@ _UNDEFINED = 0xFFFFFFFF
 _ITEM = (0xFFFE, 0xE000)
 _ITEM_DELIM = (0xFFFE, 0xE00D)
 _SEQ_DELIM = (0xFFFE, 0xE0DD)
+_PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,21 @@ def validate_file(
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             dataset_start = _dataset_start(f)
+        except RecursionError as exc:
+            raise DicomValidationError(
+                "too_deep", "sequences are nested too deeply to parse safely"
+            ) from exc
         except InvalidDicomError as exc:
             raise DicomValidationError(
                 "unreadable", f"the DICOM header is unreadable: {exc}"
             ) from exc
-        except (ValueError, EOFError, OSError, struct.error, KeyError, TypeError) as exc:
+        except (EOFError, struct.error, BytesLengthException) as exc:
             raise DicomValidationError(
-                "truncated" if isinstance(exc, EOFError) else "unreadable",
-                f"the DICOM header is unreadable: {type(exc).__name__}: {exc}",
+                "truncated", f"the file ends inside its header: {type(exc).__name__}: {exc}"
+            ) from exc
+        except Exception as exc:  # pydicom's many ways to fail on garbage: refuse, never crash
+            raise DicomValidationError(
+                "unreadable", f"the DICOM header is unreadable: {type(exc).__name__}: {exc}"
             ) from exc
         meta = ds.file_meta
         ts_raw = str(meta.get("TransferSyntaxUID", "") or "")
@@ -138,7 +146,21 @@ def validate_file(
                 f"unknown transfer syntax {ts!s}: the header cannot be read",
             )
         if ts != DeflatedExplicitVRLittleEndian:
-            _walk_structure(f, dataset_start, size, ts, max_depth)
+            walker = _walk_structure(f, dataset_start, size, ts, max_depth)
+            # Only Rows/Columns mark an image here: header-only instances of image SOP classes
+            # exist (archives accept them), and a cut before the Image Pixel module cannot be
+            # told apart from one; the hub's hash check still catches any transfer damage.
+            if "Rows" in ds and "Columns" in ds and not walker.saw_pixel_data:
+                # An image whose file stops cleanly at an element boundary before its pixels.
+                raise DicomValidationError(
+                    "truncated", "the image has no pixel data: the file was cut short"
+                )
+        # The walk cannot see sequences of defined length in implicit VR (no VR on the wire);
+        # the parsed dataset can.
+        if _sequence_depth(ds, max_depth + 1) > max_depth:
+            raise DicomValidationError(
+                "too_deep", f"sequences are nested deeper than {max_depth} levels"
+            )
 
     uids: dict[str, str] = {}
     for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -167,6 +189,20 @@ def validate_file(
         sha256=sha256 or sha256_file(path),
         warnings=tuple(warnings),
     )
+
+
+def _sequence_depth(ds: pydicom.Dataset, limit: int, depth: int = 0) -> int:
+    """Deepest sequence nesting in ``ds``, counting no further than ``limit``."""
+    if depth >= limit:
+        return depth
+    deepest = depth
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                deepest = max(deepest, _sequence_depth(item, limit, depth + 1))
+                if deepest >= limit:
+                    return deepest
+    return deepest
 
 
 def _dataset_start(f: BinaryIO) -> int:
@@ -205,6 +241,7 @@ class _Walker:
         self.explicit = not ts.is_implicit_VR
         self.endian = "<" if ts.is_little_endian else ">"
         self.max_depth = max_depth
+        self.saw_pixel_data = False
 
     def _read(self, n: int, where: str) -> bytes:
         data = self.f.read(n)
@@ -251,6 +288,8 @@ class _Walker:
                     "truncated", "the file ends with a partial element: it is truncated"
                 )
             tag = self._tag()
+            if depth == 0 and tag in _PIXEL_TAGS:
+                self.saw_pixel_data = True
             if tag == _ITEM_DELIM:
                 self._length_u32()
                 if end is None and depth > 0:
@@ -340,7 +379,8 @@ class _Walker:
             )
 
 
-def _walk_structure(f: BinaryIO, start: int, size: int, ts: UID, max_depth: int) -> None:
+def _walk_structure(f: BinaryIO, start: int, size: int, ts: UID, max_depth: int) -> _Walker:
     f.seek(start)
     walker = _Walker(f, size, ts, max_depth)
     walker.dataset(None, 0)
+    return walker

@@ -95,6 +95,12 @@ class InboxWatcher:
                     seen.retry_at = now + max(self.settle, 5.0)
                     log.warning("ingest_deferred", file=path.name, error=str(exc))
                     continue
+                except Exception:
+                    # A bug must not stall the inbox: leave this file in place, go on with the
+                    # others, and try it again later.
+                    seen.retry_at = now + 60.0
+                    log.exception("ingest_failed", file=path.name)
+                    continue
                 self._seen.pop(path, None)
                 self.results[result.outcome] = self.results.get(result.outcome, 0) + 1
                 done.append(result)

@@ -50,7 +50,7 @@ def _transient(exc: BaseException) -> bool:
 _retry = retry(
     retry=retry_if_exception(_transient),
     stop=stop_after_attempt(4),
-    wait=wait_exponential_jitter(initial=0.5, max=8),
+    wait=wait_exponential_jitter(multiplier=0.5, max=8),
     reraise=True,
 )
 
