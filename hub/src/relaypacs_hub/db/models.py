@@ -92,3 +92,36 @@ class InstanceDelivery(Base):
     )
     delivered_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class ManifestEntry(Base):
+    """One instance the agent declared for a study (before or without its bytes)."""
+
+    __tablename__ = "manifest_entries"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    declared_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Upload(Base):
+    """A tus 1.0 upload (one segment, a partial of a concatenation, or a final concatenation)."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    length: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: deferred
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    storage_key: Mapped[str] = mapped_column(String(255))
+    concat: Mapped[str] = mapped_column(String(16), default="none")  # none | partial | final
+    parts_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | complete | processed
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
