@@ -5,11 +5,41 @@ Every setting is documented in the README's settings table; ``tests/test_docs.py
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceLevel = Literal["routine", "stat"]
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
+
+
+class WatchFolder(BaseModel):
+    """One watched folder of ``RELAYPACS_AGENT_WATCH_FOLDERS`` and the defaults of what it gives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    name: str = Field(default="", description="Shown in logs and status; default: folder name.")
+    service_level: ServiceLevel = "routine"
+    mode: Literal["move", "copy"] = "move"
+    settle_seconds: float | None = None
+    quiet_period_seconds: float | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v and not _NAME.match(v):
+            raise ValueError("name: letters, digits, . _ - (at most 64)")
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path.name or "inbox"
 
 
 class AgentSettings(BaseSettings):
@@ -26,7 +56,7 @@ class AgentSettings(BaseSettings):
     hub_token: SecretStr | None = Field(
         default=None, description="Bearer token the hub expects from agents (if it requires one)."
     )
-    service_level: Literal["routine", "stat"] = Field(
+    service_level: ServiceLevel = Field(
         default="routine", description="Service level of studies taken from the watched folder."
     )
     settle_seconds: float = Field(
@@ -54,8 +84,119 @@ class AgentSettings(BaseSettings):
     max_instance_bytes: int = Field(
         default=4 * 1024**3, description="Largest single file accepted, in bytes."
     )
+    watch_folders: list[WatchFolder] = Field(
+        default_factory=list,
+        description="More watched folders, as JSON: a list of objects with `path` and optional "
+        "`name`, `service_level`, `mode` (`move` or `copy`), `settle_seconds`, "
+        "`quiet_period_seconds` and `metadata` (facility metadata for the studies it gives).",
+    )
+    inbox_mode: Literal["move", "copy"] = Field(
+        default="move",
+        description="`move`: originals leave the inbox once spooled; `copy`: they stay and are "
+        "remembered so they are not taken twice.",
+    )
+    min_free_bytes: int = Field(
+        default=1024**3,
+        description="Disk reserve: new work is refused while less than this would stay free on "
+        "the spool's disk.",
+    )
+    max_sequence_depth: int = Field(
+        default=16, description="Deepest sequence nesting accepted in an instance."
+    )
+    max_archive_bytes: int = Field(
+        default=64 * 1024**3, description="Largest total a zip archive may expand to, in bytes."
+    )
+    max_archive_entries: int = Field(
+        default=100_000, description="Most entries a zip archive may hold."
+    )
+    max_compression_ratio: float = Field(
+        default=250.0,
+        description="Highest expanded/compressed size ratio of a zip entry (above: a zip bomb).",
+    )
+    ingest_workers: int = Field(
+        default=2, description="Files of a folder or archive taken in at once."
+    )
+    conformance_check: bool = Field(
+        default=True,
+        description="Check spooled instances with dciodvfy (dicom3tools) when installed; "
+        "findings are warnings and never block.",
+    )
+    dimse_port: int = Field(
+        default=0,
+        description="Port of the DICOM C-STORE SCP; 0 turns it off (`make demo` uses 11112).",
+    )
+    dimse_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - modalities on the LAN must reach it
+        description="Address the C-STORE SCP listens on.",
+    )
+    dimse_ae_title: str = Field(default="RELAYPACS", description="AE title of the C-STORE SCP.")
+    dimse_allowed_calling_aets: str = Field(
+        default="",
+        description="Comma-separated calling AE titles allowed to associate; empty: any.",
+    )
+    dimse_service_level: ServiceLevel = Field(
+        default="routine", description="Service level of studies received by C-STORE."
+    )
+    dimse_release_grace_seconds: float = Field(
+        default=5.0,
+        description="A study sent in one association is ready this long after its release.",
+    )
+    dimse_max_associations: int = Field(
+        default=10, description="Most simultaneous C-STORE associations."
+    )
+
+    @field_validator("dimse_ae_title")
+    @classmethod
+    def _ae_title(cls, v: str) -> str:
+        if not _AE_TITLE.match(v) or not v.strip():
+            raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+        return v.strip()
+    segment_min_bytes: int = Field(
+        default=1024 * 1024, description="Smallest segment the uplink packs (bytes)."
+    )
+    segment_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        description="Largest segment the uplink packs (bytes); the size adapts between the "
+        "two to about 20 seconds of measured throughput.",
+    )
+    bandwidth_limit_kbps: int = Field(
+        default=0,
+        description="Cap on upload bandwidth in kilobits per second, so the agent does not "
+        "starve the facility's link. 0: no cap.",
+    )
+    routine_window: str | None = Field(
+        default=None,
+        description="Local time window `HH:MM-HH:MM` (may wrap midnight) outside which routine "
+        "studies wait; STAT studies always go. Empty: any time.",
+    )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    @property
+    def allowed_calling_aets(self) -> list[str]:
+        return [a.strip() for a in self.dimse_allowed_calling_aets.split(",") if a.strip()]
+
+    @property
+    def folders(self) -> list[WatchFolder]:
+        """Every watched folder: the inbox with the agent's defaults, then the configured ones."""
+        inbox = WatchFolder(
+            path=self.resolved_inbox,
+            name="inbox",
+            service_level=self.service_level,
+            mode=self.inbox_mode,
+        )
+        out = [inbox]
+        for f in self.watch_folders:
+            out.append(f.model_copy(update={"path": f.path.resolve()}))
+        labels = [f.label for f in out]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"watched folders need distinct names, got {labels}")
+        return out
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Files the agent writes itself before they are spooled (C-STORE, archive members)."""
+        return (self.data_dir / "incoming").resolve()
 
     @property
     def resolved_inbox(self) -> Path:

@@ -13,7 +13,7 @@ from relaypacs_agent.ingest.pipeline import Ingestor
 from relaypacs_agent.ingest.watcher import InboxWatcher
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
-from relaypacs_agent.uplink.sender import Sender
+from relaypacs_agent.uplink.transfer import TransferSender
 
 log = structlog.get_logger("relaypacs.agent")
 
@@ -41,13 +41,19 @@ class Agent:
             settle_seconds=settings.settle_seconds,
             scan_interval=settings.scan_interval_seconds,
         )
-        self.sender = Sender(
+        # The uplink: manifest, then resumable tus segments (relaypacs_agent.uplink.transfer).
+        self.sender = TransferSender(
             self.store,
             self.client,
             self.ingestor,
+            spool_dir=settings.spool_dir,
             quiet_period=settings.quiet_period_seconds,
             retry_max=settings.retry_max_seconds,
             status_poll=settings.status_poll_seconds,
+            segment_min=settings.segment_min_bytes,
+            segment_max=settings.segment_max_bytes,
+            bandwidth_limit_kbps=settings.bandwidth_limit_kbps,
+            routine_window=settings.routine_window,
         )
         self.stop = threading.Event()
 

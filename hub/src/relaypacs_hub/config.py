@@ -59,6 +59,16 @@ class HubSettings(BaseSettings):
         default=600.0,
         description="A running job whose worker vanished is taken over after this long.",
     )
+    upload_max_bytes: int = Field(
+        default=8 * 1024**3, description="Largest tus upload (Tus-Max-Size), in bytes."
+    )
+    upload_expiry_seconds: float = Field(
+        default=24 * 3600.0,
+        description="An unfinished tus upload expires this long after its last PATCH.",
+    )
+    upload_dir: Path | None = Field(
+        default=None, description="Folder for unfinished tus uploads. Empty: `data_dir/uploads`."
+    )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
@@ -77,6 +87,10 @@ class HubSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'hub.db').resolve()}"
+
+    @property
+    def resolved_upload_dir(self) -> Path:
+        return (self.upload_dir or self.data_dir / "uploads").resolve()
 
     @property
     def resolved_object_store_dir(self) -> Path:

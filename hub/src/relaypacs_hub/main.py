@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from relaypacs_hub.api.deps import HubState
-from relaypacs_hub.api.routes import health, studies
+from relaypacs_hub.api.routes import health, manifests, studies
+from relaypacs_hub.api.routes import tus as tus_routes
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.migrate import upgrade
 from relaypacs_hub.db.session import make_engine, make_sessionmaker
@@ -20,7 +22,9 @@ from relaypacs_hub.forwarding.base import Destination
 from relaypacs_hub.forwarding.config import load_destinations
 from relaypacs_hub.forwarding.registry import build_destination
 from relaypacs_hub.forwarding.worker import ForwardingWorker
+from relaypacs_hub.ingest.tus import TusService
 from relaypacs_hub.storage.local import LocalObjectStore
+from relaypacs_hub.storage.uploads import LocalUploadStore
 from relaypacs_shared.errors import StorageError
 
 log = structlog.get_logger("relaypacs.hub")
@@ -30,6 +34,17 @@ def build_destinations(settings: HubSettings) -> dict[str, Destination]:
     if settings.destinations_file is None:
         return {}
     return {c.name: build_destination(c) for c in load_destinations(settings.destinations_file)}
+
+
+async def _expire_uploads(tus: TusService, stop: asyncio.Event, every: float = 300.0) -> None:
+    """Remove unfinished uploads past their expiry, now and then."""
+    while not stop.is_set():
+        try:
+            await tus.expire()
+        except Exception:
+            log.exception("upload_expiry_failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> FastAPI:
@@ -46,6 +61,12 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         engine = make_engine(url)
         sessionmaker = make_sessionmaker(engine)
         store = LocalObjectStore(settings.resolved_object_store_dir)
+        tus = TusService(
+            sessionmaker,
+            LocalUploadStore(settings.resolved_upload_dir),
+            max_size=settings.upload_max_bytes,
+            expiry_seconds=settings.upload_expiry_seconds,
+        )
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         worker: ForwardingWorker | None = None
@@ -58,6 +79,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             store=store,
             destination_names=sorted(destinations),
             wake_worker=worker.wake if worker else None,
+            tus=tus,
         )
         log.info(
             "hub_started",
@@ -65,10 +87,12 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             destinations=sorted(destinations),
             worker=worker is not None,
         )
+        janitor = asyncio.create_task(_expire_uploads(tus, stop))
         try:
             yield
         finally:
             stop.set()
+            janitor.cancel()
             if worker_task is not None:
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)
@@ -107,4 +131,6 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
 
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(manifests.router)
+    app.include_router(tus_routes.router)
     return app

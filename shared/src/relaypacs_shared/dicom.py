@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from relaypacs_shared.errors import DicomValidationError
@@ -90,6 +92,38 @@ def sha256_file(path: Path, chunk: int = 1024 * 1024) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def precheck_file(path: Path, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> int:
+    """The checks that need no parsing (size, ``DICM`` marker); returns the size.
+
+    Run before the bytes are copied anywhere, so that an empty, huge or non-DICOM file costs
+    one small read. ``validate_file`` repeats them; they are cheap.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise DicomValidationError("empty", "the file is empty (0 bytes)")
+    if size > max_bytes:
+        raise DicomValidationError(
+            "too_large", f"the file is {size} bytes, above the {max_bytes}-byte limit"
+        )
+    with path.open("rb") as f:
+        f.seek(128)
+        if f.read(4) != b"DICM":
+            raise DicomValidationError(
+                "not_dicom", "not a DICOM file: no 'DICM' marker after the 128-byte preamble"
+            )
+    return size
+
+
+def has_dicm_marker(path: Path) -> bool:
+    """Whether the file carries the PS3.10 marker: a DICOM file, sound or not."""
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def validate_file(
@@ -191,12 +225,33 @@ def validate_file(
     )
 
 
+def _may_be_sequence(tag: BaseTag, vr: str | None) -> bool:
+    """Whether an element still unconverted could turn out to be a sequence.
+
+    Converting every raw element costs more than the rest of the validation together, so only
+    what can be a sequence is converted: an explicit SQ or UN, or in implicit VR (no VR on the
+    wire) a tag the dictionary calls SQ or does not know (private tags).
+    """
+    if vr is not None:
+        return vr in ("SQ", "UN")
+    if tag.is_private:
+        return True
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:
+        return True
+
+
 def _sequence_depth(ds: pydicom.Dataset, limit: int, depth: int = 0) -> int:
     """Deepest sequence nesting in ``ds``, counting no further than ``limit``."""
     if depth >= limit:
         return depth
     deepest = depth
-    for elem in ds:
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if raw is None or not _may_be_sequence(BaseTag(tag), raw.VR):
+            continue
+        elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value:
                 deepest = max(deepest, _sequence_depth(item, limit, depth + 1))

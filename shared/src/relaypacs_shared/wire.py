@@ -9,6 +9,13 @@ Instance upload::
     201 InstanceReceipt(status="stored") | 200 InstanceReceipt(status="duplicate")
     400 checksum_mismatch | 409 conflict (same UID, other bytes) | 422 invalid DICOM / UID mismatch
 
+Manifest first (before any bytes cross the WAN)::
+
+    POST /api/v1/studies/{StudyInstanceUID}/manifest    body: instances with UIDs, SHA-256, size
+    200 ManifestAnswer(missing=[...]) | 409 conflict (held with other bytes)
+
+Segments: tus 1.0 uploads at /api/v1/uploads (see relaypacs_shared.segments and .tus).
+
 Study commit (the manifest of everything the agent holds for the study)::
 
     POST /api/v1/studies/{StudyInstanceUID}/commit      body: CommitRequest
@@ -74,6 +81,16 @@ class ManifestEntry(BaseModel):
 class CommitRequest(BaseModel):
     service_level: ServiceLevel = "routine"
     instances: list[ManifestEntry] = Field(min_length=1)
+
+
+class ManifestAnswer(BaseModel):
+    """The hub's answer to a manifest: which declared instances it still lacks."""
+
+    study_instance_uid: str
+    declared: int
+    held: int
+    missing: list[str]
+    missing_bytes: int
 
 
 class DestinationStatus(BaseModel):

@@ -1,30 +1,62 @@
-"""Take one complete file in: validate, deduplicate, spool, record, then let go of the original.
+"""Take one complete file in: check, stage, validate, deduplicate, spool, record, let go.
 
-The order makes a crash at any point harmless: the spool copy is content-addressed and written
-before the catalogue row, and the original is removed only after the row is committed. A file
-seen again after a crash is recognised (same UID, same bytes, same source path) and just removed.
-Every file ends as exactly one of: an instance, a duplicate, or a quarantine entry.
+1. cheap checks on the original (size, ``DICM`` marker) and the disk reserve;
+2. stage: copy into ``spool/.staging`` hashing on the way, fsync (a file the agent wrote itself,
+   from C-STORE or an archive, is hashed and fsynced where it lies instead);
+3. validate the staged bytes (header only) — those are the bytes that will be kept;
+4. under the ingest lock: same SOP Instance UID held? same hash: duplicate; other: conflict;
+5. rename the staged file to its content address, fsync the folder, record the row;
+6. only then remove the original (move mode) or remember it (copy mode).
+
+A crash at any point is harmless: staging leftovers are removed at start, a spool file without a
+row is reused, and a file seen again after its row was committed is recognised (same UID, same
+bytes, same source path) and just let go. Every file ends as exactly one of: an instance, a
+duplicate, or a quarantine entry.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
+import sqlite3
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
-from relaypacs_agent.ingest.files import fsync_dir, move_durable, put_in_spool, sha256_of
-from relaypacs_agent.store.db import Store
-from relaypacs_shared.dicom import validate_file
-from relaypacs_shared.errors import DicomValidationError
+from relaypacs_agent.ingest.files import (
+    copy_durable,
+    fsync_dir,
+    hash_and_sync,
+    move_durable,
+    place_in_spool,
+    remove_orphans,
+    sha256_of,
+    stage_copy,
+)
+from relaypacs_agent.store.db import SourceFile, Store
+from relaypacs_shared.dicom import (
+    DEFAULT_MAX_SEQUENCE_DEPTH,
+    InstanceInfo,
+    precheck_file,
+    validate_file,
+)
+from relaypacs_shared.errors import DicomValidationError, StorageError, Transient
 
 log = structlog.get_logger("relaypacs.agent.ingest")
 
 Outcome = Literal["accepted", "duplicate", "quarantined", "replayed"]
+
+
+class DiskFull(StorageError, Transient):
+    """Taking this file in would eat into the disk reserve: it stays where it is, for later."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +65,26 @@ class IngestResult:
     reason: str = ""
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a file comes from and the defaults it gives the studies it opens."""
+
+    kind: str = "folder"  # folder | dimse | zip | media | import | released | hub
+    name: str = ""  # folder name, calling AE title, ...
+    service_level: str | None = None  # None: the ingestor's default
+    quiet_period: float | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    keep_original: bool = False  # copy mode: the original stays where it is
+    owned: bool = False  # the agent wrote this file itself: rename it, do not copy it
+    source_path: str | None = None  # what to record as its origin (an archive member)
+    folder_key: str | None = None  # copy mode: remember the file under this folder
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.name}" if self.name else self.kind
 
 
 class Ingestor:
@@ -44,56 +96,217 @@ class Ingestor:
         quarantine_dir: Path,
         max_instance_bytes: int,
         service_level: str = "routine",
+        min_free_bytes: int = 0,
+        max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
     ) -> None:
         self.store = store
         self.spool_dir = spool_dir
+        self.staging_dir = spool_dir / ".staging"
         self.quarantine_dir = quarantine_dir
         self.max_instance_bytes = max_instance_bytes
         self.service_level = service_level
+        self.min_free_bytes = min_free_bytes
+        self.max_sequence_depth = max_sequence_depth
+        # Held only for the lookup + rename + insert of one instance, never for I/O on its bytes.
+        self._lock = threading.Lock()
+        self._last_full_log = 0.0
         spool_dir.mkdir(parents=True, exist_ok=True)
         quarantine_dir.mkdir(parents=True, exist_ok=True)
 
-    def ingest(self, path: Path, source: str = "folder") -> IngestResult:
+    # -- the one entry point ---------------------------------------------------------------
+
+    def ingest(self, path: Path, source: Source | str = "folder") -> IngestResult:
+        src = Source(kind=source) if isinstance(source, str) else source
+        sf = self._source_file(path, src)
         try:
-            info = validate_file(path, max_bytes=self.max_instance_bytes)
+            size = precheck_file(path, max_bytes=self.max_instance_bytes)
         except DicomValidationError as exc:
-            self.quarantine(path, source=source, reason=exc.reason, message=exc.message)
-            return IngestResult("quarantined", exc.reason)
-        bound = log.bind(study_uid=info.study_instance_uid, sop_uid=info.sop_instance_uid)
-        existing = self.store.get_instance(info.sop_instance_uid)
-        if existing is not None:
-            if existing["sha256"] == info.sha256:
-                if existing["source_path"] != str(path):
-                    self.store.add_duplicate(info.sop_instance_uid, info.sha256, path.name, source)
-                    outcome: Outcome = "duplicate"
-                else:
-                    outcome = "replayed"  # our own crash between record and unlink
-                path.unlink(missing_ok=True)
-                fsync_dir(path.parent)
-                bound.info("instance_" + outcome)
-                return IngestResult(outcome, "", info.sop_instance_uid, info.study_instance_uid)
             self.quarantine(
-                path,
-                source=source,
-                reason="conflict",
-                message="an instance with this SOP Instance UID but different content is already "
-                "held; a person must decide which one is right",
-                sha256=info.sha256,
-                sop_uid=info.sop_instance_uid,
+                path, source=src.label, reason=exc.reason, message=exc.message,
+                keep_original=src.keep_original, source_file=sf,
+            )  # fmt: skip
+            return IngestResult("quarantined", exc.reason)
+        if not src.owned:
+            self.check_reserve(size)
+        staged, sha = self._stage(path, src)
+        try:
+            try:
+                info = validate_file(
+                    staged,
+                    max_bytes=self.max_instance_bytes,
+                    max_depth=self.max_sequence_depth,
+                    sha256=sha,
+                )
+            except DicomValidationError as exc:
+                self.quarantine(
+                    path, source=src.label, reason=exc.reason, message=exc.message, sha256=sha,
+                    keep_original=src.keep_original, source_file=sf,
+                )  # fmt: skip
+                return IngestResult("quarantined", exc.reason, size=size)
+            return self._record(path, staged, info, src, sf)
+        finally:
+            if staged != path:
+                staged.unlink(missing_ok=True)  # gone already if it was spooled
+
+    def _stage(self, path: Path, src: Source) -> tuple[Path, str]:
+        if src.owned:
+            return path, hash_and_sync(path)
+        try:
+            return stage_copy(path, self.staging_dir)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(f"the spool's disk is full: {exc}") from exc
+            raise
+
+    def _record(
+        self, path: Path, staged: Path, info: InstanceInfo, src: Source, sf: SourceFile | None
+    ) -> IngestResult:
+        source_path = src.source_path or str(path)
+        bound = log.bind(study_uid=info.study_instance_uid, sop_uid=info.sop_instance_uid)
+        with self._lock:
+            existing = self.store.get_instance(info.sop_instance_uid)
+            if existing is None:
+                spooled = place_in_spool(staged, self.spool_dir, info.sha256)
+                try:
+                    self.store.add_instance(
+                        info,
+                        spool_path=spooled,
+                        source=src.kind,
+                        source_path=source_path,
+                        service_level=src.service_level or self.service_level,
+                        origin=src.name,
+                        quiet_period=src.quiet_period,
+                        metadata=dict(src.metadata),
+                        source_file=sf,
+                    )
+                except sqlite3.IntegrityError:
+                    # Another process (``relaypacs-agent import``) recorded it first.
+                    existing = self.store.get_instance(info.sop_instance_uid)
+                    if existing is None:
+                        raise
+                else:
+                    self._let_go(path, src)
+                    bound.debug("instance_accepted", size=info.size, modality=info.modality)
+                    return IngestResult(
+                        "accepted", "", info.sop_instance_uid, info.study_instance_uid, info.size
+                    )
+        if existing["sha256"] == info.sha256:
+            if existing["source_path"] != source_path:
+                self.store.add_duplicate(
+                    info.sop_instance_uid, info.sha256, path.name, src.label, source_file=sf
+                )
+                outcome: Outcome = "duplicate"
+            else:
+                outcome = "replayed"  # our own crash between record and letting go
+                if sf is not None:
+                    self.store.record_source_file(sf, "accepted")
+            self._let_go(path, src)
+            bound.info("instance_" + outcome)
+            return IngestResult(
+                outcome, "", info.sop_instance_uid, info.study_instance_uid, info.size
             )
-            return IngestResult("quarantined", "conflict", info.sop_instance_uid)
-        spooled = put_in_spool(path, self.spool_dir, info.sha256)
-        self.store.add_instance(
-            info,
-            spool_path=spooled,
-            source=source,
-            source_path=str(path),
-            service_level=self.service_level,
+        self.quarantine(
+            path,
+            source=src.label,
+            reason="conflict",
+            message="an instance with this SOP Instance UID but different content is already "
+            "held; a person must decide which one is right",
+            sha256=info.sha256,
+            sop_uid=info.sop_instance_uid,
+            keep_original=src.keep_original,
+            source_file=sf,
         )
+        return IngestResult(
+            "quarantined", "conflict", info.sop_instance_uid, info.study_instance_uid, info.size
+        )
+
+    def _let_go(self, path: Path, src: Source) -> None:
+        if src.keep_original or src.owned:
+            return  # copy mode keeps it; an owned file was renamed into the spool or is gone
         path.unlink(missing_ok=True)
         fsync_dir(path.parent)
-        bound.info("instance_accepted", size=info.size, modality=info.modality)
-        return IngestResult("accepted", "", info.sop_instance_uid, info.study_instance_uid)
+
+    @staticmethod
+    def _source_file(path: Path, src: Source) -> SourceFile | None:
+        if not (src.keep_original and src.folder_key):
+            return None
+        st = path.stat()
+        return SourceFile(src.folder_key, str(path), st.st_size, st.st_mtime_ns)
+
+    # -- many files at once ----------------------------------------------------------------
+
+    def ingest_many(
+        self,
+        items: Iterable[tuple[Path, Source]],
+        *,
+        workers: int = 2,
+        on_result: Callable[[Path, IngestResult | BaseException], None] | None = None,
+    ) -> dict[str, int]:
+        """Ingest files on ``workers`` threads (hashing and fsync release the GIL, so two
+        threads overlap one file's parse with another's copy). Returns counts by outcome;
+        an error on one file (disk full, unreadable) is counted as ``error`` and reported to
+        ``on_result``, the others go on."""
+        counts: dict[str, int] = {}
+
+        def one(item: tuple[Path, Source]) -> None:
+            path, src = item
+            result: IngestResult | BaseException
+            try:
+                result = self.ingest(path, src)
+                key = result.outcome
+            except Exception as exc:
+                result = exc
+                key = "error"
+            with self._lock:
+                counts[key] = counts.get(key, 0) + 1
+            if on_result is not None:
+                on_result(path, result)
+
+        if workers <= 1:
+            for item in items:
+                one(item)
+            return counts
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            # Bounded submission: a 100 000-file folder must not queue 100 000 futures.
+            pending: list[object] = []
+            for item in items:
+                pending.append(pool.submit(one, item))
+                if len(pending) >= workers * 4:
+                    pending.pop(0).result()  # type: ignore[attr-defined]
+            for fut in pending:
+                fut.result()  # type: ignore[attr-defined]
+        return counts
+
+    # -- disk reserve ------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.spool_dir).free
+
+    def check_reserve(self, incoming: int) -> None:
+        """Refuse new work that would leave less than ``min_free_bytes`` on the spool's disk."""
+        if self.min_free_bytes <= 0:
+            return
+        free = self.free_bytes()
+        if free - incoming < self.min_free_bytes:
+            now = time.monotonic()
+            if now - self._last_full_log > 60:
+                self._last_full_log = now
+                log.error(
+                    "disk_reserve_reached",
+                    free_bytes=free,
+                    reserve_bytes=self.min_free_bytes,
+                    incoming_bytes=incoming,
+                )
+            raise DiskFull(
+                f"refusing new work: {free} bytes free on the spool's disk, {incoming} needed, "
+                f"{self.min_free_bytes} kept in reserve"
+            )
+
+    def cleanup_staging(self) -> int:
+        """Staging files of processes that died (a crash mid-copy); safe while others run."""
+        return remove_orphans(self.staging_dir)
+
+    # -- quarantine --------------------------------------------------------------------------
 
     def quarantine(
         self,
@@ -104,8 +317,10 @@ class Ingestor:
         message: str,
         sha256: str | None = None,
         sop_uid: str | None = None,
+        keep_original: bool = False,
+        source_file: SourceFile | None = None,
     ) -> Path:
-        """Move the file aside with a sidecar saying why; never delete it."""
+        """Move (copy mode: copy) the file aside with a sidecar saying why; never delete it."""
         size = path.stat().st_size
         if sha256 is None:
             sha256 = sha256_of(path)
@@ -130,7 +345,10 @@ class Ingestor:
             ),
             encoding="utf-8",
         )
-        move_durable(path, dest)
+        if keep_original:
+            copy_durable(path, dest)
+        else:
+            move_durable(path, dest)
         self.store.add_quarantine(
             path=dest,
             original_name=path.name,
@@ -141,8 +359,9 @@ class Ingestor:
             sha256=sha256,
             sop_uid=sop_uid,
             at=now,
+            source_file=source_file,
         )
-        log.warning("file_quarantined", reason=reason, size=size)
+        log.warning("file_quarantined", reason=reason, size=size, source=source)
         return dest
 
     def reconcile_quarantine(self) -> int:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,16 @@ import sqlite_utils
 
 from relaypacs_agent.store.schema import MIGRATIONS
 from relaypacs_shared.dicom import InstanceInfo
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file of a copy-mode folder, as it was when taken (so it is not taken again)."""
+
+    folder: str
+    path: str
+    size: int
+    mtime_ns: int
 
 
 class Store:
@@ -89,14 +100,18 @@ class Store:
         source: str,
         source_path: str,
         service_level: str,
+        origin: str = "",
+        quiet_period: float | None = None,
+        metadata: dict[str, str] | None = None,
+        source_file: SourceFile | None = None,
     ) -> None:
         now = time.time()
         with self.tx() as conn:
             conn.execute(
                 """INSERT INTO instances (sop_instance_uid, study_instance_uid, series_instance_uid,
                    sop_class_uid, transfer_syntax_uid, modality, sha256, size, spool_path, source,
-                   source_path, received_at, warnings)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                   source_path, received_at, warnings, origin)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                 (
                     info.sop_instance_uid,
                     info.study_instance_uid,
@@ -111,27 +126,129 @@ class Store:
                     source_path,
                     now,
                     json.dumps(list(info.warnings)) if info.warnings else "",
+                    origin,
                 ),
             )
-            # A late instance of a committed study re-opens it as a follow-up delivery.
-            conn.execute(
-                """INSERT INTO studies (study_instance_uid, state, service_level,
-                   first_received_at, last_instance_at) VALUES (?, 'receiving', ?, ?, ?)
-                   ON CONFLICT (study_instance_uid) DO UPDATE SET
-                     state = 'receiving', last_instance_at = excluded.last_instance_at,
-                     service_level = CASE WHEN excluded.service_level = 'stat' THEN 'stat'
-                                          ELSE studies.service_level END,
-                     next_attempt_at = 0""",
-                (info.study_instance_uid, service_level, now, now),
+            self._touch_study(
+                conn, info.study_instance_uid, service_level, now, quiet_period, metadata
             )
+            if source_file is not None:
+                self._record_source_file(conn, source_file, "accepted", now)
 
-    def add_duplicate(self, sop_uid: str, sha256: str, original_name: str, source: str) -> None:
+    @staticmethod
+    def _touch_study(
+        conn: sqlite3.Connection,
+        study_uid: str,
+        service_level: str,
+        now: float,
+        quiet_period: float | None,
+        metadata: dict[str, str] | None,
+    ) -> None:
+        # A late instance of a committed study re-opens it as a follow-up delivery; any
+        # readiness declared before it no longer covers it ("send now" applies to what was held).
+        conn.execute(
+            """INSERT INTO studies (study_instance_uid, state, service_level,
+               first_received_at, last_instance_at, quiet_period, metadata)
+               VALUES (?, 'receiving', ?, ?, ?, ?, ?)
+               ON CONFLICT (study_instance_uid) DO UPDATE SET
+                 state = 'receiving', last_instance_at = excluded.last_instance_at,
+                 service_level = CASE WHEN excluded.service_level = 'stat' THEN 'stat'
+                                      ELSE studies.service_level END,
+                 quiet_period = COALESCE(excluded.quiet_period, studies.quiet_period),
+                 metadata = CASE WHEN studies.metadata = '{}' THEN excluded.metadata
+                                 ELSE studies.metadata END,
+                 ready_at = NULL,
+                 next_attempt_at = 0""",
+            (
+                study_uid,
+                service_level,
+                now,
+                now,
+                quiet_period,
+                json.dumps(metadata or {}, sort_keys=True),
+            ),
+        )
+
+    @staticmethod
+    def _record_source_file(
+        conn: sqlite3.Connection, sf: SourceFile, outcome: str, now: float
+    ) -> None:
+        conn.execute(
+            """INSERT OR REPLACE INTO source_files (folder, path, size, mtime_ns, outcome,
+               taken_at) VALUES (?,?,?,?,?,?)""",
+            (sf.folder, sf.path, sf.size, sf.mtime_ns, outcome, now),
+        )
+
+    def record_source_file(self, sf: SourceFile, outcome: str) -> None:
+        with self.tx() as conn:
+            self._record_source_file(conn, sf, outcome, time.time())
+
+    def source_files(self, folder: str) -> dict[str, tuple[int, int]]:
+        """Copy-mode files already taken from ``folder``: path -> (size, mtime_ns)."""
+        return {
+            r["path"]: (r["size"], r["mtime_ns"])
+            for r in self.query(
+                "SELECT path, size, mtime_ns FROM source_files WHERE folder = ?", (folder,)
+            )
+        }
+
+    def replace_instance(self, info: InstanceInfo, *, spool_path: Path, source: str) -> bool:
+        """A person chose other bytes for a held instance not yet sent; False if already sent."""
+        now = time.time()
+        with self.tx() as conn:
+            cur = conn.execute(
+                """UPDATE instances SET sha256 = ?, size = ?, spool_path = ?, source = ?,
+                   transfer_syntax_uid = ?, received_at = ?, conformance = NULL
+                   WHERE sop_instance_uid = ? AND state IN ('spooled', 'refused')""",
+                (
+                    info.sha256,
+                    info.size,
+                    str(spool_path),
+                    source,
+                    info.transfer_syntax_uid,
+                    now,
+                    info.sop_instance_uid,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            conn.execute(
+                "UPDATE instances SET state = 'spooled' WHERE sop_instance_uid = ?",
+                (info.sop_instance_uid,),
+            )
+            self._touch_study(conn, info.study_instance_uid, "routine", now, None, None)
+            return True
+
+    def reopen_refused(self, sop_uid: str, study_uid: str) -> bool:
+        """An instance the hub refused, released by a person: send it again."""
+        with self.tx() as conn:
+            cur = conn.execute(
+                "UPDATE instances SET state = 'spooled' WHERE sop_instance_uid = ? "
+                "AND state = 'refused'",
+                (sop_uid,),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._touch_study(conn, study_uid, "routine", time.time(), None, None)
+            return True
+
+    def add_duplicate(
+        self,
+        sop_uid: str,
+        sha256: str,
+        original_name: str,
+        source: str,
+        source_file: SourceFile | None = None,
+    ) -> None:
+        now = time.time()
         with self.tx() as conn:
             conn.execute(
                 """INSERT INTO duplicates (sop_instance_uid, sha256, original_name, source,
                    received_at) VALUES (?,?,?,?,?)""",
-                (sop_uid, sha256, original_name, source, time.time()),
+                (sop_uid, sha256, original_name, source, now),
             )
+            if source_file is not None:
+                self._record_source_file(conn, source_file, "duplicate", now)
 
     def add_quarantine(
         self,
@@ -145,8 +262,11 @@ class Store:
         sha256: str | None,
         sop_uid: str | None,
         at: float | None = None,
+        source_file: SourceFile | None = None,
     ) -> None:
         with self.tx() as conn:
+            if source_file is not None:
+                self._record_source_file(conn, source_file, "quarantined", at or time.time())
             conn.execute(
                 """INSERT OR IGNORE INTO quarantine (path, original_name, source, reason, message,
                    size, sha256, sop_instance_uid, quarantined_at) VALUES (?,?,?,?,?,?,?,?,?)""",
@@ -166,16 +286,96 @@ class Store:
     def quarantine_paths(self) -> set[str]:
         return {r[0] for r in self.query("SELECT path FROM quarantine")}
 
+    def quarantine_entries(
+        self, *, include_resolved: bool = False, reason: str | None = None
+    ) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM quarantine WHERE 1=1"
+        params: list[Any] = []
+        if not include_resolved:
+            sql += " AND resolution IS NULL"
+        if reason:
+            sql += " AND reason = ?"
+            params.append(reason)
+        return self.query(sql + " ORDER BY id", tuple(params))
+
+    def quarantine_entry(self, entry_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM quarantine WHERE id = ?", (entry_id,))
+        return rows[0] if rows else None
+
+    def resolve_quarantine(self, entry_id: int, resolution: str, note: str) -> bool:
+        with self.tx() as conn:
+            cur = conn.execute(
+                """UPDATE quarantine SET resolution = ?, resolved_at = ?, resolution_note = ?
+                   WHERE id = ? AND resolution IS NULL""",
+                (resolution, time.time(), note[:1000], entry_id),
+            )
+            return cur.rowcount == 1
+
+    # -- imports and conformance ----------------------------------------------------------
+
+    def start_import(self, kind: str, source: str) -> int:
+        with self.tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO imports (kind, source, started_at) VALUES (?,?,?)",
+                (kind, source, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_import(self, import_id: int, summary: dict[str, Any]) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE imports SET finished_at = ?, summary = ? WHERE id = ?",
+                (time.time(), json.dumps(summary, sort_keys=True), import_id),
+            )
+
+    def unchecked_instances(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self.query(
+            "SELECT sop_instance_uid, spool_path FROM instances WHERE conformance IS NULL "
+            "ORDER BY received_at LIMIT ?",
+            (limit,),
+        )
+
+    def set_conformance(self, sop_uid: str, findings: list[str]) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE instances SET conformance = ? WHERE sop_instance_uid = ?",
+                (json.dumps(findings), sop_uid),
+            )
+
     # -- studies --------------------------------------------------------------------------
 
     def due_studies(self, quiet_period: float, now: float | None = None) -> list[sqlite3.Row]:
+        """Receiving studies ready to send: quiet for their quiet period, or declared ready.
+
+        A study's own ``quiet_period`` (from the folder it came from) overrides the agent's;
+        ``ready_at`` is set by "send now" and by the end of a C-STORE association (plus grace).
+        """
         now = now or time.time()
         return self.query(
-            """SELECT * FROM studies WHERE state = 'receiving'
-               AND last_instance_at <= ? AND next_attempt_at <= ?
+            """SELECT * FROM studies WHERE state = 'receiving' AND next_attempt_at <= ?
+               AND (last_instance_at <= ? - COALESCE(quiet_period, ?)
+                    OR (ready_at IS NOT NULL AND ready_at <= ?))
                ORDER BY (service_level = 'stat') DESC, first_received_at""",
-            (now - quiet_period, now),
+            (now, now, quiet_period, now),
         )
+
+    def mark_ready(self, study_uids: list[str] | None, at: float | None = None) -> int:
+        """Declare studies ready at ``at`` (now by default); ``None``: every receiving study."""
+        at = time.time() if at is None else at
+        with self.tx() as conn:
+            if study_uids is None:
+                cur = conn.execute(
+                    "UPDATE studies SET ready_at = ?, next_attempt_at = 0 "
+                    "WHERE state = 'receiving'",
+                    (at,),
+                )
+            else:
+                cur = conn.executemany(
+                    "UPDATE studies SET ready_at = ?, next_attempt_at = 0 "
+                    "WHERE state = 'receiving' AND study_instance_uid = ?",
+                    [(at, u) for u in study_uids],
+                )
+            return int(cur.rowcount)
 
     def study_instances(self, study_uid: str, state: str | None = None) -> list[sqlite3.Row]:
         if state is None:
@@ -215,7 +415,7 @@ class Store:
         with self.tx() as conn:
             cur = conn.execute(
                 """UPDATE studies SET state = 'committed', committed_at = ?, commits = commits + 1,
-                   attempts = 0, last_error = NULL, hub_status = ?
+                   attempts = 0, last_error = NULL, hub_status = ?, ready_at = NULL
                    WHERE study_instance_uid = ? AND last_instance_at = ?""",
                 (time.time(), hub_status, study_uid, last_instance_at),
             )

@@ -58,5 +58,45 @@ _M001_INITIAL = """
         );
 """
 
+_M002_INGEST = """
+        -- Where an instance came from: a watched folder's name, a calling AE title, an import.
+        ALTER TABLE instances ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+        -- dciodvfy findings as a JSON list; NULL = not checked yet, '[]' = none.
+        ALTER TABLE instances ADD COLUMN conformance TEXT;
+        CREATE INDEX ix_instances_unchecked ON instances (received_at) WHERE conformance IS NULL;
+        -- Per-source quiet period (NULL: the agent's), explicit readiness ("send now", or the end
+        -- of a C-STORE association plus its grace), and the source's facility metadata.
+        ALTER TABLE studies ADD COLUMN quiet_period REAL;
+        ALTER TABLE studies ADD COLUMN ready_at REAL;
+        ALTER TABLE studies ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+        -- A person's decision on a quarantined file: released | deleted (NULL: still open).
+        ALTER TABLE quarantine ADD COLUMN resolution TEXT;
+        ALTER TABLE quarantine ADD COLUMN resolved_at REAL;
+        ALTER TABLE quarantine ADD COLUMN resolution_note TEXT;
+        CREATE INDEX ix_quarantine_open ON quarantine (resolution, quarantined_at);
+        -- Files of copy-mode folders already taken in (originals stay where they are).
+        CREATE TABLE source_files (
+            folder TEXT NOT NULL,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            taken_at REAL NOT NULL,
+            PRIMARY KEY (folder, path)
+        );
+        -- One row per archive / medium / folder import, with what it held.
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,            -- zip | media | folder
+            source TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            summary TEXT NOT NULL DEFAULT '{}'
+        );
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
-MIGRATIONS: list[tuple[str, str]] = [("001_initial", _M001_INITIAL)]
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_initial", _M001_INITIAL),
+    ("002_ingest", _M002_INGEST),
+]

@@ -23,6 +23,7 @@ from relaypacs_shared.errors import ChecksumMismatch, ProtocolError, RelayError,
 from relaypacs_shared.wire import (
     CommitRequest,
     InstanceReceipt,
+    ManifestAnswer,
     StudyStatus,
     format_content_digest,
 )
@@ -124,6 +125,18 @@ class HubClient:
             "POST", f"/api/v1/studies/{study_uid}/commit", json=request.model_dump(mode="json")
         )
         return StudyStatus.model_validate(resp.json())
+
+    @_retry
+    def manifest(
+        self, study_uid: str, service_level: str, instances: list[dict[str, object]]
+    ) -> ManifestAnswer:
+        """Declare the study's instances; the hub answers which it still lacks."""
+        resp = self._send(
+            "POST",
+            f"/api/v1/studies/{study_uid}/manifest",
+            json={"service_level": service_level, "instances": instances},
+        )
+        return ManifestAnswer.model_validate(resp.json())
 
     @_retry
     def study_status(self, study_uid: str) -> StudyStatus:

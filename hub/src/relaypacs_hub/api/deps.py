@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,6 +20,7 @@ class HubState:
     store: ObjectStore
     destination_names: list[str]
     wake_worker: object  # callable, or None when no worker runs in this process
+    tus: Any = None  # relaypacs_hub.ingest.tus.TusService
 
 
 def get_state(request: Request) -> HubState:

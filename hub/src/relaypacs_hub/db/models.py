@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -79,6 +81,11 @@ class ForwardJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Added with routing (0003): which worker holds the lease, which rule holds the job
+    # (state "held"), and the time from receipt to the archive's confirmation.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    held_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    time_to_pacs_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class InstanceDelivery(Base):
@@ -125,3 +132,37 @@ class Upload(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# -- routing and delivery (migration 0003) ---------------------------------------------------
+
+
+class RoutingRuleSet(Base):
+    """One version of the routing rules; the highest version is in force on every replica."""
+
+    __tablename__ = "routing_rule_sets"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(255))  # "api" or "file:<path>"
+    sha256: Mapped[str] = mapped_column(String(64))
+    body_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class StudyRoute(Base):
+    """How a study was routed at its latest commit, where it came from, and its retention."""
+
+    __tablename__ = "study_routes"
+
+    study_instance_uid: Mapped[str] = mapped_column(
+        String(64), ForeignKey("studies.study_instance_uid"), primary_key=True
+    )
+    facility: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # When the agent took the study in (time to PACS starts there); else the hub's first receipt.
+    agent_received_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    rule_set_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    matched_rules_json: Mapped[str] = mapped_column(Text, default="[]")
+    destinations_json: Mapped[str] = mapped_column(Text, default="[]")
+    unrouted: Mapped[bool] = mapped_column(Boolean, default=False)
+    routed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

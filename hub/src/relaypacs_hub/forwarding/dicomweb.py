@@ -26,16 +26,27 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import structlog
 
-from relaypacs_hub.forwarding.base import DeliveryResult, OutgoingInstance
+from relaypacs_hub.forwarding.base import (
+    BatchCallback,
+    DeliveryResult,
+    OutgoingInstance,
+    batch_callback,
+)
 from relaypacs_hub.forwarding.config import DicomWebDestinationConfig
-from relaypacs_shared.errors import DestinationError, RoutingError, TransientDestinationError
+from relaypacs_hub.forwarding.oidc import BearerFromTokens, ClientCredentialsTokens
+from relaypacs_shared.errors import (
+    DestinationError,
+    RoutingError,
+    StorageError,
+    TransientDestinationError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -87,11 +98,30 @@ _QIDO_MAX_PAGES = 10_000
 _EXCERPT_CHARS = 200
 
 
-def describe_failure_reason(code: int | None) -> str:
+# dcm4chee-arc's own Failure Reasons (org.dcm4chee.arc.store.StoreService), which sit in the
+# 0xA7xx range the standard gives to "out of resources" but mean something else entirely.
+DCM4CHEE_FAILURE_REASONS: Mapping[int, str] = {
+    0xA770: "duplicate rejection note",
+    0xA771: "subsequent occurrence of a rejected object",
+    0xA772: "rejection failed: no such instance",
+    0xA773: "rejection failed: class-instance conflict",
+    0xA774: "rejection failed: already rejected",
+    0xA775: "rejection for retention policy expired not allowed",
+    0xA776: "retention period of the study not yet expired",
+    0xA777: "patient ID missing in the object",
+    0xA778: "conflicting patient ID not accepted",
+    0xA779: "conflicting patient attributes rejected",
+}
+_PROFILE_FAILURE_REASONS: Mapping[str, Mapping[int, str]] = {
+    "dcm4chee-arc": DCM4CHEE_FAILURE_REASONS,
+}
+
+
+def describe_failure_reason(code: int | None, profile: str = "generic") -> str:
     """A Failure Reason (0008,1197) in plain words, with its code: ``out of resources (0xA700)``."""
     if code is None:
         return "archive refused the instance without giving a reason"
-    words = _FAILURE_REASONS.get(code)
+    words = _PROFILE_FAILURE_REASONS.get(profile, {}).get(code) or _FAILURE_REASONS.get(code)
     if words is None:
         for base, range_words in _FAILURE_REASON_RANGES:
             if code & 0xFF00 == base:
@@ -155,7 +185,9 @@ def parse_store_response(body: bytes) -> StoreResponse:
     return response
 
 
-def classify(sent_uids: Sequence[str], response: StoreResponse) -> DeliveryResult:
+def classify(
+    sent_uids: Sequence[str], response: StoreResponse, profile: str = "generic"
+) -> DeliveryResult:
     """Per sent instance: delivered, or failed with a reason in plain words.
 
     A failure wins over a reference to the same instance (a retry costs less than a lost
@@ -168,7 +200,7 @@ def classify(sent_uids: Sequence[str], response: StoreResponse) -> DeliveryResul
             if code in ALREADY_HELD_REASONS:
                 result.delivered.add(uid)
             else:
-                result.failed[uid] = describe_failure_reason(code)
+                result.failed[uid] = describe_failure_reason(code, profile)
         elif uid in response.referenced:
             result.delivered.add(uid)
         else:
@@ -177,14 +209,16 @@ def classify(sent_uids: Sequence[str], response: StoreResponse) -> DeliveryResul
 
 
 def interpret_store_response(
-    status_code: int, body: bytes, sent_uids: Sequence[str]
+    status_code: int, body: bytes, sent_uids: Sequence[str], profile: str = "generic"
 ) -> DeliveryResult:
     """Turn one STOW-RS answer into per-instance outcomes, or raise for the whole request.
 
     Orthanc 1.10 (DICOMweb plugin 1.7) answers 200 when it stored everything it understood, 400
     when a part was not DICOM (the others are stored and listed), 409 when an instance belongs
     to another study than the one in the URL, and 200 with both sequences empty when it could
-    not split the body at all.
+    not split the body at all. dcm4chee-arc answers 200 when every instance was stored, 202
+    when some failed, 409 when none was stored (its StowRS resource), with its own Failure
+    Reasons (0xA770-0xA779) and the last error in a ``Warning`` header.
     """
     if status_code >= 500 or status_code in _TRANSIENT_STATUSES:
         raise TransientDestinationError(
@@ -199,7 +233,7 @@ def interpret_store_response(
             f"archive answered HTTP {status_code} to STOW-RS with an unreadable body ({exc}):"
             f" {excerpt(body)}"
         ) from exc
-    return classify(sent_uids, response)
+    return classify(sent_uids, response, profile)
 
 
 # -- STOW-RS request -------------------------------------------------------------------------
@@ -224,6 +258,18 @@ def plan_batches(
         yield batch
 
 
+_PART_HEAD = b"\r\nContent-Type: application/dicom\r\n\r\n"
+
+
+def _new_boundary() -> tuple[str, bytes]:
+    boundary = f"relaypacs-{secrets.token_hex(16)}"
+    return boundary, b"--" + boundary.encode("ascii")
+
+
+def _content_type(boundary: str) -> str:
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
 def build_multipart(parts: Sequence[bytes]) -> tuple[bytes, str]:
     """A multipart/related body of application/dicom parts, and its Content-Type header value.
 
@@ -231,16 +277,65 @@ def build_multipart(parts: Sequence[bytes]) -> tuple[bytes, str]:
     instance would cut it, and Orthanc would silently store less than was sent.
     """
     while True:
-        boundary = f"relaypacs-{secrets.token_hex(16)}"
-        delimiter = b"--" + boundary.encode("ascii")
+        boundary, delimiter = _new_boundary()
         if not any(delimiter in part for part in parts):
             break
     chunks: list[bytes] = []
     for part in parts:
-        chunks += [delimiter, b"\r\nContent-Type: application/dicom\r\n\r\n", part, b"\r\n"]
+        chunks += [delimiter, _PART_HEAD, part, b"\r\n"]
     chunks += [delimiter, b"--\r\n"]
-    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return b"".join(chunks), content_type
+    return b"".join(chunks), _content_type(boundary)
+
+
+class BoundaryCollision(TransientDestinationError):
+    """The random boundary occurred inside an instance (about 2**-128): send again."""
+
+
+class StreamedMultipart:
+    """A multipart/related body streamed from the object store, with its exact length.
+
+    The length is known from the recorded instance sizes, so the request goes out with a
+    Content-Length (never chunked), and only one chunk of one instance is in memory at a time.
+    Each instance is checked as it streams: the boundary must not occur in it (checked across
+    chunk seams too; a collision aborts the request, and the retry draws a new boundary), and its
+    byte count must equal its recorded size (else the object store returned other bytes).
+    """
+
+    def __init__(self, instances: Sequence[OutgoingInstance]) -> None:
+        if any(i.stream is None for i in instances):
+            raise ValueError("every instance needs a stream")
+        self.instances = list(instances)
+        self.boundary, self._delimiter = _new_boundary()
+        head = len(self._delimiter) + len(_PART_HEAD)
+        self.length = sum(head + i.size + 2 for i in self.instances) + len(self._delimiter) + 4
+
+    @property
+    def content_type(self) -> str:
+        return _content_type(self.boundary)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        delimiter = self._delimiter
+        seam = len(delimiter) - 1
+        for inst in self.instances:
+            yield delimiter + _PART_HEAD
+            assert inst.stream is not None
+            sent = 0
+            tail = b""
+            async for chunk in inst.stream():
+                if delimiter in chunk or delimiter in tail + chunk[:seam]:
+                    raise BoundaryCollision("multipart boundary occurred inside an instance")
+                tail = chunk[-seam:]
+                sent += len(chunk)
+                if sent > inst.size:
+                    break
+                yield chunk
+            if sent != inst.size:
+                raise StorageError(
+                    f"object store returned {sent} bytes for {inst.sop_instance_uid},"
+                    f" {inst.size} were recorded"
+                )
+            yield b"\r\n"
+        yield delimiter + b"--\r\n"
 
 
 # -- the destination -------------------------------------------------------------------------
@@ -254,11 +349,24 @@ def excerpt(body: bytes, limit: int = _EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _build_auth(config: DicomWebDestinationConfig) -> tuple[httpx.Auth | None, dict[str, str]]:
-    if config.bearer_token is not None and config.username is not None:
-        raise RoutingError(
-            f"destination {config.name!r}: configure either username/password or bearer_token"
+def _build_auth(
+    config: DicomWebDestinationConfig, tokens: ClientCredentialsTokens | None
+) -> tuple[httpx.Auth | None, dict[str, str]]:
+    schemes = [
+        name
+        for name, on in (
+            ("username/password", config.username is not None),
+            ("bearer_token", config.bearer_token is not None),
+            ("oidc", config.oidc is not None),
         )
+        if on
+    ]
+    if len(schemes) > 1:
+        raise RoutingError(
+            f"destination {config.name!r}: configure only one of {', '.join(schemes)}"
+        )
+    if tokens is not None:
+        return BearerFromTokens(tokens), {}
     if config.bearer_token is not None:
         return None, {"Authorization": f"Bearer {config.bearer_token.get_secret_value()}"}
     if config.username is not None:
@@ -267,6 +375,9 @@ def _build_auth(config: DicomWebDestinationConfig) -> tuple[httpx.Auth | None, d
     if config.password is not None:
         raise RoutingError(f"destination {config.name!r}: password given without username")
     return None, {}
+
+
+Body = Callable[[], tuple[Any, dict[str, str]]]
 
 
 class DicomWebDestination:
@@ -280,11 +391,20 @@ class DicomWebDestination:
         config: DicomWebDestinationConfig,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        token_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.name = config.name
         self.config = config
-        self.base_url = config.url.rstrip("/")
-        auth, headers = _build_auth(config)
+        self.profile = config.profile
+        self.base_url = config.service_url
+        self.tokens = (
+            ClientCredentialsTokens(
+                config.oidc, timeout_seconds=config.timeout_seconds, transport=token_transport
+            )
+            if config.oidc is not None
+            else None
+        )
+        auth, headers = _build_auth(config, self.tokens)
         self._client = httpx.AsyncClient(
             auth=auth,
             headers=headers,
@@ -295,48 +415,74 @@ class DicomWebDestination:
         )
 
     async def deliver(
-        self, study_instance_uid: str, instances: Sequence[OutgoingInstance]
+        self,
+        study_instance_uid: str,
+        instances: Sequence[OutgoingInstance],
+        on_batch: BatchCallback | None = None,
     ) -> DeliveryResult:
+        go_on = batch_callback(on_batch)
         result = DeliveryResult()
         bound = log.bind(destination=self.name, study_uid=study_instance_uid)
-        batches = plan_batches(
-            instances, self.config.max_batch_instances, self.config.max_batch_bytes
+        batches = list(
+            plan_batches(instances, self.config.max_batch_instances, self.config.max_batch_bytes)
         )
         for number, batch in enumerate(batches, start=1):
-            # Only one batch of bytes is held at a time, never the whole study.
-            parts = await asyncio.gather(*(instance.read() for instance in batch))
-            outcome = await self._store_batch([i.sop_instance_uid for i in batch], parts)
-            del parts
-            result.delivered |= outcome.delivered
-            result.failed.update(outcome.failed)
-            bound.info(
+            # Only one batch is in flight, and with streams only one chunk of it is in memory.
+            outcome = await self._store_batch(batch)
+            result.merge(outcome)
+            bound.debug(
                 "stow_batch",
                 batch=number,
                 instances=len(batch),
                 delivered=len(outcome.delivered),
                 failed=len(outcome.failed),
             )
-        # An instance refused in one batch and accepted in a later one (repeated in the list).
-        for uid in result.delivered:
-            result.failed.pop(uid, None)
+            if not await go_on(outcome) and number < len(batches):
+                result.stopped = True
+                break
         return result
 
-    async def _store_batch(self, sent_uids: list[str], parts: Sequence[bytes]) -> DeliveryResult:
-        body, content_type = build_multipart(parts)
+    async def _store_batch(self, batch: Sequence[OutgoingInstance]) -> DeliveryResult:
+        sent_uids = [i.sop_instance_uid for i in batch]
         url = f"{self.base_url}/studies"
+        if all(i.stream is not None for i in batch):
+
+            def body() -> tuple[Any, dict[str, str]]:
+                stream = StreamedMultipart(batch)
+                return stream, {
+                    "Content-Type": stream.content_type,
+                    "Content-Length": str(stream.length),
+                }
+
+        else:
+            parts = await asyncio.gather(*(i.read() for i in batch))
+            content, content_type = build_multipart(parts)
+            del parts
+
+            def body() -> tuple[Any, dict[str, str]]:
+                return content, {"Content-Type": content_type}
+
         response = await self._request(
-            "POST",
-            url,
-            content=body,
-            headers={"Content-Type": content_type, "Accept": "application/dicom+json"},
+            "POST", url, body=body, headers={"Accept": "application/dicom+json"}
         )
-        outcome = interpret_store_response(response.status_code, response.content, sent_uids)
+        outcome = interpret_store_response(
+            response.status_code, response.content, sent_uids, self.profile
+        )
         if outcome.failed:
+            warning = response.headers.get("warning")
+            if warning:
+                # dcm4chee-arc puts the archive's own words (Error Comment) in a Warning header.
+                note = f"; archive says: {excerpt(warning.encode(), 160)}"
+                outcome.failed = {
+                    uid: reason + (note if reason != NOT_ACKNOWLEDGED else "")
+                    for uid, reason in outcome.failed.items()
+                }
             log.warning(
                 "stow_instances_refused",
                 destination=self.name,
                 status=response.status_code,
-                reasons=sorted(set(outcome.failed.values())),
+                refused=len(outcome.failed),
+                reasons=sorted(set(outcome.failed.values()))[:5],
             )
         return outcome
 
@@ -359,6 +505,24 @@ class DicomWebDestination:
             offset += len(page)
         return held & wanted
 
+    async def probe(self) -> str:
+        response = await self._request(
+            "GET",
+            f"{self.base_url}/studies",
+            params={"limit": "1"},
+            headers={"Accept": "application/dicom+json"},
+        )
+        if response.status_code in (200, 204):
+            return f"QIDO-RS answered HTTP {response.status_code}"
+        error = (
+            TransientDestinationError
+            if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUSES
+            else DestinationError
+        )
+        raise error(
+            f"QIDO-RS answered HTTP {response.status_code}: {excerpt(response.content)}"
+        )
+
     async def _qido_page(self, url: str, offset: int) -> list[str]:
         response = await self._request(
             "GET",
@@ -367,6 +531,12 @@ class DicomWebDestination:
             headers={"Accept": "application/dicom+json"},
         )
         status = response.status_code
+        if status == 404 and self.profile == "dcm4chee-arc" and response.content.strip():
+            # dcm4chee-arc answers an unknown AE title with 404 {"errorMessage": ...}; an empty
+            # result is 200 [] or 204. Taking this 404 for "none held" would hide a bad config.
+            raise DestinationError(
+                f"archive answered HTTP 404 to QIDO-RS: {excerpt(response.content)}"
+            )
         if status in (204, 404):
             return []
         if status >= 500 or status in _TRANSIENT_STATUSES:
@@ -394,20 +564,54 @@ class DicomWebDestination:
         uids = [_first_str(item, SOP_INSTANCE_UID) for item in data if isinstance(item, dict)]
         return [uid for uid in uids if uid is not None]
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._client.request(method, url, **kwargs)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise TransientDestinationError(
-                f"{method} {url} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        except httpx.ProxyError as exc:
-            raise TransientDestinationError(f"{method} {url} failed at the proxy: {exc}") from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise DestinationError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+    async def _request(
+        self, method: str, url: str, *, body: Body | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request; with OIDC, a 401 fetches a new token and sends once more.
+
+        ``body`` builds the request body afresh for each send: a streamed body is never
+        re-sent half consumed (the dicomweb-client trap in DESIGN.md).
+        """
+        for attempt in (1, 2):
+            headers = dict(kwargs.pop("headers", {}) or {})
+            send_kwargs = dict(kwargs)
+            if body is not None:
+                content, body_headers = body()
+                headers.update(body_headers)
+                send_kwargs["content"] = content
+            token = await self.tokens.token() if self.tokens is not None else None
+            try:
+                response = await self._client.request(
+                    method, url, headers=headers, **send_kwargs
+                )
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                raise TransientDestinationError(
+                    f"{method} {url} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            except httpx.ProxyError as exc:
+                raise TransientDestinationError(
+                    f"{method} {url} failed at the proxy: {exc}"
+                ) from exc
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise DestinationError(
+                    f"{method} {url} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            if response.status_code == 401 and self.tokens is not None and token and attempt == 1:
+                self.tokens.invalidate(token)
+                kwargs["headers"] = headers
+                continue
+            if response.status_code in (401, 403):
+                raise DestinationError(
+                    f"archive refused the credentials: HTTP {response.status_code}"
+                    f" {excerpt(response.content)}"
+                )
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self.tokens is not None:
+            await self.tokens.aclose()
 
 
 # -- DICOM JSON helpers ----------------------------------------------------------------------

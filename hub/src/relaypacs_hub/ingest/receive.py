@@ -93,12 +93,14 @@ async def receive_instance(
         key = content_key(sha)
         if not await store.exists(key):
             await store.put_file(key, tmp)
-        return await _record(sessionmaker, info.__dict__ | {"object_key": key}, sop_uid, sha, size)
+        return await record_instance(
+            sessionmaker, info.__dict__ | {"object_key": key}, sop_uid, sha, size
+        )
     finally:
         tmp.unlink(missing_ok=True)
 
 
-async def _record(
+async def record_instance(
     sessionmaker: async_sessionmaker[AsyncSession],
     fields: dict[str, object],
     sop_uid: str,

@@ -1,0 +1,469 @@
+"""The agent's uplink: manifest first, then tus segments, resumable across anything.
+
+One step of work at a time, always for the most urgent due study (STAT before routine), so a STAT
+study preempts a routine backlog at the next segment boundary:
+
+1. no open segment for the study: send the manifest; the hub answers what it lacks. Instances it
+   holds are marked uploaded (they never cross the WAN again). Nothing lacking: commit the study.
+2. otherwise pack the next segment from what the hub lacks (sized to about 20 s of the measured
+   throughput, within the configured bounds), write it to the spool, and upload it with tus.
+3. an upload that was interrupted (link down, agent killed, hub restarted) resumes from the offset
+   the hub reports on HEAD: a failure costs at most the PATCH in flight. Segment URLs and offsets
+   live in SQLite, so a reboot resumes mid-segment.
+
+After each segment the loop starts again at 1: the manifest answer is the proof that the hub
+unpacked and verified the segment's instances.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.store.db import Store
+from relaypacs_agent.uplink.client import HubClient, HubRefused, HubUnavailable
+from relaypacs_agent.uplink.schema import migrate_uplink
+from relaypacs_agent.uplink.tus_client import TusClient
+from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, RelayError, UnknownUpload
+from relaypacs_shared.segments import SegmentItem, build_segment, should_compress
+from relaypacs_shared.tus import UploadSession
+from relaypacs_shared.wire import CommitRequest, ManifestEntry
+
+log = structlog.get_logger("relaypacs.agent.uplink")
+
+SEGMENT_SECONDS = 20.0  # a segment is about this much link time: the STAT preemption latency
+PATCH_SECONDS = 3.0  # a PATCH is about this much link time: the most a failure costs
+MIN_CHUNK = 64 * 1024
+MAX_CHUNK = 8 * 1024 * 1024
+MAX_SEGMENT_TRIES = 3  # an instance still missing after this many segments is sent alone
+
+
+def in_window(window: str | None, now: datetime | None = None) -> bool:
+    """Is the local time inside ``HH:MM-HH:MM`` (which may wrap midnight)?"""
+    if not window:
+        return True
+    start_s, _, end_s = window.partition("-")
+    now = now or datetime.now()
+    minutes = now.hour * 60 + now.minute
+
+    def parse(v: str) -> int:
+        h, _, m = v.strip().partition(":")
+        return int(h) * 60 + int(m or 0)
+
+    start, end = parse(start_s), parse(end_s)
+    if start <= end:
+        return start <= minutes < end
+    return minutes >= start or minutes < end
+
+
+class Pacer:
+    """Token bucket for the bandwidth cap (bytes per second); 0 disables it."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        self.rate = bytes_per_second
+        self.allowance = bytes_per_second
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self.allowance = min(self.rate, self.allowance + (now - self.last) * self.rate)
+        self.last = now
+        self.allowance -= n
+        if self.allowance < 0:
+            time.sleep(-self.allowance / self.rate)
+
+
+class TransferSender:
+    def __init__(
+        self,
+        store: Store,
+        client: HubClient,
+        ingestor: Ingestor,
+        *,
+        spool_dir: Path,
+        quiet_period: float,
+        retry_max: float,
+        status_poll: float,
+        segment_min: int = 1024 * 1024,
+        segment_max: int = 32 * 1024 * 1024,
+        bandwidth_limit_kbps: int = 0,
+        routine_window: str | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.tus = TusClient(client.http)
+        self.ingestor = ingestor
+        self.segment_dir = spool_dir / "segments"
+        self.segment_dir.mkdir(parents=True, exist_ok=True)
+        self.quiet_period = quiet_period
+        self.retry_max = retry_max
+        self.status_poll = status_poll
+        self.segment_min = segment_min
+        self.segment_max = max(segment_max, segment_min)
+        self.routine_window = routine_window
+        self.pacer = Pacer(bandwidth_limit_kbps * 1000 / 8)
+        self.rate_bps = 0.0  # recent wire throughput, bytes/s
+        self.chunk = 1024 * 1024
+        self._last_poll = 0.0
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        migrate_uplink(store)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def due(self) -> list[Any]:
+        studies = self.store.due_studies(self.quiet_period)
+        allowed = in_window(self.routine_window)
+        return [s for s in studies if s["service_level"] == "stat" or allowed]
+
+    def run_once(self) -> bool:
+        """Do one step for the most urgent study; True if there was work."""
+        if time.monotonic() - self._last_poll >= self.status_poll:
+            self._last_poll = time.monotonic()
+            self.poll_committed()
+        studies = self.due()
+        if not studies:
+            return False
+        study = studies[0]
+        uid = study["study_instance_uid"]
+        try:
+            self.step(study)
+        except (HubUnavailable, ChecksumMismatch, OffsetConflict, UnknownUpload) as exc:
+            self._defer(study, exc)
+        except RelayError as exc:
+            self._defer(study, exc)
+        except OSError as exc:
+            log.error("uplink_io_error", study_uid=uid, error=str(exc))
+            self._defer(study, exc)
+        return True
+
+    def _defer(self, study: Any, exc: BaseException) -> None:
+        delay = min(self.retry_max, 2.0 ** study["attempts"]) * random.uniform(0.5, 1.0)  # noqa: S311
+        self.store.defer_study(study["study_instance_uid"], str(exc), delay)
+        log.warning(
+            "study_deferred",
+            study_uid=study["study_instance_uid"],
+            retry_in=round(delay, 1),
+            error=str(exc)[:200],
+        )
+
+    def step(self, study: Any) -> None:
+        uid = study["study_instance_uid"]
+        seg = self._open_segment(uid)
+        if seg is not None:
+            self.upload_segment(seg)
+            return
+        instances = [
+            i for i in self.store.study_instances(uid) if i["state"] in ("spooled", "uploaded")
+        ]
+        if not instances:
+            return
+        try:
+            answer = self.client.manifest(
+                uid,
+                study["service_level"],
+                [
+                    {
+                        "sop_instance_uid": i["sop_instance_uid"],
+                        "series_instance_uid": i["series_instance_uid"],
+                        "sha256": i["sha256"],
+                        "size": i["size"],
+                    }
+                    for i in instances
+                ],
+            )
+        except HubRefused as exc:
+            if exc.code == "conflict" and exc.missing:
+                for inst in instances:
+                    if inst["sop_instance_uid"] in exc.missing:
+                        self._refused(inst, exc)
+                return
+            raise
+        missing = set(answer.missing)
+        self._stats_start(uid, answer.missing_bytes)
+        for inst in instances:
+            if inst["sop_instance_uid"] not in missing and inst["state"] != "uploaded":
+                self.store.mark_uploaded(inst["sop_instance_uid"])
+        if not missing:
+            self._commit(study, instances)
+            return
+        todo = [i for i in instances if i["sop_instance_uid"] in missing]
+        tries = self._segment_tries(uid)
+        stubborn = [i for i in todo if tries.get(i["sop_instance_uid"], 0) >= MAX_SEGMENT_TRIES]
+        if stubborn:
+            self._send_alone(uid, stubborn)
+            return
+        seg = self._pack(uid, todo)
+        self.upload_segment(seg)
+
+    # -- segments -----------------------------------------------------------------------
+
+    def _open_segment(self, study_uid: str) -> Any | None:
+        rows = self.store.query(
+            "SELECT * FROM segments WHERE study_instance_uid = ? "
+            "AND state IN ('built', 'uploading') ORDER BY created_at LIMIT 1",
+            (study_uid,),
+        )
+        if rows and not Path(rows[0]["path"]).exists():
+            self._set_segment(rows[0]["id"], state="abandoned")
+            return None
+        return rows[0] if rows else None
+
+    def _segment_tries(self, study_uid: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.store.query(
+            "SELECT sop_uids FROM segments WHERE study_instance_uid = ? AND state = 'uploaded'",
+            (study_uid,),
+        ):
+            for sop in json.loads(row["sop_uids"]):
+                counts[sop] = counts.get(sop, 0) + 1
+        return counts
+
+    def target_segment_bytes(self) -> int:
+        if self.rate_bps <= 0:
+            return max(self.segment_min, min(self.segment_max, 4 * 1024 * 1024))
+        return int(max(self.segment_min, min(self.segment_max, self.rate_bps * SEGMENT_SECONDS)))
+
+    def _pack(self, study_uid: str, todo: list[Any]) -> Any:
+        target = self.target_segment_bytes()
+        chosen: list[Any] = []
+        total = 0
+        for inst in todo:
+            if chosen and total + inst["size"] > target:
+                break
+            chosen.append(inst)
+            total += inst["size"]
+        seg_id = uuid.uuid4().hex
+        path = self.segment_dir / f"{seg_id}.seg"
+        built = build_segment(
+            path,
+            segment_id=seg_id,
+            study_instance_uid=study_uid,
+            items=[
+                SegmentItem(
+                    path=Path(i["spool_path"]),
+                    sop_instance_uid=i["sop_instance_uid"],
+                    series_instance_uid=i["series_instance_uid"],
+                    sha256=i["sha256"],
+                    size=i["size"],
+                    compress=should_compress(i["transfer_syntax_uid"]),
+                )
+                for i in chosen
+            ],
+        )
+        now = time.time()
+        with self.store.tx() as conn:
+            conn.execute(
+                """INSERT INTO segments (id, study_instance_uid, path, length, raw_bytes, sha256,
+                   sop_uids, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)""",
+                (
+                    seg_id,
+                    study_uid,
+                    str(path),
+                    built.length,
+                    built.raw_bytes,
+                    built.sha256,
+                    json.dumps([i["sop_instance_uid"] for i in chosen]),
+                    now,
+                    now,
+                ),
+            )
+        log.info(
+            "segment_built",
+            study_uid=study_uid,
+            segment_id=seg_id,
+            instances=len(chosen),
+            raw_bytes=built.raw_bytes,
+            bytes=built.length,
+        )
+        return self.store.query("SELECT * FROM segments WHERE id = ?", (seg_id,))[0]
+
+    def _set_segment(self, seg_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.store.tx() as conn:
+            conn.execute(
+                f"UPDATE segments SET {cols}, updated_at = ? WHERE id = ?",  # noqa: S608 - our column names
+                (*fields.values(), time.time(), seg_id),
+            )
+
+    def upload_segment(self, seg: Any) -> None:
+        seg_id, uid, length = seg["id"], seg["study_instance_uid"], seg["length"]
+        bound = log.bind(study_uid=uid, segment_id=seg_id)
+        url = seg["upload_url"]
+        session = UploadSession(length, 0)
+        if url:
+            try:
+                session.resync(self.tus.head(url))
+                bound.info("segment_resumed", offset=session.offset, length=length)
+            except UnknownUpload:
+                url = None  # expired or lost at the hub: start this segment again
+        if not url:
+            url = self.tus.create(
+                length,
+                {
+                    "kind": "relaypacs-segment",
+                    "study": uid,
+                    "segment": seg_id,
+                    "sha256": seg["sha256"],
+                },
+            )
+            self._set_segment(seg_id, upload_url=url, offset=0, state="uploading")
+        failures = 0
+        with Path(seg["path"]).open("rb") as f:
+            while not session.done:
+                if self.stop.is_set():
+                    return
+                patch = session.next_patch(self.chunk)
+                assert patch is not None
+                f.seek(patch.offset)
+                data = f.read(patch.length)
+                session.sent(patch)
+                started = time.monotonic()
+                try:
+                    new_offset = self.tus.patch(url, patch.offset, data, self.pacer)
+                    session.acknowledged(patch, new_offset)
+                except (HubUnavailable, ChecksumMismatch, OffsetConflict) as exc:
+                    failures += 1
+                    self.chunk = max(MIN_CHUNK, self.chunk // 2)
+                    self._count_wire(uid, len(data), acked=False)
+                    if failures > 50:
+                        raise
+                    self._pause(min(self.retry_max, 0.25 * 2 ** min(failures, 8)))
+                    bound.info("patch_failed", error=str(exc)[:120], chunk=self.chunk)
+                    try:
+                        session.resync(self.tus.head(url))
+                    except HubUnavailable:
+                        continue  # still down: the next PATCH attempt asks again
+                    self._set_segment(seg_id, offset=session.offset)
+                    continue
+                elapsed = max(time.monotonic() - started, 1e-3)
+                self._learn_rate(len(data) / elapsed)
+                self._count_wire(uid, len(data), acked=True)
+                self._set_segment(seg_id, offset=session.offset, resent_bytes=session.resent_bytes)
+        self._set_segment(
+            seg_id, state="uploaded", offset=length, resent_bytes=session.resent_bytes
+        )
+        Path(seg["path"]).unlink(missing_ok=True)
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE transfer_stats SET sent_bytes = sent_bytes + ?, updated_at = ? "
+                "WHERE study_instance_uid = ?",
+                (seg["raw_bytes"], time.time(), uid),
+            )
+        bound.info(
+            "segment_uploaded", bytes=length, resent_bytes=session.resent_bytes, failures=failures
+        )
+
+    def _pause(self, seconds: float) -> None:
+        self.stop.wait(seconds * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+
+    def _learn_rate(self, bps: float) -> None:
+        self.rate_bps = bps if self.rate_bps <= 0 else 0.7 * self.rate_bps + 0.3 * bps
+        self.chunk = int(max(MIN_CHUNK, min(MAX_CHUNK, self.rate_bps * PATCH_SECONDS)))
+
+    # -- stats --------------------------------------------------------------------------
+
+    def _stats_start(self, uid: str, missing_bytes: int) -> None:
+        now = time.time()
+        with self.store.tx() as conn:
+            conn.execute(
+                """INSERT INTO transfer_stats (study_instance_uid, total_bytes, started_at,
+                   updated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (study_instance_uid) DO UPDATE SET
+                     total_bytes = MAX(total_bytes, transfer_stats.sent_bytes + ?),
+                     updated_at = ?""",
+                (uid, missing_bytes, now, now, missing_bytes, now),
+            )
+
+    def _count_wire(self, uid: str, n: int, *, acked: bool) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE transfer_stats SET wire_bytes = wire_bytes + ?, rate_bps = ?, "
+                "updated_at = ? WHERE study_instance_uid = ?",
+                (n, self.rate_bps, time.time(), uid),
+            )
+
+    # -- commit, refusals, status -------------------------------------------------------
+
+    def _commit(self, study: Any, instances: list[Any]) -> None:
+        uid = study["study_instance_uid"]
+        request = CommitRequest(
+            service_level="stat" if study["service_level"] == "stat" else "routine",
+            instances=[
+                ManifestEntry(sop_instance_uid=i["sop_instance_uid"], sha256=i["sha256"])
+                for i in instances
+            ],
+        )
+        status = self.client.commit(uid, request)
+        if self.store.mark_committed(uid, study["last_instance_at"], status.model_dump_json()):
+            log.info("study_committed", study_uid=uid, instances=len(instances))
+
+    def _send_alone(self, uid: str, stubborn: list[Any]) -> None:
+        """Instances the hub keeps refusing inside segments: one plain PUT each, for a reason."""
+        for inst in stubborn:
+            try:
+                self.client.put_instance(
+                    uid,
+                    inst["sop_instance_uid"],
+                    Path(inst["spool_path"]),
+                    inst["sha256"],
+                    inst["size"],
+                )
+                self.store.mark_uploaded(inst["sop_instance_uid"])
+            except HubRefused as exc:
+                self._refused(inst, exc)
+
+    def _refused(self, inst: Any, exc: HubRefused) -> None:
+        """The hub will never take this instance: keep its bytes in quarantine with the reason."""
+        sop = inst["sop_instance_uid"]
+        self.store.mark_refused(sop)
+        spool = Path(inst["spool_path"])
+        copy = spool.with_name(spool.name + ".refused")
+        try:
+            copy.write_bytes(spool.read_bytes())
+            self.ingestor.quarantine(
+                copy,
+                source="hub",
+                reason=f"hub_{exc.code}",
+                message=f"the hub refused the instance: {exc.detail}",
+                sop_uid=sop,
+            )
+        except OSError as err:
+            log.error("refused_quarantine_failed", error=str(err))
+        log.warning("instance_refused_by_hub", sop_uid=sop, code=exc.code)
+
+    def poll_committed(self) -> None:
+        for study in self.store.committed_studies():
+            uid = study["study_instance_uid"]
+            try:
+                status = self.client.study_status(uid)
+            except RelayError:
+                return
+            if status.delivered_everywhere:
+                self.store.mark_delivered(uid, status.model_dump_json())
+                log.info("study_delivered", study_uid=uid)
+            else:
+                self.store.set_hub_status(uid, status.model_dump_json())
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        self.stop = stop
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("uplink_loop_error")
+                worked = False
+            if not worked:
+                self.wake.wait(interval)
+                self.wake.clear()

@@ -1,0 +1,94 @@
+"""A tus 1.0 client over httpx for the agent's segments.
+
+Every PATCH carries an ``Upload-Checksum`` (sha256), so the hub keeps no damaged bytes; after any
+failure the caller asks HEAD for the offset and goes on from there (``UploadSession``).
+Errors are translated at this boundary into the project's tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from relaypacs_agent.uplink.client import HubRefused, HubUnavailable
+from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, UnknownUpload
+from relaypacs_shared.tus import (
+    OFFSET_CONTENT_TYPE,
+    STATUS_CHECKSUM_MISMATCH,
+    TUS_VERSION,
+    encode_metadata,
+    format_checksum,
+)
+
+ENDPOINT = "/api/v1/uploads"
+
+
+class TusClient:
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
+        headers = {"Tus-Resumable": TUS_VERSION, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        try:
+            resp = self.http.request(method, url, headers=headers, **kwargs)  # type: ignore[arg-type]
+        except httpx.TransportError as exc:
+            raise HubUnavailable(f"hub unreachable: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 500:
+            raise HubUnavailable(f"hub answered {resp.status_code}")
+        return resp
+
+    def create(self, length: int, metadata: dict[str, str]) -> str:
+        resp = self._request(
+            "POST",
+            ENDPOINT,
+            headers={"Upload-Length": str(length), "Upload-Metadata": encode_metadata(metadata)},
+        )
+        if resp.status_code != 201 or "location" not in resp.headers:
+            raise HubRefused(resp.status_code, "tus_create", resp.text[:200])
+        location = resp.headers["location"]
+        return location if location.startswith("/") else httpx.URL(location).path
+
+    def head(self, url: str) -> int:
+        resp = self._request("HEAD", url)
+        if resp.status_code in (404, 410):
+            raise UnknownUpload(f"the hub no longer has upload {url} ({resp.status_code})")
+        if resp.status_code != 200 or "upload-offset" not in resp.headers:
+            raise HubRefused(resp.status_code, "tus_head", "HEAD without Upload-Offset")
+        return int(resp.headers["upload-offset"])
+
+    def patch(
+        self, url: str, offset: int, data: bytes, pace: Callable[[int], None] | None = None
+    ) -> int:
+        def body() -> Iterator[bytes]:
+            view = memoryview(data)
+            step = 64 * 1024
+            for i in range(0, len(view), step):
+                piece = bytes(view[i : i + step])
+                if pace:
+                    pace(len(piece))
+                yield piece
+
+        resp = self._request(
+            "PATCH",
+            url,
+            content=body() if pace else data,
+            headers={
+                "Content-Type": OFFSET_CONTENT_TYPE,
+                "Upload-Offset": str(offset),
+                "Upload-Checksum": format_checksum("sha256", data),
+                "Content-Length": str(len(data)),
+            },
+        )
+        if resp.status_code == 204:
+            return int(resp.headers["upload-offset"])
+        if resp.status_code == 409:
+            raise OffsetConflict("the hub holds another offset for this upload")
+        if resp.status_code == STATUS_CHECKSUM_MISMATCH:
+            raise ChecksumMismatch("the hub received damaged bytes for this PATCH")
+        if resp.status_code in (404, 410):
+            raise UnknownUpload(f"the hub no longer has upload {url} ({resp.status_code})")
+        raise HubRefused(resp.status_code, "tus_patch", resp.text[:200])
+
+    def delete(self, url: str) -> None:
+        self._request("DELETE", url)

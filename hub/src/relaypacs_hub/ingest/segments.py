@@ -1,0 +1,169 @@
+"""Unpack a completed segment upload into instances, each checked against the study's manifest.
+
+Nothing in a segment is trusted on its own: the segment's checksum must hold, every entry must be
+declared in the manifest with the same SHA-256, decompress to exactly that hash and parse as the
+DICOM instance it claims to be. An entry that fails is skipped (the manifest will report it as
+missing again, so the agent resends it); the rest of the segment still counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relaypacs_hub.db.models import Instance, ManifestEntry, Upload
+from relaypacs_hub.ingest.receive import record_instance
+from relaypacs_hub.storage.base import ObjectStore, content_key
+from relaypacs_hub.storage.uploads import LocalUploadStore
+from relaypacs_shared.dicom import validate_file
+from relaypacs_shared.errors import DicomValidationError, ProtocolError
+from relaypacs_shared.segments import extract_entry, read_index
+
+log = structlog.get_logger("relaypacs.hub.segments")
+SEGMENT_KIND = "relaypacs-segment"
+
+
+@dataclass
+class SegmentOutcome:
+    stored: int = 0
+    already_held: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+async def process_upload(
+    upload_id: str,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    uploads: LocalUploadStore,
+    store: ObjectStore,
+    max_instance_bytes: int,
+) -> SegmentOutcome | None:
+    """Process a complete segment upload once; None if it is not a segment or already done."""
+    async with sessionmaker() as session, session.begin():
+        u = await session.scalar(select(Upload).where(Upload.id == upload_id).with_for_update())
+        if u is None or u.state != "complete" or u.study_instance_uid is None:
+            return None
+        if json.loads(u.metadata_json).get("kind") != SEGMENT_KIND:
+            return None
+        u.state = "processing"
+        study_uid = u.study_instance_uid
+    outcome = SegmentOutcome()
+    bound = log.bind(upload_id=upload_id, study_uid=study_uid)
+    try:
+        path = await uploads.local_path(upload_id)
+        length = (await anyio.Path(path).stat()).st_size
+        with path.open("rb") as f:
+            index = await anyio.to_thread.run_sync(read_index, f, length)
+            if index.study_instance_uid != study_uid:
+                raise ProtocolError("segment index names another study than its upload")
+            async with sessionmaker() as session:
+                declared = {
+                    m.sop_instance_uid: m
+                    for m in await session.scalars(
+                        select(ManifestEntry).where(ManifestEntry.study_instance_uid == study_uid)
+                    )
+                }
+                held = {
+                    i.sop_instance_uid: i.sha256
+                    for i in await session.scalars(
+                        select(Instance).where(Instance.study_instance_uid == study_uid)
+                    )
+                }
+            for entry in index.entries:
+                sop = entry.sop_instance_uid
+                m = declared.get(sop)
+                if m is None or m.sha256 != entry.sha256:
+                    outcome.rejected[sop] = "not declared in the study's manifest with this hash"
+                    continue
+                if held.get(sop) == entry.sha256:
+                    outcome.already_held += 1
+                    continue
+                tmp = store.staging_dir() / f"{uuid.uuid4().hex}.dcm"
+                try:
+                    with tmp.open("wb") as out:
+                        sha = await anyio.to_thread.run_sync(extract_entry, f, entry, out)
+                    if sha != entry.sha256:
+                        outcome.rejected[sop] = "decompressed bytes do not match the manifest hash"
+                        continue
+                    info = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            validate_file, tmp, max_bytes=max_instance_bytes, sha256=sha
+                        )
+                    )
+                    if info.sop_instance_uid != sop or info.study_instance_uid != study_uid:
+                        outcome.rejected[sop] = "instance UIDs differ from the segment index"
+                        continue
+                    key = content_key(sha)
+                    if not await store.exists(key):
+                        await store.put_file(key, tmp)
+                    await record_instance(
+                        sessionmaker, info.__dict__ | {"object_key": key}, sop, sha, entry.size
+                    )
+                    outcome.stored += 1
+                except DicomValidationError as exc:
+                    outcome.rejected[sop] = f"{exc.reason}: {exc.message}"
+                except ProtocolError as exc:
+                    outcome.rejected[sop] = str(exc)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        state, error = "processed", None
+    except ProtocolError as exc:
+        state, error = "rejected", str(exc)
+        bound.warning("segment_rejected", error=str(exc))
+    except Exception as exc:
+        # Leave it complete so a later manifest call processes it again.
+        async with sessionmaker() as session, session.begin():
+            u = await session.get(Upload, upload_id)
+            if u is not None:
+                u.state = "complete"
+        bound.exception("segment_processing_failed", error_type=type(exc).__name__)
+        raise
+    async with sessionmaker() as session, session.begin():
+        u = await session.get(Upload, upload_id)
+        if u is not None:
+            u.state = state
+            u.error = error or (
+                "; ".join(f"{k}: {v}" for k, v in list(outcome.rejected.items())[:20]) or None
+            )
+    await uploads.delete(upload_id)
+    bound.info(
+        "segment_processed",
+        stored=outcome.stored,
+        already_held=outcome.already_held,
+        rejected=len(outcome.rejected),
+    )
+    return outcome
+
+
+async def process_pending(
+    study_uid: str,
+    *,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    uploads: LocalUploadStore,
+    store: ObjectStore,
+    max_instance_bytes: int,
+) -> None:
+    """Process complete segments of a study that a crash left unprocessed."""
+    async with sessionmaker() as session:
+        ids = list(
+            await session.scalars(
+                select(Upload.id)
+                .where(Upload.study_instance_uid == study_uid)
+                .where(Upload.state == "complete")
+            )
+        )
+    for upload_id in ids:
+        await process_upload(
+            upload_id,
+            sessionmaker=sessionmaker,
+            uploads=uploads,
+            store=store,
+            max_instance_bytes=max_instance_bytes,
+        )
