@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: demo test test-fast lint install system-deps services bench-ingest clean
+.PHONY: demo test test-fast lint install system-deps services npm-deps clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -11,6 +11,9 @@ install:  ## Python environment for all workspace packages (installs uv if missi
 
 system-deps:  ## Debian packages the integration tests use as real peers
 	@bash scripts/install-system-deps.sh
+
+npm-deps:  ## third-party tus client (tus-js-client) the interoperability tests run under Node
+	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 
 services:  ## start PostgreSQL if this machine is not already running it
 	@bash scripts/ensure-services.sh
@@ -24,7 +27,7 @@ lint: install
 	$(UV) run mypy
 	$(UV) run lint-imports
 
-test: system-deps install services lint  ## everything: lint, unit and integration tests
+test: system-deps install npm-deps services lint  ## everything: lint, unit and integration tests
 	$(UV) run pytest -q
 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)

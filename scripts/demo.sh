@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 UV=${UV:-$(command -v uv || echo "$HOME/.local/bin/uv")}
 DEMO_DIR=${DEMO_DIR:-var/demo}
 DEMO_PORT=${DEMO_PORT:-8080}
+DEMO_DICOM_PORT=${DEMO_DICOM_PORT:-11112}
 mkdir -p "$DEMO_DIR/inbox" "$DEMO_DIR/archive"
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 cat > "$DEMO_DIR/destinations.toml" <<TOML
@@ -22,6 +23,8 @@ export RELAYPACS_AGENT_DATA_DIR="$DEMO_DIR/agent"
 export RELAYPACS_AGENT_INBOX="$DEMO_DIR/inbox"
 export RELAYPACS_AGENT_HUB_URL="http://127.0.0.1:$DEMO_PORT"
 export RELAYPACS_AGENT_QUIET_PERIOD_SECONDS=${RELAYPACS_AGENT_QUIET_PERIOD_SECONDS:-5}
+export RELAYPACS_AGENT_DIMSE_PORT="$DEMO_DICOM_PORT"
+export RELAYPACS_AGENT_DIMSE_AE_TITLE=${RELAYPACS_AGENT_DIMSE_AE_TITLE:-RELAYPACS}
 
 hub_pid=""; agent_pid=""
 stop() {
@@ -48,13 +51,17 @@ agent_pid=$!
 
 cat <<TXT
 
-  RelayPACS demo is running (hub on http://127.0.0.1:$DEMO_PORT, agent watching a folder).
+  RelayPACS demo is running (hub on http://127.0.0.1:$DEMO_PORT, agent watching a folder and
+  listening for DICOM C-STORE on port $DEMO_DICOM_PORT, AE title $RELAYPACS_AGENT_DIMSE_AE_TITLE).
 
     drop DICOM files into:   $DEMO_DIR/inbox/
     they arrive in:          $DEMO_DIR/archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     refused files go to:     $DEMO_DIR/agent/quarantine/ (with a .reason.json beside each)
     see what the agent holds: RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent status
     make a test study:       uv run relaypacs-dev gen-study --out $DEMO_DIR/inbox/ct1 --instances 50
+    send by C-STORE:         storescu -aec $RELAYPACS_AGENT_DIMSE_AE_TITLE +sd +r 127.0.0.1 $DEMO_DICOM_PORT <folder>
+    import a CD or zip:      RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent import <path>
+    refused files:           RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent quarantine list
 
   Ctrl-C stops both.
 

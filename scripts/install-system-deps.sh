@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages used as real peers by the integration tests: Orthanc with its DICOMweb plugin,
-# and dcmtk. Installed only when missing; the Orthanc service is not started (tests start their
+# dcmtk, dicom3tools, and the WAN kit's nftables / iproute2. Installed only when missing; the Orthanc service is not started (tests start their
 # own Orthanc processes on free ports).
 set -euo pipefail
 need=()
@@ -8,6 +8,9 @@ need=()
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -42,7 +42,7 @@ def test_command_documented_with_example(prog: str, app: typer.Typer, name: str)
     ("prefix", "settings"), [("RELAYPACS_HUB_", HubSettings), ("RELAYPACS_AGENT_", AgentSettings)]
 )
 def test_every_setting_documented(prefix: str, settings: type) -> None:
-    documented = set(re.findall(rf"`({prefix}[A-Z_]+)`", README))
+    documented = set(re.findall(rf"`({prefix}[A-Z0-9_]+)`", README))
     fields = {prefix + name.upper() for name in settings.model_fields}
     assert fields - documented == set(), "settings missing from the README"
     assert documented - fields == set(), "README documents settings that do not exist"

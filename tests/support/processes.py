@@ -31,8 +31,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class _Proc:
     name = "process"
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.argv = argv
+    def __init__(
+        self, argv: list[str], env: dict[str, str], log_path: Path, prefix: list[str] | None = None
+    ) -> None:
+        self.argv = [*(prefix or []), *argv]
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,21 +70,42 @@ class _Proc:
 class HubProcess(_Proc):
     name = "hub"
 
-    def __init__(self, workdir: Path, *, port: int | None = None, **settings: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+        probe_prefix: list[str] | None = None,
+        **settings: str,
+    ) -> None:
         self.port = port or free_port()
+        self.host = host
+        self.probe_prefix = probe_prefix
         env = {
+            "RELAYPACS_HUB_HOST": host,
             "RELAYPACS_HUB_DATA_DIR": str(workdir / "hub"),
             "RELAYPACS_HUB_PORT": str(self.port),
             "RELAYPACS_HUB_WORKER_POLL_SECONDS": "0.5",
             **{f"RELAYPACS_HUB_{k.upper()}": v for k, v in settings.items()},
         }
         super().__init__(
-            [sys.executable, "-m", "relaypacs_hub.cli", "serve"], env, workdir / "hub.log"
+            [sys.executable, "-m", "relaypacs_hub.cli", "serve"], env, workdir / "hub.log", prefix
         )
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    def _healthy(self) -> bool:
+        if self.probe_prefix is not None:  # the hub lives in another network namespace
+            probe = [*self.probe_prefix, "curl", "-fs", "-m", "2", self.url + "/healthz"]
+            return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def start(self, timeout: float = 60) -> None:
         super().start()
@@ -90,10 +113,7 @@ class HubProcess(_Proc):
         def ready() -> bool:
             if not self.alive():
                 raise AssertionError(f"hub exited at start:\n{self.log()[-3000:]}")
-            try:
-                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return self._healthy()
 
         wait_for(ready, timeout, "the hub to answer /healthz")
 
@@ -101,7 +121,9 @@ class HubProcess(_Proc):
 class AgentProcess(_Proc):
     name = "agent"
 
-    def __init__(self, workdir: Path, hub_url: str, **settings: str) -> None:
+    def __init__(
+        self, workdir: Path, hub_url: str, prefix: list[str] | None = None, **settings: str
+    ) -> None:
         self.data_dir = workdir / "agent"
         self.inbox = workdir / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -117,7 +139,7 @@ class AgentProcess(_Proc):
             **{f"RELAYPACS_AGENT_{k.upper()}": v for k, v in settings.items()},
         }
         super().__init__(
-            [sys.executable, "-m", "relaypacs_agent.cli", "run"], env, workdir / "agent.log"
+            [sys.executable, "-m", "relaypacs_agent.cli", "run"], env, workdir / "agent.log", prefix
         )
 
     def status(self) -> dict[str, Any]:

@@ -151,6 +151,7 @@ class AgentSettings(BaseSettings):
         if not _AE_TITLE.match(v) or not v.strip():
             raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
         return v.strip()
+
     segment_min_bytes: int = Field(
         default=1024 * 1024, description="Smallest segment the uplink packs (bytes)."
     )

@@ -1,21 +1,56 @@
-"""The running agent: a watcher thread and a sender thread over one store."""
+"""The running agent: watcher threads, the C-STORE SCP, the conformance checker and the uplink,
+over one store. Every thread's state is durable in the store, so a hard kill loses nothing."""
 
 from __future__ import annotations
 
+import os
 import signal
+import tempfile
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 import structlog
 
 from relaypacs_agent.config import AgentSettings
-from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.ingest.archive import Importer
+from relaypacs_agent.ingest.conformance import ConformanceChecker, find_dciodvfy
+from relaypacs_agent.ingest.dimse import StoreSCP
+from relaypacs_agent.ingest.files import remove_orphans
+from relaypacs_agent.ingest.pipeline import Ingestor, Source
 from relaypacs_agent.ingest.watcher import InboxWatcher
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
 from relaypacs_agent.uplink.transfer import TransferSender
+from relaypacs_shared.archives import ArchiveLimits
 
 log = structlog.get_logger("relaypacs.agent")
+
+
+def build_ingestor(settings: AgentSettings, store: Store) -> Ingestor:
+    return Ingestor(
+        store,
+        spool_dir=settings.spool_dir,
+        quarantine_dir=settings.quarantine_dir,
+        max_instance_bytes=settings.max_instance_bytes,
+        service_level=settings.service_level,
+        min_free_bytes=settings.min_free_bytes,
+        max_sequence_depth=settings.max_sequence_depth,
+    )
+
+
+def build_importer(settings: AgentSettings, ingestor: Ingestor) -> Importer:
+    return Importer(
+        ingestor,
+        incoming_dir=settings.incoming_dir,
+        limits=ArchiveLimits(
+            max_total_bytes=settings.max_archive_bytes,
+            max_entries=settings.max_archive_entries,
+            max_ratio=settings.max_compression_ratio,
+            max_entry_bytes=settings.max_instance_bytes,
+        ),
+        workers=settings.ingest_workers,
+    )
 
 
 class Agent:
@@ -23,23 +58,52 @@ class Agent:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_path)
-        self.ingestor = Ingestor(
-            self.store,
-            spool_dir=settings.spool_dir,
-            quarantine_dir=settings.quarantine_dir,
-            max_instance_bytes=settings.max_instance_bytes,
-            service_level=settings.service_level,
-        )
+        self.ingestor = build_ingestor(settings, self.store)
+        self.importer = build_importer(settings, self.ingestor)
+        self.watchers = [
+            InboxWatcher(
+                folder.path,
+                self.ingestor,
+                settle_seconds=(
+                    folder.settle_seconds
+                    if folder.settle_seconds is not None
+                    else settings.settle_seconds
+                ),
+                scan_interval=settings.scan_interval_seconds,
+                source=Source(
+                    kind="folder",
+                    name=folder.label,
+                    service_level=folder.service_level,
+                    quiet_period=folder.quiet_period_seconds,
+                    metadata=folder.metadata,
+                    keep_original=folder.mode == "copy",
+                    folder_key=str(folder.path) if folder.mode == "copy" else None,
+                ),
+                importer=self.importer,
+                workers=settings.ingest_workers,
+                create=folder.name == "inbox",
+            )
+            for folder in settings.folders
+        ]
+        self.scp: StoreSCP | None = None
+        if settings.dimse_port:
+            self.scp = StoreSCP(
+                self.ingestor,
+                host=settings.dimse_host,
+                port=settings.dimse_port,
+                ae_title=settings.dimse_ae_title,
+                allowed_calling_aets=settings.allowed_calling_aets,
+                service_level=settings.dimse_service_level,
+                release_grace=settings.dimse_release_grace_seconds,
+                max_associations=settings.dimse_max_associations,
+            )
+        binary = find_dciodvfy() if settings.conformance_check else None
+        self.checker = ConformanceChecker(self.store, binary) if binary else None
+        # --- uplink: the one place where the sender is built (the transfer work plugs in here).
         self.client = HubClient(
             settings.hub_url,
             token=settings.hub_token.get_secret_value() if settings.hub_token else None,
             timeout=settings.request_timeout_seconds,
-        )
-        self.watcher = InboxWatcher(
-            settings.resolved_inbox,
-            self.ingestor,
-            settle_seconds=settings.settle_seconds,
-            scan_interval=settings.scan_interval_seconds,
         )
         # The uplink: manifest, then resumable tus segments (relaypacs_agent.uplink.transfer).
         self.sender = TransferSender(
@@ -55,13 +119,26 @@ class Agent:
             bandwidth_limit_kbps=settings.bandwidth_limit_kbps,
             routine_window=settings.routine_window,
         )
+        # --- end of uplink construction.
         self.stop = threading.Event()
 
-    def run(self) -> None:
-        """Run until SIGINT/SIGTERM. All state is durable, so a hard kill loses nothing either."""
+    def _prepare(self) -> None:
+        """Recover from whatever a crash left: staging copies, half-received files, lost rows."""
+        removed = self.ingestor.cleanup_staging() + remove_orphans(self.settings.incoming_dir)
+        if removed:
+            log.info("staging_cleaned", entries=removed)
         recovered = self.ingestor.reconcile_quarantine()
         if recovered:
             log.info("quarantine_reconciled", files=recovered)
+        # C-STORE datasets stream to pynetdicom's temporary files: keep them on the spool's
+        # disk (a Raspberry Pi's /tmp may be RAM), named per process so a crash is cleaned up.
+        own_tmp = self.settings.incoming_dir / f"{os.getpid()}-dimse"
+        own_tmp.mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(own_tmp)
+
+    def run(self) -> None:
+        """Run until SIGINT/SIGTERM. All state is durable, so a hard kill loses nothing either."""
+        self._prepare()
 
         def _stop(signum: int, _frame: FrameType | None) -> None:
             log.info("agent_stopping", signal=signal.Signals(signum).name)
@@ -70,24 +147,47 @@ class Agent:
 
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
+        targets: list[tuple[str, Callable[[threading.Event], None]]] = [
+            (f"watcher-{w.source.name or i}", w.run) for i, w in enumerate(self.watchers)
+        ]
+        targets.append(("sender", self.sender.run))
+        if self.checker is not None:
+            targets.append(("conformance", self.checker.run))
         threads = [
-            threading.Thread(
-                target=self.watcher.run, args=(self.stop,), name="watcher", daemon=True
-            ),
-            threading.Thread(target=self.sender.run, args=(self.stop,), name="sender", daemon=True),
+            threading.Thread(target=fn, args=(self.stop,), name=name, daemon=True)
+            for name, fn in targets
         ]
         for t in threads:
             t.start()
+        if self.scp is not None:
+            self.scp.start()
         log.info(
             "agent_started",
-            inbox=str(self.settings.resolved_inbox),
+            folders=[str(w.inbox) for w in self.watchers],
+            dimse_port=self.settings.dimse_port or None,
             hub=self.settings.hub_url,
             data_dir=str(self.settings.data_dir),
         )
         while not self.stop.wait(0.5):
             pass
+        if self.scp is not None:
+            self.scp.stop()
         for t in threads:
             t.join(timeout=15)
         self.client.close()
         self.store.close()
         log.info("agent_stopped")
+
+
+def folder_source(settings: AgentSettings, name: str) -> Source:
+    """The Source of a watched folder by name (for imports that should carry its defaults)."""
+    for folder in settings.folders:
+        if folder.label == name:
+            return Source(
+                kind="import",
+                name=folder.label,
+                service_level=folder.service_level,
+                quiet_period=folder.quiet_period_seconds,
+                metadata=folder.metadata,
+            )
+    raise KeyError(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,21 @@ _EMPTY_TOTALS: dict[str, Any] = {
 }
 
 
-def read_status(db_path: Path) -> dict[str, Any]:
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def read_status(db_path: Path, min_free_bytes: int | None = None) -> dict[str, Any]:
     if not db_path.exists():
         return {"database": str(db_path), "exists": False, "studies": [], "totals": _EMPTY_TOTALS}
+    disk: dict[str, Any] = {}
+    if min_free_bytes is not None:
+        free = shutil.disk_usage(db_path.parent).free
+        disk = {
+            "free_bytes": free,
+            "reserve_bytes": min_free_bytes,
+            "refusing": free < min_free_bytes,
+        }
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
@@ -28,7 +41,19 @@ def read_status(db_path: Path) -> dict[str, Any]:
             r["state"]: r["n"]
             for r in conn.execute("SELECT state, COUNT(*) AS n FROM instances GROUP BY state")
         }
-        quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        # A database not yet migrated to 002 (status run before the agent's first start).
+        migrated = "resolution" in _columns(conn, "quarantine")
+        open_q = " WHERE resolution IS NULL" if migrated else ""
+        # open_q is one of two constants above, never input.
+        quarantined = conn.execute(f"SELECT COUNT(*) FROM quarantine{open_q}").fetchone()[0]  # noqa: S608
+        findings = (
+            conn.execute(
+                "SELECT COUNT(*) FROM instances WHERE conformance IS NOT NULL "
+                "AND conformance != '[]'"
+            ).fetchone()[0]
+            if migrated
+            else 0
+        )
         duplicates = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0]
         studies = []
         for s in conn.execute("SELECT * FROM studies ORDER BY first_received_at"):
@@ -54,6 +79,9 @@ def read_status(db_path: Path) -> dict[str, Any]:
                     "instances_by_state": counts,
                     "bytes": size,
                     "attempts": s["attempts"],
+                    "commits": s["commits"],
+                    "ready_at": s["ready_at"] if migrated else None,
+                    "metadata": json.loads(s["metadata"]) if migrated else {},
                     "last_error": s["last_error"],
                     "committed_at": s["committed_at"],
                     "delivered_at": s["delivered_at"],
@@ -68,7 +96,9 @@ def read_status(db_path: Path) -> dict[str, Any]:
             )
         reasons = {
             r["reason"]: r["n"]
-            for r in conn.execute("SELECT reason, COUNT(*) AS n FROM quarantine GROUP BY reason")
+            for r in conn.execute(
+                f"SELECT reason, COUNT(*) AS n FROM quarantine{open_q} GROUP BY reason"  # noqa: S608
+            )
         }
     finally:
         conn.close()
@@ -83,7 +113,9 @@ def read_status(db_path: Path) -> dict[str, Any]:
             "quarantine_reasons": reasons,
             "studies": len(studies),
             "studies_by_state": _count(s["state"] for s in studies),
+            "conformance_findings": findings,
         },
+        "disk": disk,
         "studies": studies,
     }
 

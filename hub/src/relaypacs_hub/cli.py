@@ -71,15 +71,17 @@ def worker() -> None:
         RELAYPACS_HUB_DATABASE_URL=postgresql+asyncpg://relay@db/relaypacs relaypacs-hub worker
     """
     from relaypacs_hub.db.session import make_engine, make_sessionmaker
+    from relaypacs_hub.forwarding.registry import build_destination
+    from relaypacs_hub.forwarding.runtime import load_destination_configs
     from relaypacs_hub.forwarding.worker import ForwardingWorker
-    from relaypacs_hub.main import build_destinations
-    from relaypacs_hub.storage.local import LocalObjectStore
+    from relaypacs_hub.storage.factory import build_object_store
 
     settings = HubSettings()
     configure_logging(settings.log_level, settings.log_json)
 
     async def _main() -> None:
-        destinations = build_destinations(settings)
+        configs = load_destination_configs(settings)
+        destinations = {c.name: build_destination(c) for c in configs}
         if not destinations:
             raise typer.BadParameter("no destinations configured (RELAYPACS_HUB_DESTINATIONS_FILE)")
         engine = make_engine(settings.resolved_database_url)
@@ -90,8 +92,9 @@ def worker() -> None:
         w = ForwardingWorker(
             settings,
             make_sessionmaker(engine),
-            LocalObjectStore(settings.resolved_object_store_dir),
+            build_object_store(settings),
             destinations,
+            limits={c.name: c.max_concurrent_jobs for c in configs},
         )
         try:
             await w.run(stop)

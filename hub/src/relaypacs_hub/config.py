@@ -11,6 +11,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Defaults of MinIO, of its docker examples and of the AWS documentation: never in production.
+_WELL_KNOWN_S3_SECRETS = frozenset(
+    {"minioadmin", "minio123", "testing", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+)
+
 
 class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAYPACS_HUB_", env_file=".env", extra="ignore")
@@ -59,6 +64,25 @@ class HubSettings(BaseSettings):
         default=600.0,
         description="A running job whose worker vanished is taken over after this long.",
     )
+    worker_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Forwarding jobs one worker process runs at once."
+    )
+    rules_file: Path | None = Field(
+        default=None,
+        description="TOML routing rules (see README). Set: the file is the truth, imported at "
+        "start and by `POST /api/v1/rules/reload`. Empty: rules are edited through the API.",
+    )
+    retention_hours: float | None = Field(
+        default=None,
+        ge=0,
+        description="Hours after every destination confirmed a study before its instances "
+        "leave the object store. Empty: kept.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the admin API (jobs, rules, destinations). Empty: the "
+        "agent token guards it (until users and roles land).",
+    )
     upload_max_bytes: int = Field(
         default=8 * 1024**3, description="Largest tus upload (Tus-Max-Size), in bytes."
     )
@@ -68,6 +92,31 @@ class HubSettings(BaseSettings):
     )
     upload_dir: Path | None = Field(
         default=None, description="Folder for unfinished tus uploads. Empty: `data_dir/uploads`."
+    )
+    object_store: Literal["local", "s3"] = Field(
+        default="local",
+        description="Where DICOM bytes and unfinished uploads live: `local` folders in `data_dir`, "
+        "or `s3` (a MinIO or other S3 bucket, shared by every hub replica).",
+    )
+    s3_endpoint: str = Field(
+        default="", description="S3 endpoint as `host:port`, no scheme (e.g. `minio.lan:9000`)."
+    )
+    s3_access_key: str = Field(default="", description="S3 access key.")
+    s3_secret_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="S3 secret key. Production refuses an empty or well-known one.",
+    )
+    s3_bucket: str = Field(
+        default="relaypacs", description="Bucket for DICOM objects and uploads; it must exist."
+    )
+    s3_region: str = Field(default="us-east-1", description="Region of the bucket.")
+    s3_secure: bool = Field(
+        default=True,
+        description="HTTPS to the S3 endpoint (CA: `SSL_CERT_FILE`, else the system store).",
+    )
+    s3_prefix: str = Field(
+        default="",
+        description="Key prefix in the bucket (e.g. `hub-a/`), so deployments can share a bucket.",
     )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
@@ -79,6 +128,26 @@ class HubSettings(BaseSettings):
             if len(token) < 32:
                 raise ValueError(
                     "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> HubSettings:
+        if self.object_store != "s3":
+            return self
+        if not self.s3_endpoint or "/" in self.s3_endpoint:
+            raise ValueError(
+                "RELAYPACS_HUB_S3_ENDPOINT must be host:port when the object store is s3 "
+                "(TLS is RELAYPACS_HUB_S3_SECURE)"
+            )
+        if not self.s3_bucket:
+            raise ValueError("RELAYPACS_HUB_S3_BUCKET must be set when the object store is s3")
+        if self.environment == "production":
+            secret = self.s3_secret_key.get_secret_value()
+            if not self.s3_access_key or not secret or secret in _WELL_KNOWN_S3_SECRETS:
+                raise ValueError(
+                    "RELAYPACS_HUB_S3_ACCESS_KEY and RELAYPACS_HUB_S3_SECRET_KEY must be set, "
+                    "and not to a default, in production"
                 )
         return self
 

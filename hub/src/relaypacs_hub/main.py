@@ -13,27 +13,25 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from relaypacs_hub.api.deps import HubState
-from relaypacs_hub.api.routes import health, manifests, studies
+from relaypacs_hub.api.routes import destinations as destination_routes
+from relaypacs_hub.api.routes import health, jobs, manifests, rules, studies
 from relaypacs_hub.api.routes import tus as tus_routes
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.migrate import upgrade
 from relaypacs_hub.db.session import make_engine, make_sessionmaker
 from relaypacs_hub.forwarding.base import Destination
-from relaypacs_hub.forwarding.config import load_destinations
 from relaypacs_hub.forwarding.registry import build_destination
+from relaypacs_hub.forwarding.runtime import load_destination_configs, start_delivery
 from relaypacs_hub.forwarding.worker import ForwardingWorker
 from relaypacs_hub.ingest.tus import TusService
-from relaypacs_hub.storage.local import LocalObjectStore
-from relaypacs_hub.storage.uploads import LocalUploadStore
+from relaypacs_hub.storage.factory import build_object_store, build_upload_store
 from relaypacs_shared.errors import StorageError
 
 log = structlog.get_logger("relaypacs.hub")
 
 
 def build_destinations(settings: HubSettings) -> dict[str, Destination]:
-    if settings.destinations_file is None:
-        return {}
-    return {c.name: build_destination(c) for c in load_destinations(settings.destinations_file)}
+    return {c.name: build_destination(c) for c in load_destination_configs(settings)}
 
 
 async def _expire_uploads(tus: TusService, stop: asyncio.Event, every: float = 300.0) -> None:
@@ -50,7 +48,8 @@ async def _expire_uploads(tus: TusService, stop: asyncio.Event, every: float = 3
 def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> FastAPI:
     settings = settings or HubSettings()
     # Parse destinations now, so a bad file fails at start with its error, not at first commit.
-    destinations = build_destinations(settings)
+    destination_configs = load_destination_configs(settings)
+    destinations = {c.name: build_destination(c) for c in destination_configs}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,18 +59,25 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             await anyio.to_thread.run_sync(upgrade, url)
         engine = make_engine(url)
         sessionmaker = make_sessionmaker(engine)
-        store = LocalObjectStore(settings.resolved_object_store_dir)
+        store = build_object_store(settings)
         tus = TusService(
             sessionmaker,
-            LocalUploadStore(settings.resolved_upload_dir),
+            build_upload_store(settings),
             max_size=settings.upload_max_bytes,
             expiry_seconds=settings.upload_expiry_seconds,
         )
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         worker: ForwardingWorker | None = None
+        delivery = await start_delivery(
+            settings, sessionmaker, store, destination_configs, destinations
+        )
+        app.state.delivery = delivery
         if settings.worker_enabled and destinations:
-            worker = ForwardingWorker(settings, sessionmaker, store, destinations)
+            worker = ForwardingWorker(
+                settings, sessionmaker, store, destinations, limits=delivery.limits
+            )
+            delivery.wake_worker.append(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
         app.state.hub = HubState(
             settings=settings,
@@ -133,4 +139,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(studies.router)
     app.include_router(manifests.router)
     app.include_router(tus_routes.router)
+    app.include_router(jobs.router)
+    app.include_router(rules.router)
+    app.include_router(destination_routes.router)
     return app

@@ -18,7 +18,7 @@ from typing import Literal
 MAX_FINDINGS = 50
 MAX_FINDING_CHARS = 300
 _LEVEL = re.compile(r"\b(Error|Warning)\s+-\s+")
-_VALUE = re.compile(r"\s*=\s*<[^>]*>?")
+_VALUE = re.compile(r"\s+=\s*<[^>]*>?")
 _SPACES = re.compile(r"\s{2,}")
 
 

@@ -373,6 +373,7 @@ class Route:
     priority: int
     held: bool = False
     rules: tuple[str, ...] = ()
+    held_by: str | None = None  # the first matching rule that holds this route
 
 
 @dataclass(frozen=True)
@@ -416,8 +417,8 @@ def evaluate(rules: RuleSet, facts: StudyFacts, now: datetime) -> Decision:
     outcomes: list[RuleOutcome] = []
     priority: dict[str, int] = {}
     by_rule: dict[str, list[str]] = {}
-    held: set[str] = set()
-    hold_all = False
+    held: dict[str, str] = {}
+    hold_all: str | None = None
     stopped = False
     for rule in rules.rules:
         if stopped or not rule.enabled:
@@ -433,9 +434,10 @@ def evaluate(rules: RuleSet, facts: StudyFacts, now: datetime) -> Decision:
             by_rule.setdefault(dest, []).append(rule.name)
         if rule.hold:
             if rule.destinations:
-                held.update(rule.destinations)
-            else:
-                hold_all = True
+                for dest in rule.destinations:
+                    held.setdefault(dest, rule.name)
+            elif hold_all is None:
+                hold_all = rule.name
         stopped = rule.stop
     defaulted = False
     if not priority and rules.default_destinations:
@@ -448,8 +450,9 @@ def evaluate(rules: RuleSet, facts: StudyFacts, now: datetime) -> Decision:
         Route(
             destination=dest,
             priority=priority[dest],
-            held=hold_all or dest in held,
+            held=hold_all is not None or dest in held,
             rules=tuple(by_rule.get(dest, ())),
+            held_by=held.get(dest, hold_all),
         )
         for dest in sorted(priority)
     )

@@ -114,7 +114,7 @@ def write_segment(
     items: Sequence[SegmentItem],
     level: int = 3,
 ) -> tuple[int, str, SegmentIndex]:
-    """Stream a segment to ``out``; return (length, sha256 of the whole segment, index)."""
+    """Stream a segment to ``out``; return (length, its checksum (the trailer's SHA-256), index)."""
     w = _HashingWriter(out)
     w.write(MAGIC)
     entries: list[SegmentEntry] = []

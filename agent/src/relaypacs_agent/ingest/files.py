@@ -88,6 +88,20 @@ def stage_copy(src: Path, staging_dir: Path) -> tuple[Path, str]:
     return tmp, h.hexdigest()
 
 
+def link_into(src: Path, staging_dir: Path) -> Path | None:
+    """A hard link to ``src`` in ``staging_dir``, or None where links cannot be made
+    (another filesystem, a share that has none)."""
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    tmp = staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+    try:
+        os.link(src, tmp)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            return None
+        raise
+    return tmp
+
+
 def hash_and_sync(path: Path) -> str:
     """SHA-256 of a file the agent wrote itself, made durable before it is renamed anywhere."""
     h = hashlib.sha256()

@@ -33,8 +33,8 @@ import structlog
 
 from relaypacs_agent.ingest.files import (
     copy_durable,
-    fsync_dir,
     hash_and_sync,
+    link_into,
     move_durable,
     place_in_spool,
     remove_orphans,
@@ -81,6 +81,7 @@ class Source:
     owned: bool = False  # the agent wrote this file itself: rename it, do not copy it
     source_path: str | None = None  # what to record as its origin (an archive member)
     folder_key: str | None = None  # copy mode: remember the file under this folder
+    display_name: str | None = None  # the name people know (an archive member's, not a temp)
 
     @property
     def label(self) -> str:
@@ -123,7 +124,7 @@ class Ingestor:
         except DicomValidationError as exc:
             self.quarantine(
                 path, source=src.label, reason=exc.reason, message=exc.message,
-                keep_original=src.keep_original, source_file=sf,
+                keep_original=src.keep_original, source_file=sf, original_name=src.display_name,
             )  # fmt: skip
             return IngestResult("quarantined", exc.reason)
         if not src.owned:
@@ -141,6 +142,7 @@ class Ingestor:
                 self.quarantine(
                     path, source=src.label, reason=exc.reason, message=exc.message, sha256=sha,
                     keep_original=src.keep_original, source_file=sf,
+                    original_name=src.display_name,
                 )  # fmt: skip
                 return IngestResult("quarantined", exc.reason, size=size)
             return self._record(path, staged, info, src, sf)
@@ -151,6 +153,17 @@ class Ingestor:
     def _stage(self, path: Path, src: Source) -> tuple[Path, str]:
         if src.owned:
             return path, hash_and_sync(path)
+        if not src.keep_original:
+            # Move mode on the spool's filesystem: a hard link instead of a copy halves what
+            # the disk writes (an SD card's scarcest resource). The original keeps its name
+            # until the row is committed, so a crash before that loses nothing.
+            linked = link_into(path, self.staging_dir)
+            if linked is not None:
+                try:
+                    return linked, hash_and_sync(linked)
+                except BaseException:
+                    linked.unlink(missing_ok=True)
+                    raise
         try:
             return stage_copy(path, self.staging_dir)
         except OSError as exc:
@@ -193,7 +206,11 @@ class Ingestor:
         if existing["sha256"] == info.sha256:
             if existing["source_path"] != source_path:
                 self.store.add_duplicate(
-                    info.sop_instance_uid, info.sha256, path.name, src.label, source_file=sf
+                    info.sop_instance_uid,
+                    info.sha256,
+                    src.display_name or path.name,
+                    src.label,
+                    source_file=sf,
                 )
                 outcome: Outcome = "duplicate"
             else:
@@ -215,6 +232,7 @@ class Ingestor:
             sop_uid=info.sop_instance_uid,
             keep_original=src.keep_original,
             source_file=sf,
+            original_name=src.display_name,
         )
         return IngestResult(
             "quarantined", "conflict", info.sop_instance_uid, info.study_instance_uid, info.size
@@ -223,8 +241,9 @@ class Ingestor:
     def _let_go(self, path: Path, src: Source) -> None:
         if src.keep_original or src.owned:
             return  # copy mode keeps it; an owned file was renamed into the spool or is gone
+        # No fsync of the folder: if the unlink is lost to a crash, the file is seen again and
+        # recognised as replayed.
         path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
 
     @staticmethod
     def _source_file(path: Path, src: Source) -> SourceFile | None:
@@ -251,6 +270,7 @@ class Ingestor:
         def one(item: tuple[Path, Source]) -> None:
             path, src = item
             result: IngestResult | BaseException
+            key: str
             try:
                 result = self.ingest(path, src)
                 key = result.outcome
@@ -319,20 +339,22 @@ class Ingestor:
         sop_uid: str | None = None,
         keep_original: bool = False,
         source_file: SourceFile | None = None,
+        original_name: str | None = None,
     ) -> Path:
         """Move (copy mode: copy) the file aside with a sidecar saying why; never delete it."""
+        name = original_name or path.name
         size = path.stat().st_size
         if sha256 is None:
             sha256 = sha256_of(path)
         now = time.time()
         folder = self.quarantine_dir / time.strftime("%Y%m%d", time.gmtime(now))
-        dest = folder / f"{uuid.uuid4().hex[:12]}_{path.name}"
+        dest = folder / f"{uuid.uuid4().hex[:12]}_{name}"
         sidecar = dest.with_name(dest.name + ".reason.json")
         folder.mkdir(parents=True, exist_ok=True)
         sidecar.write_text(
             json.dumps(
                 {
-                    "original_name": path.name,
+                    "original_name": name,
                     "source": source,
                     "reason": reason,
                     "message": message,
@@ -351,7 +373,7 @@ class Ingestor:
             move_durable(path, dest)
         self.store.add_quarantine(
             path=dest,
-            original_name=path.name,
+            original_name=name,
             source=source,
             reason=reason,
             message=message,

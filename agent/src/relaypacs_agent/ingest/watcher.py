@@ -1,8 +1,17 @@
-"""The watched folder: find files, wait until each is complete, hand it to the ingestor.
+"""A watched folder: find files, wait until each is complete, hand it to the ingestor.
 
 watchdog events only wake the scanner early; the scan itself is the source of truth, so files
 that arrived while the agent was down, or whose events were lost, are found all the same. A file
-is complete when its size and mtime have not changed for ``settle_seconds``.
+is complete when its size and mtime have not changed for ``settle_seconds`` (a slow USB stick or
+share keeps changing one or the other while it copies). The scan is recursive.
+
+- a zip archive is expanded safely (``archive.Importer``) once it has settled;
+- below a folder holding a DICOMDIR (a CD or USB export), files that are not DICOM (the viewer,
+  autorun files) are left alone instead of quarantined, and the DICOMDIR itself is not an image;
+- in copy mode the originals stay and are remembered (path, size, mtime) in the catalogue, so
+  they are not taken twice, even after a restart; a file changed since is taken again;
+- a file that vanishes is forgotten; one that cannot be read (locked, permissions) or that the
+  disk reserve refuses is retried later with a growing delay, without blocking the others.
 """
 
 from __future__ import annotations
@@ -10,19 +19,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from relaypacs_agent.ingest.pipeline import Ingestor, IngestResult
+from relaypacs_agent.ingest.archive import Importer, is_dicomdir, is_zip
+from relaypacs_agent.ingest.pipeline import DiskFull, Ingestor, IngestResult, Source
+from relaypacs_agent.store.db import SourceFile
+from relaypacs_shared.dicom import has_dicm_marker
 
 log = structlog.get_logger("relaypacs.agent.watcher")
 
 # Names that copy tools use while a file is still being written.
 _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
+_MAX_RETRY_DELAY = 300.0
 
 
 def is_candidate(name: str) -> bool:
@@ -35,6 +48,7 @@ class _Seen:
     mtime_ns: int
     stable_since: float
     retry_at: float = 0.0
+    failures: int = 0
 
 
 class _Wake(FileSystemEventHandler):
@@ -53,70 +67,183 @@ class InboxWatcher:
         *,
         settle_seconds: float,
         scan_interval: float,
-        source: str = "folder",
+        source: Source | str = "folder",
+        importer: Importer | None = None,
+        workers: int = 1,
+        create: bool = True,
     ) -> None:
         self.inbox = inbox
         self.ingestor = ingestor
         self.settle = settle_seconds
         self.interval = scan_interval
-        self.source = source
+        self.source = Source(kind=source) if isinstance(source, str) else source
+        if self.source.keep_original and not self.source.folder_key:
+            self.source = replace(self.source, folder_key=str(inbox))
+        self.importer = importer
+        self.workers = workers
+        self.create = create
         self._seen: dict[Path, _Seen] = {}
+        # Copy mode: what was taken already; media: what is not DICOM. Both: path -> (size, mtime)
+        self._done: dict[Path, tuple[int, int]] | None = None
+        self._ignored: dict[Path, tuple[int, int]] = {}
         self._wake = threading.Event()
         self.results: dict[str, int] = {}
+
+    @property
+    def copy_mode(self) -> bool:
+        return self.source.keep_original
+
+    def _load_done(self) -> dict[Path, tuple[int, int]]:
+        if self._done is None:
+            self._done = {}
+            if self.copy_mode and self.source.folder_key:
+                stored = self.ingestor.store.source_files(self.source.folder_key)
+                self._done = {Path(p): v for p, v in stored.items()}
+        return self._done
 
     def scan_once(self, now: float | None = None) -> list[IngestResult]:
         """One pass: update what is seen, ingest what has settled. Returns what was ingested."""
         now = time.monotonic() if now is None else now
+        done_before = self._load_done()
         present: set[Path] = set()
-        done: list[IngestResult] = []
+        ready: list[tuple[Path, _Seen, bool]] = []
+        media_roots: list[str] = []
         for root, dirs, files in os.walk(self.inbox):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if any(is_dicomdir(Path(n)) for n in files):
+                media_roots.append(root)
+            in_media = any(root == m or root.startswith(m + os.sep) for m in media_roots)
+            for name in sorted(files):
                 if not is_candidate(name):
                     continue
                 path = Path(root) / name
+                if in_media and is_dicomdir(path):
+                    continue
                 try:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
+                key = (st.st_size, st.st_mtime_ns)
+                if done_before.get(path) == key or self._ignored.get(path) == key:
+                    continue
                 present.add(path)
                 seen = self._seen.get(path)
-                if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
+                if seen is None or (seen.size, seen.mtime_ns) != key:
                     self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
                     continue
                 if now - seen.stable_since < self.settle or now < seen.retry_at:
                     continue
-                try:
-                    result = self.ingestor.ingest(path, self.source)
-                except FileNotFoundError:
-                    continue  # vanished between scan and ingest: nothing of it was taken
-                except OSError as exc:
-                    # Locked, unreadable for now, or the disk is full: leave it and retry later.
-                    seen.retry_at = now + max(self.settle, 5.0)
-                    log.warning("ingest_deferred", file=path.name, error=str(exc))
-                    continue
-                except Exception:
-                    # A bug must not stall the inbox: leave this file in place, go on with the
-                    # others, and try it again later.
-                    seen.retry_at = now + 60.0
-                    log.exception("ingest_failed", file=path.name)
-                    continue
-                self._seen.pop(path, None)
-                self.results[result.outcome] = self.results.get(result.outcome, 0) + 1
-                done.append(result)
+                ready.append((path, seen, in_media))
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        return self._take(ready, now)
+
+    def _take(self, ready: list[tuple[Path, _Seen, bool]], now: float) -> list[IngestResult]:
+        done: list[IngestResult] = []
+        singles: list[tuple[Path, Source]] = []
+        by_path: dict[Path, _Seen] = {}
+        for path, seen, in_media in ready:
+            if self.importer is not None and is_zip(path):
+                self._import_zip(path, seen, now, done)
+            elif in_media and not has_dicm_marker(path):
+                # The viewer or autorun of a CD export: not ours to judge, leave it.
+                self._ignored[path] = (seen.size, seen.mtime_ns)
+                self._seen.pop(path, None)
+            else:
+                singles.append((path, self.source))
+                by_path[path] = seen
+        outcomes: list[tuple[Path, IngestResult | BaseException]] = []
+        lock = threading.Lock()
+
+        def collect(path: Path, result: IngestResult | BaseException) -> None:
+            with lock:
+                outcomes.append((path, result))
+
+        if singles:
+            self.ingestor.ingest_many(iter(singles), workers=self.workers, on_result=collect)
+        for path, result in outcomes:
+            seen = by_path[path]
+            if isinstance(result, IngestResult):
+                self._finished(path, seen)
+                self.results[result.outcome] = self.results.get(result.outcome, 0) + 1
+                done.append(result)
+            else:
+                self._failed(path, seen, result, now)
+        if done:
+            log.info(
+                "folder_ingested",
+                folder=self.source.name or str(self.inbox),
+                **_count(r.outcome for r in done),
+            )
         return done
 
+    def _import_zip(self, path: Path, seen: _Seen, now: float, done: list[IngestResult]) -> None:
+        assert self.importer is not None
+        try:
+            summary = self.importer.import_zip(path, self.source)
+        except Exception as exc:
+            self._failed(path, seen, exc, now)
+            return
+        if summary.errors:
+            self._failed(path, seen, OSError("; ".join(summary.errors[:3])), now)
+            return
+        if self.copy_mode and self.source.folder_key:
+            sf = SourceFile(self.source.folder_key, str(path), seen.size, seen.mtime_ns)
+            self.ingestor.store.record_source_file(sf, "imported")
+        self._finished(path, seen)
+        for outcome, n in summary.counts.items():
+            self.results[outcome] = self.results.get(outcome, 0) + n
+        if summary.refused:
+            self.results["quarantined"] = self.results.get("quarantined", 0) + 1
+            done.append(IngestResult("quarantined", summary.refused))
+
+    def _finished(self, path: Path, seen: _Seen) -> None:
+        self._seen.pop(path, None)
+        if self.copy_mode:
+            self._load_done()[path] = (seen.size, seen.mtime_ns)
+
+    def _failed(self, path: Path, seen: _Seen, exc: BaseException, now: float) -> None:
+        if isinstance(exc, FileNotFoundError):
+            self._seen.pop(path, None)  # vanished between scan and ingest: nothing was taken
+            return
+        seen.failures += 1
+        delay = min(_MAX_RETRY_DELAY, max(self.settle, 5.0) * 2 ** (seen.failures - 1))
+        seen.retry_at = now + delay
+        if isinstance(exc, DiskFull):
+            return  # the ingestor logs the reserve once a minute
+        if isinstance(exc, OSError):
+            # Locked, unreadable for now, or the disk is full: leave it and retry later.
+            log.warning(
+                "ingest_deferred", file=path.name, error=str(exc)[:200], retry_in=round(delay)
+            )
+        else:
+            # A bug must not stall the inbox: leave this file, go on with the others.
+            log.error(
+                "ingest_failed",
+                file=path.name,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                retry_in=round(delay),
+            )
+
     def run(self, stop: threading.Event) -> None:
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        observer = Observer()
-        observer.schedule(_Wake(self._wake), str(self.inbox), recursive=True)
-        observer.daemon = True
-        observer.start()
-        log.info("watching", inbox=str(self.inbox))
+        if self.create:
+            self.inbox.mkdir(parents=True, exist_ok=True)
+        observer = None
+        warned = 0.0
         try:
             while not stop.is_set():
+                if not self.inbox.is_dir():
+                    if time.monotonic() - warned > 60:
+                        warned = time.monotonic()
+                        log.warning("folder_unavailable", folder=str(self.inbox))
+                    stop.wait(self.interval * 5)
+                    continue
+                if observer is None:
+                    observer = Observer()
+                    observer.schedule(_Wake(self._wake), str(self.inbox), recursive=True)
+                    observer.daemon = True
+                    observer.start()
+                    log.info("watching", folder=str(self.inbox), mode=self._mode())
                 try:
                     self.scan_once()
                 except Exception:
@@ -124,5 +251,16 @@ class InboxWatcher:
                 self._wake.wait(self.interval if not self._seen else min(self.interval, 0.5))
                 self._wake.clear()
         finally:
-            observer.stop()
-            observer.join(timeout=5)
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=5)
+
+    def _mode(self) -> str:
+        return "copy" if self.copy_mode else "move"
+
+
+def _count(values: object) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:  # type: ignore[attr-defined]
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out

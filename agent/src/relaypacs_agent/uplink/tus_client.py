@@ -22,6 +22,10 @@ from relaypacs_shared.tus import (
 )
 
 ENDPOINT = "/api/v1/uploads"
+# A slow link still moves bytes every few seconds; a connection with no progress for WRITE_STALL
+# seconds is dead (RTO backoff under heavy loss), and a fresh one recovers faster.
+WRITE_STALL = 20.0
+PATCH_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=WRITE_STALL, pool=10.0)
 
 
 class TusClient:
@@ -72,6 +76,7 @@ class TusClient:
         resp = self._request(
             "PATCH",
             url,
+            timeout=PATCH_TIMEOUT,
             content=body() if pace else data,
             headers={
                 "Content-Type": OFFSET_CONTENT_TYPE,

@@ -3,9 +3,14 @@
 Speaks HTTP with httpx directly instead of through dicomweb-client: that library sends large bodies
 chunked and its built-in retry re-sends a half-consumed body generator, so an archive such as
 Orthanc stores only the tail it could parse and still answers 200 (see DESIGN.md, "Known traps").
-Here every request body is built in memory for one batch and sent with a Content-Length; nothing
-is retried at this level (the hub's job queue retries whole deliveries, and a duplicate instance
-is a success at the archive).
+Here each batch's body is streamed from the object store with an exact Content-Length (so only a
+chunk of one instance is in memory, and the body is never chunked); a body is rebuilt from the
+store for any second send, never resumed. Nothing else is retried at this level (the hub's job
+queue retries whole deliveries, and a duplicate instance is a success at the archive).
+
+Profiles set the URL layout and the archive's quirks: ``orthanc`` (``<url>/dicom-web``) and
+``dcm4chee-arc`` (``<url>/dcm4chee-arc/aets/<AET>/rs``, its own Failure Reasons, a 404 for an
+unknown AE title, bearer tokens from Keycloak by client credentials: see ``oidc.py``).
 
 The STOW-RS response is read per instance, as PS3.18 section 10.5.3 describes it:
 
@@ -519,9 +524,7 @@ class DicomWebDestination:
             if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUSES
             else DestinationError
         )
-        raise error(
-            f"QIDO-RS answered HTTP {response.status_code}: {excerpt(response.content)}"
-        )
+        raise error(f"QIDO-RS answered HTTP {response.status_code}: {excerpt(response.content)}")
 
     async def _qido_page(self, url: str, offset: int) -> list[str]:
         response = await self._request(
@@ -581,9 +584,7 @@ class DicomWebDestination:
                 send_kwargs["content"] = content
             token = await self.tokens.token() if self.tokens is not None else None
             try:
-                response = await self._client.request(
-                    method, url, headers=headers, **send_kwargs
-                )
+                response = await self._client.request(method, url, headers=headers, **send_kwargs)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 raise TransientDestinationError(
                     f"{method} {url} failed: {type(exc).__name__}: {exc}"

@@ -85,9 +85,7 @@ class ClientCredentialsTokens:
             raise DestinationError(f"token endpoint {url} failed: {exc}") from exc
         self.fetches += 1
         if response.status_code >= 500 or response.status_code == 429:
-            raise TransientDestinationError(
-                f"token endpoint answered HTTP {response.status_code}"
-            )
+            raise TransientDestinationError(f"token endpoint answered HTTP {response.status_code}")
         try:
             body = json.loads(response.content)
         except (UnicodeDecodeError, json.JSONDecodeError):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from relaypacs_hub.forwarding.base import Destination
-from relaypacs_hub.forwarding.config import DicomWebDestinationConfig, FolderDestinationConfig
+from relaypacs_hub.forwarding.config import (
+    AnyDestinationConfig,
+    DicomWebDestinationConfig,
+    DimseDestinationConfig,
+    FolderDestinationConfig,
+)
 
 
-def build_destination(config: FolderDestinationConfig | DicomWebDestinationConfig) -> Destination:
+def build_destination(config: AnyDestinationConfig) -> Destination:
     if isinstance(config, FolderDestinationConfig):
         from relaypacs_hub.forwarding.folder import FolderDestination
 
@@ -15,4 +20,8 @@ def build_destination(config: FolderDestinationConfig | DicomWebDestinationConfi
         from relaypacs_hub.forwarding.dicomweb import DicomWebDestination
 
         return DicomWebDestination(config)
+    if isinstance(config, DimseDestinationConfig):
+        from relaypacs_hub.forwarding.dimse import DimseDestination
+
+        return DimseDestination(config)
     raise TypeError(f"no destination type for {type(config).__name__}")

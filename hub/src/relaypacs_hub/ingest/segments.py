@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relaypacs_hub.db.models import Instance, ManifestEntry, Upload
 from relaypacs_hub.ingest.receive import record_instance
 from relaypacs_hub.storage.base import ObjectStore, content_key
-from relaypacs_hub.storage.uploads import LocalUploadStore
+from relaypacs_hub.storage.uploads import UploadStore
 from relaypacs_shared.dicom import validate_file
 from relaypacs_shared.errors import DicomValidationError, ProtocolError
 from relaypacs_shared.segments import extract_entry, read_index
@@ -41,7 +41,7 @@ async def process_upload(
     upload_id: str,
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
-    uploads: LocalUploadStore,
+    uploads: UploadStore,
     store: ObjectStore,
     max_instance_bytes: int,
 ) -> SegmentOutcome | None:
@@ -146,7 +146,7 @@ async def process_pending(
     study_uid: str,
     *,
     sessionmaker: async_sessionmaker[AsyncSession],
-    uploads: LocalUploadStore,
+    uploads: UploadStore,
     store: ObjectStore,
     max_instance_bytes: int,
 ) -> None:

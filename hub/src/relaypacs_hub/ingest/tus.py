@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.db.models import Upload, utcnow
-from relaypacs_hub.storage.uploads import LocalUploadStore
+from relaypacs_hub.storage.uploads import UploadStore
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, ProtocolError
 
 log = structlog.get_logger("relaypacs.hub.tus")
@@ -75,7 +75,7 @@ class TusService:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        store: LocalUploadStore,
+        store: UploadStore,
         *,
         max_size: int,
         expiry_seconds: float,
@@ -154,7 +154,11 @@ class TusService:
             return _view(u)
 
     async def stage(
-        self, body: AsyncIterator[bytes], checksum: tuple[str, bytes] | None, limit: int
+        self,
+        body: AsyncIterator[bytes],
+        checksum: tuple[str, bytes] | None,
+        limit: int,
+        upload_id: str = "",
     ) -> tuple[Path, int, bool]:
         """Stage a PATCH body; return (file, bytes, complete). Raises ChecksumMismatch."""
         tmp = self.store.staging_dir() / f"{uuid.uuid4().hex}.part"
@@ -180,6 +184,7 @@ class TusService:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        log.info("patch_received", upload_id=upload_id, bytes=n, complete=complete)
         if checksum and (not complete or h is None or h.digest() != checksum[1]):
             tmp.unlink(missing_ok=True)
             if not complete:

@@ -16,6 +16,10 @@ from relaypacs_shared.errors import StorageError
 
 
 class UploadStore(Protocol):
+    def staging_dir(self) -> Path:
+        """A local folder where PATCH bodies are staged before ``append``."""
+        ...
+
     async def create(self, upload_id: str) -> None: ...
 
     async def append(self, upload_id: str, offset: int, chunk: Path) -> int:

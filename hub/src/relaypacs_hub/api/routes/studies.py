@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import AgentAuth, State
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
+from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
 from relaypacs_hub.ingest.receive import BodyTooLarge, InstanceConflict, receive_instance
 from relaypacs_shared.dicom import check_uid
@@ -84,16 +85,24 @@ async def put_instance(
 
 @router.post("/{study_uid}/commit", response_model=StudyStatus)
 async def post_commit(
-    study_uid: str, body: CommitRequest, state: State, _auth: AgentAuth
+    study_uid: str, body: CommitRequest, state: State, delivery: DeliveryDep, _auth: AgentAuth
 ) -> StudyStatus:
     """Commit a study once every instance of the manifest is held; forwarding starts then."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
     try:
-        await commit_study(state.sessionmaker, study_uid, body, state.destination_names)
+        await commit_study(
+            state.sessionmaker,
+            study_uid,
+            body,
+            delivery.router,
+            # Carried by the manifest once it has them (issue 4); the facility will come from
+            # the agent's enrolled credential (issue 6).
+            facility=getattr(body, "facility", None),
+            agent_received_at=getattr(body, "received_at", None),
+        )
     except StudyIncomplete as exc:
         raise _problem(409, "incomplete", str(exc), missing=exc.missing[:1000]) from exc
-    if callable(state.wake_worker):
-        state.wake_worker()
+    delivery.wake()
     return await _status(state, study_uid)
 
 

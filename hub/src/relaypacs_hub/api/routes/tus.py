@@ -172,6 +172,8 @@ async def head(upload_id: str, request: Request, state: State, _auth: AgentAuth)
 async def _patch_body(request: Request, state: State, upload_id: str, offset: int) -> Response:
     try:
         current = await state.tus.get(upload_id)
+        if current.concat == "final":
+            raise UploadLocked("a final concatenation cannot be patched")
         checksum_raw = request.headers.get("upload-checksum")
         try:
             checksum = parse_checksum(checksum_raw) if checksum_raw else None
@@ -180,7 +182,9 @@ async def _patch_body(request: Request, state: State, upload_id: str, offset: in
         new_length = _int_header(request, "upload-length")
         length = current.length if current.length is not None else new_length
         limit = (length - offset) if length is not None else state.settings.upload_max_bytes
-        chunk, n, _complete = await state.tus.stage(request.stream(), checksum, max(limit, 0))
+        chunk, n, _complete = await state.tus.stage(
+            request.stream(), checksum, max(limit, 0), upload_id
+        )
         try:
             v = await state.tus.patch(upload_id, offset, chunk, n, new_length)
         finally:
