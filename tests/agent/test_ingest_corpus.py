@@ -160,4 +160,4 @@ def test_bundled_and_crafted_files_all_end_where_they_should(
         original = names[Path(row["source_path"]).name].read_bytes()
         assert spooled == original
         assert hashlib.sha256(spooled).hexdigest() == row["sha256"] == Path(row["spool_path"]).stem
-    assert not any((dirs.spool / ".staging").iterdir())
+    assert not any((dirs.spool.parent / "staging").iterdir())

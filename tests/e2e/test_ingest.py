@@ -190,7 +190,8 @@ def test_sigkill_during_a_large_zip_import_loses_and_duplicates_nothing(tmp_path
             assert hashlib.sha256(data).hexdigest() == sha == Path(path).stem
             assert data == originals[sop]
         assert set(rows) == set(originals)
-        assert list((spool / ".staging").glob("*")) == []
+        assert list((agent.data_dir / "staging").glob("*")) == []
+        assert list(spool.rglob(".*")) == []
         leftovers = [p for p in (agent.data_dir / "incoming").rglob("*") if p.is_file()]
         assert leftovers == []
     finally:

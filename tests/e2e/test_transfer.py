@@ -51,28 +51,36 @@ def _check_archive(archive: Path, study: Any) -> None:
 
 
 def test_agent_killed_mid_segment_resumes_from_the_hubs_offset(tmp_path: Path) -> None:
-    study = generate_study(tmp_path / "source", instances=16, seed=610, rows=512, columns=512)
+    study = generate_study(tmp_path / "source", instances=40, seed=610, rows=512, columns=512)
     archive = tmp_path / "archive"
     hub = HubProcess(
         tmp_path, destinations_file=str(folder_destinations(tmp_path / "d.toml", archive))
     )
     hub.start()
-    # A slow uplink (4 Mbit/s cap) so that a segment takes seconds to cross.
-    slow = {"bandwidth_limit_kbps": "4000"}
+    # A slow uplink (2 Mbit/s cap) so that a segment takes seconds to cross.
+    slow = {"bandwidth_limit_kbps": "2000"}
     agent = AgentProcess(tmp_path, hub.url, **slow)
     agent.start()
     try:
         copy_tree(tmp_path / "source", agent.inbox)
-        seg = wait_for(lambda: _mid_segment(agent), 120, "a segment half uploaded", interval=0.1)
+        wait_for(lambda: _mid_segment(agent), 120, "a segment half uploaded", interval=0.1)
+        # What a radiographer sees meanwhile: progress with a rate and an ETA.
+        progress = agent.status()["studies"][0]["transfer"]
+        assert 0 < progress["bytes_sent"] < progress["bytes_to_send"]
+        assert 0 < progress["percent"] < 100
+        assert progress["rate_bytes_per_s"] > 0 and progress["eta_seconds"] is not None
+        seg = wait_for(lambda: _mid_segment(agent), 120, "a segment half uploaded", interval=0.05)
         agent.kill()
         killed_at = seg["offset"]
         agent = AgentProcess(tmp_path, hub.url, **slow)
         agent.start()
-        wait_for(lambda: len(archive_files(archive)) == 16, 180, "the study in the archive")
+        wait_for(lambda: len(archive_files(archive)) == 40, 240, "the study in the archive")
         _check_archive(archive, study)
-        resumed = re.findall(r"segment_resumed\s+length=(\d+) offset=(\d+)", agent.log())
+        resumed = re.findall(
+            rf"segment_resumed\s+length=(\d+) offset=(\d+) segment_id={seg['id']}", agent.log()
+        )
         assert resumed, "the restarted agent must resume the segment, not start it again"
-        assert int(resumed[0][1]) >= killed_at
+        assert int(resumed[0][1]) >= killed_at > 0
         upload_id = seg["upload_url"].rsplit("/", 1)[1]
         patches = _patches(hub.log(), upload_id)
         received = sum(n for n, _ in patches)
@@ -148,4 +156,77 @@ def test_same_study_twice_sends_no_instance_bytes_again(tmp_path: Path) -> None:
         assert hub.log().count("upload_created") == uploads_before
         _check_archive(archive, study)
     finally:
+        hub.terminate()
+
+
+def _events(log: str, event: str) -> list[tuple[float, str]]:
+    """(timestamp, line) of each structured event in a process log."""
+    from datetime import datetime
+
+    out = []
+    for line in log.splitlines():
+        if f" {event} " in line or line.rstrip().endswith(f" {event}"):
+            stamp = line.split(" ", 1)[0].rstrip("Z")
+            try:
+                out.append((datetime.fromisoformat(stamp).timestamp(), line))
+            except ValueError:
+                continue
+    return out
+
+
+def test_stat_study_overtakes_a_routine_backlog_at_a_segment_boundary(tmp_path: Path) -> None:
+    import json
+
+    routine = generate_study(tmp_path / "routine", instances=60, seed=640, rows=512, columns=512)
+    stat = generate_study(tmp_path / "stat", instances=3, seed=641, rows=512, columns=512)
+    archive = tmp_path / "archive"
+    hub = HubProcess(
+        tmp_path, destinations_file=str(folder_destinations(tmp_path / "d.toml", archive))
+    )
+    hub.start()
+    stat_inbox = tmp_path / "stat-inbox"
+    stat_inbox.mkdir()
+    agent = AgentProcess(
+        tmp_path,
+        hub.url,
+        bandwidth_limit_kbps="8000",
+        segment_max_bytes=str(4 * 1024 * 1024),
+        watch_folders=json.dumps(
+            [{"path": str(stat_inbox), "name": "er", "service_level": "stat"}]
+        ),
+    )
+    agent.start()
+    try:
+        copy_tree(tmp_path / "routine", agent.inbox)
+        wait_for(lambda: _mid_segment(agent), 120, "the routine backlog moving", interval=0.1)
+        copy_tree(tmp_path / "stat", stat_inbox)
+        stat_dir = archive / stat.study_instance_uid
+        wait_for(
+            lambda: len(list(stat_dir.glob("*/*.dcm"))) == 3 if stat_dir.exists() else False,
+            120,
+            "the STAT study in the archive",
+        )
+        routine_dir = archive / routine.study_instance_uid
+        routine_done = len(list(routine_dir.glob("*/*.dcm"))) if routine_dir.exists() else 0
+        assert routine_done < 60, "the STAT study must arrive while the routine backlog waits"
+        log = agent.log()
+        stat_built = [
+            t for t, line in _events(log, "segment_built") if stat.study_instance_uid in line
+        ]
+        conn = sqlite3.connect(f"file:{agent.data_dir / 'agent.db'}?mode=ro", uri=True)
+        (last_instance_at,) = conn.execute(
+            "SELECT last_instance_at FROM studies WHERE study_instance_uid = ?",
+            (stat.study_instance_uid,),
+        ).fetchone()
+        conn.close()
+        stat_due = last_instance_at + 2.0  # the quiet period of the test agent
+        routine_between = [
+            t
+            for t, line in _events(log, "segment_uploaded")
+            if routine.study_instance_uid in line and stat_due <= t <= stat_built[0]
+        ]
+        assert len(routine_between) <= 1, "STAT must start within one routine segment"
+        wait_for(lambda: len(list(routine_dir.glob("*/*.dcm"))) == 60, 240, "the routine study too")
+    finally:
+        agent.terminate()
         hub.terminate()

@@ -82,6 +82,13 @@ def status(
         follow = (
             f" (follow-up {s['commits']})" if s["commits"] and s["state"] == "receiving" else ""
         )
+        tr = s.get("transfer")
+        if tr and s["state"] == "receiving" and tr["bytes_to_send"]:
+            eta = f", ETA {tr['eta_seconds']}s" if tr["eta_seconds"] is not None else ""
+            follow += (
+                f"  sending {tr['percent']:.0f}% of {tr['bytes_to_send'] / 1e6:.1f} MB"
+                f" at {tr['rate_bytes_per_s'] * 8 / 1e6:.1f} Mbit/s{eta}"
+            )
         typer.echo(
             f"  {s['study_instance_uid']}  {s['state']:<10} {s['service_level']:<7} "
             f"{s['instances']:>5} inst  {s['bytes'] / 1e6:8.1f} MB  {dests}{follow}"

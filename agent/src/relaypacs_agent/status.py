@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from relaypacs_agent.uplink.progress import transfer_progress
+
 _EMPTY_TOTALS: dict[str, Any] = {
     "instances": 0,
     "instances_by_state": {},
@@ -85,6 +87,7 @@ def read_status(db_path: Path, min_free_bytes: int | None = None) -> dict[str, A
                     "last_error": s["last_error"],
                     "committed_at": s["committed_at"],
                     "delivered_at": s["delivered_at"],
+                    "transfer": transfer_progress(conn, s["study_instance_uid"]),
                     "destinations": [
                         {
                             k: d[k]

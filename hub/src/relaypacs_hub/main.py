@@ -69,9 +69,13 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         stop = asyncio.Event()
         worker_task: asyncio.Task[None] | None = None
         worker: ForwardingWorker | None = None
-        delivery = await start_delivery(
-            settings, sessionmaker, store, destination_configs, destinations
-        )
+        try:
+            delivery = await start_delivery(
+                settings, sessionmaker, store, destination_configs, destinations
+            )
+        except BaseException:
+            await engine.dispose()  # a bad rules file stops the start cleanly
+            raise
         app.state.delivery = delivery
         if settings.worker_enabled and destinations:
             worker = ForwardingWorker(

@@ -1,8 +1,9 @@
 """Take one complete file in: check, stage, validate, deduplicate, spool, record, let go.
 
 1. cheap checks on the original (size, ``DICM`` marker) and the disk reserve;
-2. stage: copy into ``spool/.staging`` hashing on the way, fsync (a file the agent wrote itself,
-   from C-STORE or an archive, is hashed and fsynced where it lies instead);
+2. stage into ``staging/`` beside the spool: a hard link (move mode, same filesystem) or a copy
+   hashed on the way; fsync (a file the agent wrote itself, from C-STORE or an archive, is
+   hashed and fsynced where it lies instead);
 3. validate the staged bytes (header only) — those are the bytes that will be kept;
 4. under the ingest lock: same SOP Instance UID held? same hash: duplicate; other: conflict;
 5. rename the staged file to its content address, fsync the folder, record the row;
@@ -102,7 +103,8 @@ class Ingestor:
     ) -> None:
         self.store = store
         self.spool_dir = spool_dir
-        self.staging_dir = spool_dir / ".staging"
+        # Beside the spool (same filesystem, so a rename lands the file), not inside it.
+        self.staging_dir = spool_dir.parent / "staging"
         self.quarantine_dir = quarantine_dir
         self.max_instance_bytes = max_instance_bytes
         self.service_level = service_level

@@ -99,6 +99,13 @@ class DicomWebDestinationConfig(_Base):
     timeout_seconds: float = 60.0
     max_batch_instances: int = Field(default=50, ge=1)
     max_batch_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_parallel_requests: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="STOW-RS requests of one study in flight at once (streamed bodies only): "
+        "the archive stores one batch while the next is on the wire",
+    )
     verify_tls: bool = True
 
     @model_validator(mode="after")

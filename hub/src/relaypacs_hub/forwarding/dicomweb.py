@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -428,23 +429,44 @@ class DicomWebDestination:
         go_on = batch_callback(on_batch)
         result = DeliveryResult()
         bound = log.bind(destination=self.name, study_uid=study_instance_uid)
-        batches = list(
+        waiting = deque(
             plan_batches(instances, self.config.max_batch_instances, self.config.max_batch_bytes)
         )
-        for number, batch in enumerate(batches, start=1):
-            # Only one batch is in flight, and with streams only one chunk of it is in memory.
-            outcome = await self._store_batch(batch)
-            result.merge(outcome)
-            bound.debug(
-                "stow_batch",
-                batch=number,
-                instances=len(batch),
-                delivered=len(outcome.delivered),
-                failed=len(outcome.failed),
-            )
-            if not await go_on(outcome) and number < len(batches):
-                result.stopped = True
-                break
+        # Streamed bodies may overlap (the archive stores one batch while the next is on the
+        # wire); bodies built in memory go one at a time, to bound memory.
+        streamed = all(i.stream is not None for i in instances)
+        parallel = self.config.max_parallel_requests if streamed else 1
+        in_flight: set[asyncio.Task[DeliveryResult]] = set()
+        stop = False
+        try:
+            while (waiting and not stop) or in_flight:
+                while waiting and not stop and len(in_flight) < parallel:
+                    in_flight.add(asyncio.create_task(self._store_batch(waiting.popleft())))
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                errors = [t.exception() for t in done if t.exception() is not None]
+                for task in done:
+                    if task.exception() is not None:
+                        continue
+                    outcome = task.result()
+                    result.merge(outcome)
+                    bound.debug(
+                        "stow_batch",
+                        instances=len(outcome.delivered) + len(outcome.failed),
+                        delivered=len(outcome.delivered),
+                        failed=len(outcome.failed),
+                    )
+                    # Progress is recorded as each batch is answered; a "stop" takes effect
+                    # before the next batch is sent (those already on the wire finish).
+                    if not await go_on(outcome):
+                        stop = True
+                if errors:
+                    raise errors[0]  # type: ignore[misc]
+        finally:
+            for task in in_flight:
+                task.cancel()
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+        result.stopped = stop and bool(waiting)
         return result
 
     async def _store_batch(self, batch: Sequence[OutgoingInstance]) -> DeliveryResult:
