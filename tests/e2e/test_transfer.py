@@ -38,6 +38,24 @@ def _mid_segment(agent: AgentProcess) -> dict[str, Any] | None:
     return None
 
 
+def _upload_ids(agent: AgentProcess, segment_id: str) -> list[str]:
+    """tus upload ids of a segment: its own, or those of its parallel parts."""
+    conn = sqlite3.connect(f"file:{agent.data_dir / 'agent.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        urls = [
+            r[0]
+            for r in conn.execute(
+                "SELECT upload_url FROM segment_parts WHERE segment_id = ? "
+                "UNION SELECT upload_url FROM segments WHERE id = ?",
+                (segment_id, segment_id),
+            )
+            if r[0]
+        ]
+    finally:
+        conn.close()
+    return [u.rsplit("/", 1)[1] for u in urls]
+
+
 def _patches(hub_log: str, upload_id: str) -> list[tuple[int, bool]]:
     pat = re.compile(rf"patch_received\s+bytes=(\d+) complete=(True|False) upload_id={upload_id}")
     return [(int(m.group(1)), m.group(2) == "True") for m in pat.finditer(hub_log)]
@@ -57,8 +75,9 @@ def test_agent_killed_mid_segment_resumes_from_the_hubs_offset(tmp_path: Path) -
         tmp_path, destinations_file=str(folder_destinations(tmp_path / "d.toml", archive))
     )
     hub.start()
-    # A slow uplink (2 Mbit/s cap) so that a segment takes seconds to cross.
-    slow = {"bandwidth_limit_kbps": "2000"}
+    # A slow uplink (2 Mbit/s cap) so that a segment takes seconds to cross; one stream, so the
+    # segment is one tus upload whose offset the restarted agent must pick up.
+    slow = {"bandwidth_limit_kbps": "2000", "parallel_streams": "1"}
     agent = AgentProcess(tmp_path, hub.url, **slow)
     agent.start()
     try:
@@ -110,14 +129,17 @@ def test_hub_killed_mid_upload_another_hub_process_finishes_it(tmp_path: Path, p
         copy_tree(tmp_path / "source", agent.inbox)
         seg = wait_for(lambda: _mid_segment(agent), 120, "a segment half uploaded", interval=0.1)
         first.kill()
+        upload_ids = _upload_ids(agent, seg["id"])
         # Another hub process on the same database and storage takes the traffic.
         second = HubProcess(tmp_path, port=port, **settings)
         second.log_path = tmp_path / "hub2.log"
         second.start()
         wait_for(lambda: len(archive_files(archive)) == 16, 240, "the study in the archive")
         _check_archive(archive, study)
-        upload_id = seg["upload_url"].rsplit("/", 1)[1]
-        assert _patches(second.log(), upload_id), "the second hub continued the same upload"
+        assert upload_ids
+        assert any(_patches(second.log(), u) for u in upload_ids), (
+            "the second hub must continue the uploads the first one started"
+        )
     finally:
         agent.terminate()
         if second is not None:

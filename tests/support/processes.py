@@ -143,14 +143,18 @@ class AgentProcess(_Proc):
         )
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [sys.executable, "-m", "relaypacs_agent.cli", "status", "--json"],
-            env=self.env,
-            capture_output=True,
-            check=True,
-            timeout=60,
-        )
-        return json.loads(out.stdout)
+        for attempt in range(5):
+            out = subprocess.run(
+                [sys.executable, "-m", "relaypacs_agent.cli", "status", "--json"],
+                env=self.env,
+                capture_output=True,
+                timeout=60,
+            )
+            if out.returncode == 0:
+                return dict(json.loads(out.stdout))
+            # The agent may be creating its tables at this very moment: ask again.
+            time.sleep(0.5 * (attempt + 1))
+        raise AssertionError(f"relaypacs-agent status failed:\n{out.stderr.decode()[-2000:]}")
 
 
 def folder_destinations(path: Path, archive: Path, extra: str = "") -> Path:

@@ -160,6 +160,13 @@ class AgentSettings(BaseSettings):
         description="Largest segment the uplink packs (bytes); the size adapts between the "
         "two to about 20 seconds of measured throughput.",
     )
+    parallel_streams: int = Field(
+        default=3,
+        ge=1,
+        le=16,
+        description="Parallel connections for one segment (tus concatenation), which keeps a "
+        "lossy link busy; 1: one connection.",
+    )
     bandwidth_limit_kbps: int = Field(
         default=0,
         description="Cap on upload bandwidth in kilobits per second, so the agent does not "

@@ -118,6 +118,7 @@ class Agent:
             segment_max=settings.segment_max_bytes,
             bandwidth_limit_kbps=settings.bandwidth_limit_kbps,
             routine_window=settings.routine_window,
+            streams=settings.parallel_streams,
         )
         # --- end of uplink construction.
         self.stop = threading.Event()

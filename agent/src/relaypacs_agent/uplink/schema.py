@@ -41,7 +41,21 @@ UPLINK_MIGRATIONS: list[tuple[str, str]] = [
             updated_at REAL
         );
         """,
-    )
+    ),
+    (
+        "uplink_002_segment_parts",
+        """
+        CREATE TABLE segment_parts (
+            segment_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            length INTEGER NOT NULL,
+            upload_url TEXT,
+            offset INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (segment_id, idx)
+        );
+        """,
+    ),
 ]
 
 

@@ -44,6 +44,8 @@ SEGMENT_SECONDS = 20.0  # a segment is about this much link time: the STAT preem
 PATCH_SECONDS = 3.0  # a PATCH is about this much link time: the most a failure costs
 MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 8 * 1024 * 1024
+PARALLEL_MIN_PART = 1024 * 1024  # a segment is split into parallel parts of at least this
+RETRY_CAP = 4.0  # seconds between attempts inside a segment, at most
 MAX_SEGMENT_TRIES = 3  # an instance still missing after this many segments is sent alone
 
 
@@ -66,22 +68,25 @@ def in_window(window: str | None, now: datetime | None = None) -> bool:
 
 
 class Pacer:
-    """Token bucket for the bandwidth cap (bytes per second); 0 disables it."""
+    """Token bucket for the bandwidth cap (bytes per second), shared by parallel streams."""
 
     def __init__(self, bytes_per_second: float) -> None:
         self.rate = bytes_per_second
         self.allowance = bytes_per_second
         self.last = time.monotonic()
+        self._lock = threading.Lock()
 
     def __call__(self, n: int) -> None:
         if self.rate <= 0:
             return
-        now = time.monotonic()
-        self.allowance = min(self.rate, self.allowance + (now - self.last) * self.rate)
-        self.last = now
-        self.allowance -= n
-        if self.allowance < 0:
-            time.sleep(-self.allowance / self.rate)
+        with self._lock:
+            now = time.monotonic()
+            self.allowance = min(self.rate, self.allowance + (now - self.last) * self.rate)
+            self.last = now
+            self.allowance -= n
+            wait = -self.allowance / self.rate if self.allowance < 0 else 0.0
+        if wait:
+            time.sleep(wait)
 
 
 class TransferSender:
@@ -99,6 +104,7 @@ class TransferSender:
         segment_max: int = 32 * 1024 * 1024,
         bandwidth_limit_kbps: int = 0,
         routine_window: str | None = None,
+        streams: int = 3,
     ) -> None:
         self.store = store
         self.client = client
@@ -112,6 +118,7 @@ class TransferSender:
         self.segment_min = segment_min
         self.segment_max = max(segment_max, segment_min)
         self.routine_window = routine_window
+        self.streams = max(1, streams)
         self.pacer = Pacer(bandwidth_limit_kbps * 1000 / 8)
         self.rate_bps = 0.0  # recent wire throughput, bytes/s
         self.chunk = 1024 * 1024
@@ -233,7 +240,8 @@ class TransferSender:
     def target_segment_bytes(self) -> int:
         if self.rate_bps <= 0:
             return max(self.segment_min, min(self.segment_max, 4 * 1024 * 1024))
-        return int(max(self.segment_min, min(self.segment_max, self.rate_bps * SEGMENT_SECONDS)))
+        link = self.rate_bps * self.streams
+        return int(max(self.segment_min, min(self.segment_max, link * SEGMENT_SECONDS)))
 
     def _pack(self, study_uid: str, todo: list[Any]) -> Any:
         target = self.target_segment_bytes()
@@ -298,8 +306,34 @@ class TransferSender:
             )
 
     def upload_segment(self, seg: Any) -> None:
+        """Upload one segment (in parallel parts when it is large enough), then let it go."""
         seg_id, uid, length = seg["id"], seg["study_instance_uid"], seg["length"]
         bound = log.bind(study_uid=uid, segment_id=seg_id)
+        meta = {
+            "kind": "relaypacs-segment",
+            "study": uid,
+            "segment": seg_id,
+            "sha256": seg["sha256"],
+        }
+        parts = self.store.query("SELECT * FROM segment_parts WHERE segment_id = ?", (seg_id,))
+        if parts or (self.streams > 1 and length >= self.streams * PARALLEL_MIN_PART):
+            failures = self._upload_parallel(seg, meta, bound)
+        else:
+            failures = self._upload_single(seg, meta, bound)
+        if failures < 0:
+            return  # stopping
+        self._set_segment(seg_id, state="uploaded", offset=length)
+        Path(seg["path"]).unlink(missing_ok=True)
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE transfer_stats SET sent_bytes = sent_bytes + ?, updated_at = ? "
+                "WHERE study_instance_uid = ?",
+                (seg["raw_bytes"], time.time(), uid),
+            )
+        bound.info("segment_uploaded", bytes=length, failures=failures)
+
+    def _upload_single(self, seg: Any, meta: dict[str, str], bound: Any) -> int:
+        seg_id, length = seg["id"], seg["length"]
         url = seg["upload_url"]
         session = UploadSession(length, 0)
         if url:
@@ -309,24 +343,132 @@ class TransferSender:
             except UnknownUpload:
                 url = None  # expired or lost at the hub: start this segment again
         if not url:
-            url = self.tus.create(
-                length,
-                {
-                    "kind": "relaypacs-segment",
-                    "study": uid,
-                    "segment": seg_id,
-                    "sha256": seg["sha256"],
-                },
-            )
+            url = self.tus.create(length, meta)
             self._set_segment(seg_id, upload_url=url, offset=0, state="uploading")
-        failures = 0
+
+        def saved(offset: int) -> None:
+            self._set_segment(seg_id, offset=offset)
+
+        return self._send_range(seg, url, 0, session, saved, bound)
+
+    def _upload_parallel(self, seg: Any, meta: dict[str, str], bound: Any) -> int:
+        """tus concatenation: N partial uploads in parallel, then one final that joins them.
+
+        Under random loss one TCP connection's throughput collapses; several in parallel keep
+        the link busy. Each part resumes on its own, like a single upload.
+        """
+        seg_id, length = seg["id"], seg["length"]
+        parts = self.store.query(
+            "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
+        )
+        if not parts:
+            size = -(-length // self.streams)
+            with self.store.tx() as conn:
+                for i in range(self.streams):
+                    start = i * size
+                    conn.execute(
+                        "INSERT INTO segment_parts (segment_id, idx, start, length) "
+                        "VALUES (?,?,?,?)",
+                        (seg_id, i, start, max(0, min(size, length - start))),
+                    )
+            self._set_segment(seg_id, state="uploading")
+            parts = self.store.query(
+                "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
+            )
+        errors: list[BaseException] = []
+        failures = [0] * len(parts)
+
+        def run(i: int, part: Any) -> None:
+            try:
+                failures[i] = self._upload_part(seg, part, meta, bound)
+            except BaseException as exc:  # reported to the caller below
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=run, args=(i, p), name=f"part-{i}", daemon=True)
+            for i, p in enumerate(parts)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        if self.stop.is_set() or min(failures) < 0:
+            return -1
+        urls = [
+            r["upload_url"]
+            for r in self.store.query(
+                "SELECT upload_url FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
+            )
+        ]
+        try:
+            final = self.tus.create_final(urls, meta)
+        except UnknownUpload:
+            # A part expired or was lost at the hub: start the parts again next time.
+            with self.store.tx() as conn:
+                conn.execute("DELETE FROM segment_parts WHERE segment_id = ?", (seg_id,))
+            raise
+        self._set_segment(seg_id, upload_url=final)
+        return sum(failures)
+
+    def _upload_part(self, seg: Any, part: Any, meta: dict[str, str], bound: Any) -> int:
+        seg_id, idx, start, plen = seg["id"], part["idx"], part["start"], part["length"]
+        url = part["upload_url"]
+        session = UploadSession(plen, 0)
+        if url:
+            try:
+                session.resync(self.tus.head(url))
+                bound.info("segment_resumed", offset=session.offset, length=plen, part=idx)
+            except UnknownUpload:
+                url = None
+        if not url:
+            url = self.tus.create(
+                plen, {**meta, "kind": "relaypacs-part", "part": str(idx)}, partial=True
+            )
+            self._set_part(seg_id, idx, upload_url=url, offset=0)
+
+        def saved(offset: int) -> None:
+            self._set_part(seg_id, idx, offset=offset)
+            with self.store.tx() as conn:  # the segment's offset: its parts' progress together
+                conn.execute(
+                    "UPDATE segments SET offset = (SELECT COALESCE(SUM(offset), 0) FROM "
+                    "segment_parts WHERE segment_id = ?) WHERE id = ?",
+                    (seg_id, seg_id),
+                )
+
+        return self._send_range(seg, url, start, session, saved, bound)
+
+    def _set_part(self, seg_id: str, idx: int, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.store.tx() as conn:
+            conn.execute(
+                f"UPDATE segment_parts SET {cols} WHERE segment_id = ? AND idx = ?",  # noqa: S608
+                (*fields.values(), seg_id, idx),
+            )
+
+    def _send_range(
+        self,
+        seg: Any,
+        url: str,
+        start: int,
+        session: UploadSession,
+        saved: Any,
+        bound: Any,
+    ) -> int:
+        """PATCH bytes ``[start + offset, start + length)`` of the segment file until done.
+
+        Returns the number of failed PATCHes, or -1 if the agent is stopping.
+        """
+        uid = seg["study_instance_uid"]
+        failures = in_a_row = 0
         with Path(seg["path"]).open("rb") as f:
             while not session.done:
                 if self.stop.is_set():
-                    return
+                    return -1
                 patch = session.next_patch(self.chunk)
                 assert patch is not None
-                f.seek(patch.offset)
+                f.seek(start + patch.offset)
                 data = f.read(patch.length)
                 session.sent(patch)
                 started = time.monotonic()
@@ -335,40 +477,31 @@ class TransferSender:
                     session.acknowledged(patch, new_offset)
                 except (HubUnavailable, ChecksumMismatch, OffsetConflict) as exc:
                     failures += 1
+                    in_a_row += 1
                     self.chunk = max(MIN_CHUNK, self.chunk // 2)
-                    self._count_wire(uid, len(data), acked=False)
-                    if failures > 50:
-                        raise
-                    self._pause(min(self.retry_max, 0.25 * 2 ** min(failures, 8)))
+                    self._count_wire(uid, len(data))
+                    if in_a_row > 30:
+                        raise  # the study is deferred; the offset is safe in SQLite
+                    # Short, capped, jittered: a link that comes back is used within seconds.
+                    self._pause(min(self.retry_max, RETRY_CAP, 0.25 * 2 ** min(in_a_row, 6)))
                     bound.info("patch_failed", error=str(exc)[:120], chunk=self.chunk)
                     try:
                         session.resync(self.tus.head(url))
                     except HubUnavailable:
                         continue  # still down: the next PATCH attempt asks again
-                    self._set_segment(seg_id, offset=session.offset)
+                    saved(session.offset)
                     continue
-                elapsed = max(time.monotonic() - started, 1e-3)
-                self._learn_rate(len(data) / elapsed)
-                self._count_wire(uid, len(data), acked=True)
-                self._set_segment(seg_id, offset=session.offset, resent_bytes=session.resent_bytes)
-        self._set_segment(
-            seg_id, state="uploaded", offset=length, resent_bytes=session.resent_bytes
-        )
-        Path(seg["path"]).unlink(missing_ok=True)
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE transfer_stats SET sent_bytes = sent_bytes + ?, updated_at = ? "
-                "WHERE study_instance_uid = ?",
-                (seg["raw_bytes"], time.time(), uid),
-            )
-        bound.info(
-            "segment_uploaded", bytes=length, resent_bytes=session.resent_bytes, failures=failures
-        )
+                in_a_row = 0
+                self._learn_rate(len(data) / max(time.monotonic() - started, 1e-3))
+                self._count_wire(uid, len(data))
+                saved(session.offset)
+        return failures
 
     def _pause(self, seconds: float) -> None:
         self.stop.wait(seconds * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
 
     def _learn_rate(self, bps: float) -> None:
+        # Per-stream rate; segments are sized for all streams together (target_segment_bytes).
         self.rate_bps = bps if self.rate_bps <= 0 else 0.7 * self.rate_bps + 0.3 * bps
         self.chunk = int(max(MIN_CHUNK, min(MAX_CHUNK, self.rate_bps * PATCH_SECONDS)))
 
@@ -386,7 +519,7 @@ class TransferSender:
                 (uid, missing_bytes, now, now, missing_bytes, now),
             )
 
-    def _count_wire(self, uid: str, n: int, *, acked: bool) -> None:
+    def _count_wire(self, uid: str, n: int) -> None:
         with self.store.tx() as conn:
             conn.execute(
                 "UPDATE transfer_stats SET wire_bytes = wire_bytes + ?, rate_bps = ?, "

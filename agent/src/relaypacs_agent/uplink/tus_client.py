@@ -42,14 +42,31 @@ class TusClient:
             raise HubUnavailable(f"hub answered {resp.status_code}")
         return resp
 
-    def create(self, length: int, metadata: dict[str, str]) -> str:
+    def create(self, length: int, metadata: dict[str, str], *, partial: bool = False) -> str:
+        headers = {"Upload-Length": str(length), "Upload-Metadata": encode_metadata(metadata)}
+        if partial:
+            headers["Upload-Concat"] = "partial"
+        resp = self._request("POST", ENDPOINT, headers=headers)
+        if resp.status_code != 201 or "location" not in resp.headers:
+            raise HubRefused(resp.status_code, "tus_create", resp.text[:200])
+        location = resp.headers["location"]
+        return location if location.startswith("/") else httpx.URL(location).path
+
+    def create_final(self, part_urls: list[str], metadata: dict[str, str]) -> str:
+        """Concatenate finished partial uploads (tus concatenation); the hub unpacks the result."""
         resp = self._request(
             "POST",
             ENDPOINT,
-            headers={"Upload-Length": str(length), "Upload-Metadata": encode_metadata(metadata)},
+            timeout=httpx.Timeout(connect=10.0, read=300.0, write=30.0, pool=10.0),
+            headers={
+                "Upload-Concat": "final;" + " ".join(part_urls),
+                "Upload-Metadata": encode_metadata(metadata),
+            },
         )
+        if resp.status_code in (400, 404, 410):
+            raise UnknownUpload(f"the hub refused the concatenation: {resp.text[:200]}")
         if resp.status_code != 201 or "location" not in resp.headers:
-            raise HubRefused(resp.status_code, "tus_create", resp.text[:200])
+            raise HubRefused(resp.status_code, "tus_concat", resp.text[:200])
         location = resp.headers["location"]
         return location if location.startswith("/") else httpx.URL(location).path
 

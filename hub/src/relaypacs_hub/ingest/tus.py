@@ -125,6 +125,13 @@ class TusService:
                 assert u is not None
                 u.offset = size
                 u.state = "complete"
+                # The protocol lets the server drop partial uploads once concatenated.
+                for pid in parts or []:
+                    part = await session.get(Upload, pid)
+                    if part is not None:
+                        await session.delete(part)
+            for pid in parts or []:
+                await self.store.delete(pid)
         log.info("upload_created", upload_id=upload_id, length=length, concat=concat)
         return await self.get(upload_id)
 
