@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: demo test test-fast lint install system-deps services npm-deps clean
+.PHONY: demo test test-fast lint install system-deps services npm-deps bench-ingest bench-wan bench-forward clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -32,6 +32,15 @@ test: system-deps install npm-deps services lint  ## everything: lint, unit and 
 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)
 	$(UV) run pytest -q -m "not integration"
+
+bench-ingest: install  ## folder and C-STORE ingest rates, peak RSS (prints a table)
+	$(UV) run python bench/ingest/run.py
+
+bench-wan: install system-deps  ## RelayPACS vs plain STOW-RS over shaped links (root: netns)
+	$(UV) run python bench/wan/run.py
+
+bench-forward: install system-deps  ## hub -> Orthanc forwarding rate vs direct STOW-RS
+	$(UV) run python bench/forward/run.py
 
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
