@@ -101,7 +101,8 @@ called_aet = "ARCHIVE"
             hub.start()
         worker_env = {
             f"RELAYPACS_HUB_{k.upper()}": v
-            for k, v in {**shared, "worker_poll_seconds": "0.3"}.items()
+            # One job at a time per worker process: the three share the 40 jobs between them.
+            for k, v in {**shared, "worker_poll_seconds": "0.3", "worker_concurrency": "1"}.items()
         }
         workers = []
         for i in range(3):

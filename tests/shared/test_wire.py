@@ -89,6 +89,8 @@ def test_a_commit_request_carries_its_manifest() -> None:
     assert request.model_dump(mode="json") == {
         "service_level": "stat",
         "instances": [{"sop_instance_uid": SOP, "sha256": EMPTY_SHA256}],
+        "facility": None,
+        "received_at": None,
     }
 
 

@@ -81,6 +81,9 @@ class ManifestEntry(BaseModel):
 class CommitRequest(BaseModel):
     service_level: ServiceLevel = "routine"
     instances: list[ManifestEntry] = Field(min_length=1)
+    # Where and when the study reached the agent: for routing rules and time to PACS.
+    facility: str | None = Field(default=None, max_length=128)
+    received_at: datetime | None = None
 
 
 class ManifestAnswer(BaseModel):

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -531,12 +531,16 @@ class TransferSender:
 
     def _commit(self, study: Any, instances: list[Any]) -> None:
         uid = study["study_instance_uid"]
+        keys = study.keys()
+        metadata = json.loads(study["metadata"]) if "metadata" in keys and study["metadata"] else {}
         request = CommitRequest(
             service_level="stat" if study["service_level"] == "stat" else "routine",
             instances=[
                 ManifestEntry(sop_instance_uid=i["sop_instance_uid"], sha256=i["sha256"])
                 for i in instances
             ],
+            facility=metadata.get("facility") or None,
+            received_at=datetime.fromtimestamp(study["first_received_at"], tz=UTC),
         )
         status = self.client.commit(uid, request)
         if self.store.mark_committed(uid, study["last_instance_at"], status.model_dump_json()):

@@ -95,10 +95,10 @@ async def post_commit(
             study_uid,
             body,
             delivery.router,
-            # Carried by the manifest once it has them (issue 4); the facility will come from
-            # the agent's enrolled credential (issue 6).
-            facility=getattr(body, "facility", None),
-            agent_received_at=getattr(body, "received_at", None),
+            # Declared by the agent today; the enrolled device credential will vouch for the
+            # facility once agents are enrolled.
+            facility=body.facility,
+            agent_received_at=body.received_at,
         )
     except StudyIncomplete as exc:
         raise _problem(409, "incomplete", str(exc), missing=exc.missing[:1000]) from exc
