@@ -25,13 +25,18 @@ def _commands() -> list[tuple[str, typer.Typer, str]]:
         for cmd in app.registered_commands:
             name = cmd.name or (cmd.callback.__name__.replace("_", "-") if cmd.callback else "")
             out.append((prog, app, name))
+        for group in app.registered_groups:  # typer sub-apps: `relaypacs-hub audit verify`
+            sub = group.typer_instance
+            for cmd in sub.registered_commands if sub else []:
+                name = cmd.name or (cmd.callback.__name__.replace("_", "-") if cmd.callback else "")
+                out.append((prog, app, f"{group.name} {name}"))
     return out
 
 
 @pytest.mark.parametrize(("prog", "app", "name"), _commands(), ids=lambda v: str(v))
 def test_command_documented_with_example(prog: str, app: typer.Typer, name: str) -> None:
     assert f"`{prog} {name}`" in README, f"{prog} {name} is missing from the README"
-    result = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Example" in result.output or "example" in result.output.lower(), (
         f"{prog} {name} --help shows no example"

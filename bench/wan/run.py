@@ -58,6 +58,7 @@ def relaypacs(link: WanLink, source: Path, n: int, work: Path) -> dict[str, floa
         quiet_period_seconds="1",
         settle_seconds="0.2",
         retry_max_seconds="2",
+        allow_insecure_http="true",  # plain HTTP over the emulated private WAN link
     )
     agent.start()
     try:

@@ -40,7 +40,13 @@ def _deliver_over(
             destinations_file=str(folder_destinations(tmp_path / "d.toml", archive)),
         )
         hub.start(timeout=120)
-        agent = AgentProcess(tmp_path, hub.url, prefix=link.wrap("edge", []), retry_max_seconds="2")
+        agent = AgentProcess(
+            tmp_path,
+            hub.url,
+            prefix=link.wrap("edge", []),
+            retry_max_seconds="2",
+            allow_insecure_http="true",  # plain HTTP over the emulated private WAN link
+        )
         agent.start()
         try:
             copy_tree(tmp_path / "source", agent.inbox)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -78,10 +79,14 @@ class HubProcess(_Proc):
         host: str = "127.0.0.1",
         prefix: list[str] | None = None,
         probe_prefix: list[str] | None = None,
+        ca_file: Path | None = None,
         **settings: str,
     ) -> None:
         self.port = port or free_port()
         self.host = host
+        # HTTPS when the hub is given a certificate; ca_file: the CA the health probe trusts.
+        self.scheme = "https" if "tls_certfile" in settings else "http"
+        self.ca_file = ca_file
         self.probe_prefix = probe_prefix
         env = {
             "RELAYPACS_HUB_HOST": host,
@@ -96,14 +101,15 @@ class HubProcess(_Proc):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def _healthy(self) -> bool:
         if self.probe_prefix is not None:  # the hub lives in another network namespace
             probe = [*self.probe_prefix, "curl", "-fs", "-m", "2", self.url + "/healthz"]
             return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
         try:
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            verify = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+            return httpx.get(self.url + "/healthz", timeout=2, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

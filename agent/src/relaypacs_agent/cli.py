@@ -42,6 +42,11 @@ def run() -> None:
 
     settings = AgentSettings()
     configure_logging(settings.log_level, settings.log_json)
+    try:
+        settings.check_hub_url()
+    except ValueError as exc:
+        typer.echo(f"relaypacs-agent: {exc}", err=True)
+        raise typer.Exit(2) from exc
     Agent(settings).run()
 
 
@@ -333,6 +338,66 @@ def quarantine_delete(
     finally:
         ing.store.close()
     typer.echo(f"deleted entry {entry_id} ({d['original_name']})")
+
+
+audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    anchor: str | None = typer.Option(
+        None, help="SEQ:HASH printed by an earlier verify: also detects a truncated log."
+    ),
+) -> None:
+    """Check the audit log's hash chain; exit 1 listing each edited, inserted or deleted record.
+
+    Example:
+
+        RELAYPACS_AGENT_DATA_DIR=/var/lib/relaypacs relaypacs-agent audit verify
+    """
+    from relaypacs_agent.audit import read_log
+    from relaypacs_agent.store.db import Store
+    from relaypacs_shared.audit import Anchor, head, verify_chain
+
+    store = Store(AgentSettings().db_path)
+    try:
+        records = list(read_log(store))
+    finally:
+        store.close()
+    problems = verify_chain(records, Anchor.parse(anchor) if anchor else None)
+    if problems:
+        for p in problems:
+            typer.echo(str(p), err=True)
+        typer.echo(f"audit log TAMPERED: {len(problems)} problem(s) in {len(records)} records")
+        raise typer.Exit(1)
+    last = head(records)
+    typer.echo(f"audit log intact: {len(records)} records" + (f" (anchor {last})" if last else ""))
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (records as stored) or atna."),
+) -> None:
+    """Write the audit log to stdout, one JSON object a line (``atna``: DICOM PS3.15 A.5 fields).
+
+    Example:
+
+        relaypacs-agent audit export --format atna > audit.jsonl
+    """
+    from relaypacs_agent.audit import read_log
+    from relaypacs_agent.store.db import Store
+    from relaypacs_shared.audit import to_atna
+
+    if fmt not in ("jsonl", "atna"):
+        raise typer.BadParameter("--format is jsonl or atna")
+    store = Store(AgentSettings().db_path)
+    try:
+        for r in read_log(store):
+            out = r.as_dict() if fmt == "jsonl" else to_atna(r, "relaypacs-agent")
+            typer.echo(json.dumps(out, sort_keys=True))
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relaypacs_shared.netpolicy import insecure_url_problem
+
 ServiceLevel = Literal["routine", "stat"]
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
@@ -55,6 +57,16 @@ class AgentSettings(BaseSettings):
     hub_url: str = Field(default="http://127.0.0.1:8080", description="Base URL of the hub.")
     hub_token: SecretStr | None = Field(
         default=None, description="Bearer token the hub expects from agents (if it requires one)."
+    )
+    hub_ca_file: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CA(s) to trust for the hub's certificate (e.g. a private "
+        "CA). Empty: the system trust store.",
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Allow a plain `http://` hub_url off the loopback (a trusted private link). "
+        "Off: the agent refuses to start with one.",
     )
     service_level: ServiceLevel = Field(
         default="routine", description="Service level of studies taken from the watched folder."
@@ -179,6 +191,17 @@ class AgentSettings(BaseSettings):
     )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    def check_hub_url(self) -> None:
+        """Refuse plain HTTP to a hub off the loopback unless explicitly allowed."""
+        problem = insecure_url_problem(
+            self.hub_url,
+            allow_insecure_http=self.allow_insecure_http,
+            setting="RELAYPACS_AGENT_HUB_URL",
+            allow_setting="RELAYPACS_AGENT_ALLOW_INSECURE_HTTP",
+        )
+        if problem:
+            raise ValueError(problem)
 
     @property
     def allowed_calling_aets(self) -> list[str]:

@@ -100,10 +100,12 @@ class Agent:
         binary = find_dciodvfy() if settings.conformance_check else None
         self.checker = ConformanceChecker(self.store, binary) if binary else None
         # --- uplink: the one place where the sender is built (the transfer work plugs in here).
+        settings.check_hub_url()  # no plain HTTP off the loopback unless allowed
         self.client = HubClient(
             settings.hub_url,
             token=settings.hub_token.get_secret_value() if settings.hub_token else None,
             timeout=settings.request_timeout_seconds,
+            ca_file=settings.hub_ca_file,
         )
         # The uplink: manifest, then resumable tus segments (relaypacs_agent.uplink.transfer).
         self.sender = TransferSender(

@@ -10,6 +10,7 @@ import uvicorn
 
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.logging import configure_logging
+from relaypacs_shared.audit import ChainedRecord
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 
@@ -31,13 +32,21 @@ def serve(
 
     settings = HubSettings()
     configure_logging(settings.log_level, settings.log_json)
+    listen = host or settings.host
+    try:
+        settings.check_listen(listen)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--host") from exc
     config = uvicorn.Config(
         create_app(settings),
-        host=host or settings.host,
+        host=listen,
         port=port or settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # HTTPS when given a certificate (RELAYPACS_HUB_TLS_CERTFILE and _KEYFILE, both or none).
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
     # uvicorn re-raises the stop signal after its graceful shutdown; a stop we asked for is a
     # clean exit (status 0) for systemd and for `make demo`, so that re-raise lands on a no-op.
@@ -104,6 +113,71 @@ def worker() -> None:
             await engine.dispose()
 
     asyncio.run(_main())
+
+
+audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_records(settings: HubSettings) -> list[ChainedRecord]:
+    from relaypacs_hub.audit import read_log
+    from relaypacs_hub.db.session import make_engine, make_sessionmaker
+
+    async def _main() -> list[ChainedRecord]:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            return [r async for r in read_log(make_sessionmaker(engine))]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(_main())
+
+
+@audit_app.command("verify")
+def audit_verify(
+    anchor: str | None = typer.Option(
+        None, help="SEQ:HASH printed by an earlier verify: also detects a truncated log."
+    ),
+) -> None:
+    """Check the audit log's hash chain; exit 1 listing each edited, inserted or deleted record.
+
+    Example:
+
+        relaypacs-hub audit verify --anchor "$(cat /secure/audit-anchor)"
+    """
+    from relaypacs_shared.audit import Anchor, head, verify_chain
+
+    settings = HubSettings()
+    records = _audit_records(settings)
+    problems = verify_chain(records, Anchor.parse(anchor) if anchor else None)
+    if problems:
+        for p in problems:
+            typer.echo(str(p), err=True)
+        typer.echo(f"audit log TAMPERED: {len(problems)} problem(s) in {len(records)} records")
+        raise typer.Exit(1)
+    last = head(records)
+    typer.echo(f"audit log intact: {len(records)} records" + (f" (anchor {last})" if last else ""))
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (records as stored) or atna."),
+) -> None:
+    """Write the audit log to stdout, one JSON object a line (``atna``: DICOM PS3.15 A.5 fields).
+
+    Example:
+
+        relaypacs-hub audit export --format atna > audit-2026-11.jsonl
+    """
+    import json
+
+    from relaypacs_shared.audit import to_atna
+
+    if fmt not in ("jsonl", "atna"):
+        raise typer.BadParameter("--format is jsonl or atna")
+    for r in _audit_records(HubSettings()):
+        out = r.as_dict() if fmt == "jsonl" else to_atna(r, "relaypacs-hub")
+        typer.echo(json.dumps(out, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relaypacs_shared.netpolicy import is_loopback_host
+
 # Defaults of MinIO, of its docker examples and of the AWS documentation: never in production.
 _WELL_KNOWN_S3_SECRETS = frozenset(
     {"minioadmin", "minio123", "testing", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
@@ -26,6 +28,17 @@ class HubSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8080, description="Port the API listens on.")
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate (with its chain) the API serves HTTPS with; set together "
+        "with `tls_keyfile`. Empty: plain HTTP.",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="PEM private key of `tls_certfile`.")
+    allow_plain_http: bool = Field(
+        default=False,
+        description="Let production listen on a non-loopback address without TLS: only when a "
+        "TLS-terminating reverse proxy in front of the hub serves HTTPS to the agents.",
+    )
     data_dir: Path = Field(
         default=Path("var/hub"), description="Folder for the embedded database and object store."
     )
@@ -130,6 +143,34 @@ class HubSettings(BaseSettings):
                     "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> HubSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError(
+                "RELAYPACS_HUB_TLS_CERTFILE and RELAYPACS_HUB_TLS_KEYFILE are set together or not "
+                "at all"
+            )
+        self.check_listen(self.host)
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certfile is not None and self.tls_keyfile is not None
+
+    def check_listen(self, host: str) -> None:
+        """Production serves plain HTTP only on the loopback, unless a proxy is declared."""
+        if (
+            self.environment == "production"
+            and not self.tls_enabled
+            and not self.allow_plain_http
+            and not is_loopback_host(host)
+        ):
+            raise ValueError(
+                f"refusing to listen on {host} without TLS in production: set "
+                "RELAYPACS_HUB_TLS_CERTFILE and RELAYPACS_HUB_TLS_KEYFILE, or "
+                "RELAYPACS_HUB_ALLOW_PLAIN_HTTP=true behind a TLS-terminating proxy"
+            )
 
     @model_validator(mode="after")
     def _check_s3(self) -> HubSettings:

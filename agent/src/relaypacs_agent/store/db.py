@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
+from relaypacs_agent.audit import append as audit_append
 from relaypacs_agent.store.schema import MIGRATIONS
 from relaypacs_shared.dicom import InstanceInfo
 
@@ -134,6 +135,15 @@ class Store:
             )
             if source_file is not None:
                 self._record_source_file(conn, source_file, "accepted", now)
+            audit_append(
+                conn,
+                f"source:{origin or source}",
+                "instance.accepted",
+                info.sop_instance_uid,
+                study_uid=info.study_instance_uid,
+                size=info.size,
+                sha256=info.sha256,
+            )
 
     @staticmethod
     def _touch_study(
@@ -249,6 +259,7 @@ class Store:
             )
             if source_file is not None:
                 self._record_source_file(conn, source_file, "duplicate", now)
+            audit_append(conn, "ingest", "instance.duplicate", sop_uid, sha256=sha256)
 
     def add_quarantine(
         self,
@@ -267,7 +278,7 @@ class Store:
         with self.tx() as conn:
             if source_file is not None:
                 self._record_source_file(conn, source_file, "quarantined", at or time.time())
-            conn.execute(
+            cur = conn.execute(
                 """INSERT OR IGNORE INTO quarantine (path, original_name, source, reason, message,
                    size, sha256, sop_instance_uid, quarantined_at) VALUES (?,?,?,?,?,?,?,?,?)""",
                 (
@@ -282,6 +293,17 @@ class Store:
                     at or time.time(),
                 ),
             )
+            if cur.rowcount == 1:
+                audit_append(
+                    conn,
+                    "ingest",
+                    "instance.quarantined",
+                    sop_uid or f"quarantine:{cur.lastrowid}",
+                    outcome="minor_failure",
+                    reason=reason,
+                    size=size,
+                    sha256=sha256,
+                )
 
     def quarantine_paths(self) -> set[str]:
         return {r[0] for r in self.query("SELECT path FROM quarantine")}
@@ -309,6 +331,8 @@ class Store:
                    WHERE id = ? AND resolution IS NULL""",
                 (resolution, time.time(), note[:1000], entry_id),
             )
+            if cur.rowcount == 1:
+                audit_append(conn, "operator", f"quarantine.{resolution}", f"quarantine:{entry_id}")
             return cur.rowcount == 1
 
     # -- imports and conformance ----------------------------------------------------------
@@ -419,15 +443,19 @@ class Store:
                    WHERE study_instance_uid = ? AND last_instance_at = ?""",
                 (time.time(), hub_status, study_uid, last_instance_at),
             )
+            if cur.rowcount == 1:
+                audit_append(conn, "uplink", "study.committed", study_uid)
             return cur.rowcount == 1
 
     def mark_delivered(self, study_uid: str, hub_status: str) -> None:
         with self.tx() as conn:
-            conn.execute(
+            cur = conn.execute(
                 """UPDATE studies SET state = 'delivered', delivered_at = ?, hub_status = ?
                    WHERE study_instance_uid = ? AND state = 'committed'""",
                 (time.time(), hub_status, study_uid),
             )
+            if cur.rowcount == 1:
+                audit_append(conn, "uplink", "study.delivered", study_uid)
 
     def set_hub_status(self, study_uid: str, hub_status: str) -> None:
         with self.tx() as conn:

@@ -95,8 +95,25 @@ _M002_INGEST = """
         );
 """
 
+# Hash-chained audit records (relaypacs_shared.audit); rows are only ever appended.
+_M003_AUDIT = """
+        CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            source TEXT NOT NULL,
+            details TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        );
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
     ("002_ingest", _M002_INGEST),
+    ("003_audit", _M003_AUDIT),
 ]

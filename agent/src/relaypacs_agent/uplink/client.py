@@ -7,6 +7,7 @@ are retried here; the sender's loop retries whole studies later with a capped ba
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,14 @@ def _file_chunks(path: Path, chunk: int = 256 * 1024) -> Iterator[bytes]:
             yield block
 
 
+def hub_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext | bool:
+    """Verification of the hub's certificate: the given CA bundle, else ``True`` (httpx's
+    default verification against certifi's trust store). Never off."""
+    if ca_file is not None:
+        return ssl.create_default_context(cafile=str(ca_file))
+    return True
+
+
 class HubClient:
     def __init__(
         self,
@@ -70,6 +79,7 @@ class HubClient:
         token: str | None = None,
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         headers = {"User-Agent": "relaypacs-agent/0.1"}
         if token:
@@ -79,6 +89,7 @@ class HubClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            verify=hub_ssl_context(ca_file),
         )
 
     def close(self) -> None:

@@ -166,3 +166,23 @@ class StudyRoute(Base):
     unrouted: Mapped[bool] = mapped_column(Boolean, default=False)
     routed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     purged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# -- audit (migration 0004) -------------------------------------------------------------------
+
+
+class AuditLogEntry(Base):
+    """One hash-chained audit record (``relaypacs_shared.audit``); rows are only ever appended."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32))  # UTC ISO 8601, exactly as hashed
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(255))
+    details_json: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

@@ -40,6 +40,7 @@ import structlog
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub.audit import audit
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import (
     ForwardJob,
@@ -465,6 +466,15 @@ class ForwardingWorker:
             )
             if isinstance(start, datetime):
                 row.time_to_pacs_seconds = max((now - start).total_seconds(), 0.0)
+            await audit(
+                session,
+                f"worker:{self.worker_id}",
+                "forward.done",
+                job.study_instance_uid,
+                destination=job.destination,
+                job_id=row.id,
+                attempts=row.attempts,
+            )
             return row.time_to_pacs_seconds
 
     async def _step_aside(self, job: ForwardJob) -> None:
@@ -502,6 +512,16 @@ class ForwardingWorker:
                     destination=row.destination,
                     attempts=row.attempts,
                     reason=reason[:300],
+                )
+                await audit(
+                    session,
+                    f"worker:{self.worker_id}",
+                    "forward.dead",
+                    row.study_instance_uid,
+                    outcome="serious_failure",
+                    destination=row.destination,
+                    job_id=row.id,
+                    attempts=row.attempts,
                 )
             else:
                 row.state = "pending"

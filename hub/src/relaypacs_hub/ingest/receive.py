@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import Instance, Study
 from relaypacs_hub.storage.base import ObjectStore, content_key
 from relaypacs_shared.dicom import validate_file
@@ -140,6 +141,9 @@ async def record_instance(
                 )
             )
             try:
+                await audit(
+                    session, "agent", "instance.received", sop_uid, study_uid=study_uid, size=size
+                )
                 await session.commit()
             except IntegrityError as exc:
                 log.debug("record_retry", error=str(exc.orig)[:200])

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import State
+from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, utcnow
 from relaypacs_hub.forwarding.runtime import DeliveryDep
 
@@ -141,6 +142,14 @@ async def retry_job(
                 409, "not_retryable", f"job {job_id} is {job.state}; only dead or pending jobs"
             )
         _requeue(job)
+        await audit(
+            session,
+            "admin",
+            "admin.job_retry",
+            job.study_instance_uid,
+            job_id=job_id,
+            destination=job.destination,
+        )
         out = JobPublic.of(job)
     delivery.wake()
     return out

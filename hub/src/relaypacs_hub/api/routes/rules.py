@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from relaypacs_hub.api.deps import State
 from relaypacs_hub.api.routes.jobs import AdminAuth
+from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import Study, StudyRoute
 from relaypacs_hub.forwarding.runtime import Delivery, DeliveryDep
 from relaypacs_hub.routing.rules import StoredRuleSet
@@ -90,6 +91,14 @@ async def put_rules(
     except RoutingError as exc:
         raise _problem(422, "invalid_rules", str(exc)) from exc
     stored, _changed = await delivery.rules.save(rules, "api")
+    await audit(
+        delivery.sessionmaker,
+        "admin",
+        "admin.rules_put",
+        "routing_rules",
+        version=stored.version,
+        changed=_changed,
+    )
     return _public(stored, "api")
 
 
@@ -101,8 +110,23 @@ async def reload_rules(delivery: DeliveryDep, _auth: AdminAuth) -> RulesPublic:
     try:
         await delivery.import_rules_file()
     except RoutingError as exc:
+        await audit(
+            delivery.sessionmaker,
+            "admin",
+            "admin.rules_reload",
+            "routing_rules",
+            outcome="minor_failure",
+        )
         raise _problem(422, "invalid_rules", str(exc)) from exc
-    return _public(await delivery.rules.current(), "file")
+    current = await delivery.rules.current()
+    await audit(
+        delivery.sessionmaker,
+        "admin",
+        "admin.rules_reload",
+        "routing_rules",
+        version=current.version if current else None,
+    )
+    return _public(current, "file")
 
 
 @router.get("/history", response_model=list[RulesPublic])

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
 from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
@@ -85,7 +86,12 @@ async def put_instance(
 
 @router.post("/{study_uid}/commit", response_model=StudyStatus)
 async def post_commit(
-    study_uid: str, body: CommitRequest, state: State, delivery: DeliveryDep, _auth: AgentAuth
+    study_uid: str,
+    body: CommitRequest,
+    state: State,
+    delivery: DeliveryDep,
+    _auth: AgentAuth,
+    request: Request,
 ) -> StudyStatus:
     """Commit a study once every instance of the manifest is held; forwarding starts then."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
@@ -102,6 +108,14 @@ async def post_commit(
         )
     except StudyIncomplete as exc:
         raise _problem(409, "incomplete", str(exc), missing=exc.missing[:1000]) from exc
+    await audit(
+        state.sessionmaker,
+        f"agent:{body.facility or '-'}",
+        "study.committed",
+        study_uid,
+        source=request.client.host if request.client else None,
+        instances=len(body.instances),
+    )
     delivery.wake()
     return await _status(state, study_uid)
 
