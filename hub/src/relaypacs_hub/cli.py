@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -113,6 +114,53 @@ def worker() -> None:
             await engine.dispose()
 
     asyncio.run(_main())
+
+
+@app.command("create-admin")
+def create_admin(
+    username: Annotated[str, typer.Option(help="Login name of the new admin.")],
+    facility: Annotated[
+        list[str] | None, typer.Option(help="A facility the admin belongs to (repeatable).")
+    ] = None,
+) -> None:
+    """Create a user with role admin (the first one, or one more). Migrations are applied first.
+
+    The password comes from RELAYPACS_HUB_BOOTSTRAP_PASSWORD, else it is prompted for.
+
+    Example:
+
+        relaypacs-hub create-admin --username alice
+    """
+    from relaypacs_hub.auth.service import AuthError, AuthService
+    from relaypacs_hub.auth.tokens import TokenIssuer, load_private_key
+    from relaypacs_hub.db.migrate import upgrade
+    from relaypacs_hub.db.session import make_engine, make_sessionmaker
+
+    settings = HubSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    if settings.bootstrap_password is not None:
+        password = settings.bootstrap_password.get_secret_value()
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 12:
+        raise typer.BadParameter("the password must have at least 12 characters")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+    async def _main() -> None:
+        engine = make_engine(settings.resolved_database_url)
+        issuer = TokenIssuer(load_private_key(settings), settings)
+        try:
+            service = AuthService(settings, make_sessionmaker(engine), issuer)
+            await service.create_user("cli", username, password, "admin", facility or [])
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(_main())
+    except AuthError as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--username") from exc
+    typer.echo(f"admin {username} created")
 
 
 audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)

@@ -93,8 +93,8 @@ class HubSettings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token for the admin API (jobs, rules, destinations). Empty: the "
-        "agent token guards it (until users and roles land).",
+        description="Machine bearer token for the admin API (jobs, rules, destinations, users), "
+        "besides the JWTs of users with role admin. Empty: only admin users.",
     )
     upload_max_bytes: int = Field(
         default=8 * 1024**3, description="Largest tus upload (Tus-Max-Size), in bytes."
@@ -131,6 +131,34 @@ class HubSettings(BaseSettings):
         default="",
         description="Key prefix in the bucket (e.g. `hub-a/`), so deployments can share a bucket.",
     )
+    jwt_private_key_file: Path | None = Field(
+        default=None,
+        description="PEM Ed25519 private key that signs access tokens (EdDSA). Required in "
+        "production; in development generated into `data_dir/jwt-signing-key.pem` (mode 0600).",
+    )
+    jwt_issuer: str = Field(default="relaypacs-hub", description="`iss` of access tokens.")
+    jwt_audience: str = Field(default="relaypacs", description="`aud` of access tokens.")
+    access_token_minutes: float = Field(
+        default=10.0, gt=0, description="Lifetime of an access token (JWT), in minutes."
+    )
+    refresh_token_days: float = Field(
+        default=14.0, gt=0, description="Lifetime of a refresh token, in days; it rotates on use."
+    )
+    require_totp_roles: str = Field(
+        default="",
+        description="Comma list of roles that must use a TOTP second factor (e.g. `admin,"
+        "radiologist`); such a user without one gets a token that can only enroll.",
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins in a row before the account is locked."
+    )
+    login_lockout_seconds: float = Field(
+        default=900.0, ge=0, description="How long a locked account refuses logins."
+    )
+    bootstrap_password: SecretStr | None = Field(
+        default=None,
+        description="Password `relaypacs-hub create-admin` uses instead of prompting for one.",
+    )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
@@ -153,6 +181,10 @@ class HubSettings(BaseSettings):
             )
         self.check_listen(self.host)
         return self
+
+    @property
+    def totp_required_roles(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.require_totp_roles.split(",") if r.strip())
 
     @property
     def tls_enabled(self) -> bool:

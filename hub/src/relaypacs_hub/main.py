@@ -13,9 +13,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from relaypacs_hub.api.deps import HubState
+from relaypacs_hub.api.routes import auth as auth_routes
 from relaypacs_hub.api.routes import destinations as destination_routes
-from relaypacs_hub.api.routes import health, jobs, manifests, rules, studies
+from relaypacs_hub.api.routes import health, jobs, manifests, rules, studies, users
 from relaypacs_hub.api.routes import tus as tus_routes
+from relaypacs_hub.auth.service import AuthService
+from relaypacs_hub.auth.tokens import TokenIssuer, check_key_setting, load_private_key
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.migrate import upgrade
 from relaypacs_hub.db.session import make_engine, make_sessionmaker
@@ -47,6 +50,7 @@ async def _expire_uploads(tus: TusService, stop: asyncio.Event, every: float = 3
 
 def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> FastAPI:
     settings = settings or HubSettings()
+    check_key_setting(settings)  # production refuses to start without a signing key file
     # Parse destinations now, so a bad file fails at start with its error, not at first commit.
     destination_configs = load_destination_configs(settings)
     destinations = {c.name: build_destination(c) for c in destination_configs}
@@ -60,6 +64,8 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         engine = make_engine(url)
         sessionmaker = make_sessionmaker(engine)
         store = build_object_store(settings)
+        signing_key = await anyio.to_thread.run_sync(load_private_key, settings)
+        auth = AuthService(settings, sessionmaker, TokenIssuer(signing_key, settings))
         tus = TusService(
             sessionmaker,
             build_upload_store(settings),
@@ -90,6 +96,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             destination_names=sorted(destinations),
             wake_worker=worker.wake if worker else None,
             tus=tus,
+            auth=auth,
         )
         log.info(
             "hub_started",
@@ -140,6 +147,8 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         )
 
     app.include_router(health.router)
+    app.include_router(auth_routes.router)
+    app.include_router(users.router)
     app.include_router(studies.router)
     app.include_router(manifests.router)
     app.include_router(tus_routes.router)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,6 +21,7 @@ class HubState:
     destination_names: list[str]
     wake_worker: object  # callable, or None when no worker runs in this process
     tus: Any = None  # relaypacs_hub.ingest.tus.TusService
+    auth: Any = None  # relaypacs_hub.auth.service.AuthService
 
 
 def get_state(request: Request) -> HubState:
@@ -31,17 +32,123 @@ def get_state(request: Request) -> HubState:
 State = Annotated[HubState, Depends(get_state)]
 
 
-def require_agent(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
-    token = state.settings.agent_token
-    if token is None:
-        return
-    expected = f"Bearer {token.get_secret_value()}"
-    if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail={"code": "unauthorized", "detail": "a valid agent token is required"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+# -- who may call a route ----------------------------------------------------------------------
 
 
-AgentAuth = Annotated[None, Depends(require_agent)]
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a person (access JWT), an agent (agent token) or the admin machine token."""
+
+    kind: Literal["user", "agent", "admin_token", "anonymous"]
+    name: str
+    role: str | None = None
+    facilities: list[str] = field(default_factory=list)
+    scope: str = "full"
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail={"code": "unauthorized", "detail": detail},
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _forbidden(detail: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_403_FORBIDDEN, detail={"code": "forbidden", "detail": detail}
+    )
+
+
+def _matches(authorization: str, secret: Any) -> bool:
+    if secret is None:
+        return False
+    expected = f"Bearer {secret.get_secret_value()}"
+    return hmac.compare_digest(authorization.encode(), expected.encode())
+
+
+async def _principal(state: HubState, authorization: str | None) -> Principal | None:
+    if not authorization:
+        return None
+    if _matches(authorization, state.settings.admin_token):
+        return Principal("admin_token", "admin-token", role="admin")
+    if _matches(authorization, state.settings.agent_token):
+        return Principal("agent", "agent")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token or state.auth is None:
+        raise _unauthorized("a valid bearer token is required")
+    from relaypacs_hub.auth.service import facilities_of
+    from relaypacs_hub.auth.tokens import InvalidToken
+
+    try:
+        claims = state.auth.issuer.verify(token.strip())
+    except InvalidToken as exc:
+        raise _unauthorized("invalid or expired access token") from exc
+    user = await state.auth.active_user(claims.sub)
+    if user is None:  # deleted or disabled since the token was issued
+        raise _unauthorized("invalid or expired access token")
+    return Principal("user", user.username, user.role, facilities_of(user), claims.scope)
+
+
+class Policy:
+    """A route's declared callers. Every hub route depends on exactly one (see the route table
+    test): ``public``; ``agent`` (the agent token; open while none is configured, as in
+    development); a set of user ``roles`` (``admin`` also admits the admin machine token)."""
+
+    def __init__(
+        self,
+        name: str,
+        roles: frozenset[str] = frozenset(),
+        *,
+        agent: bool = False,
+        public: bool = False,
+        enroll_scope: bool = False,
+    ) -> None:
+        self.name = name
+        self.roles = roles
+        self.agent = agent
+        self.public = public
+        self.enroll_scope = enroll_scope
+
+    async def __call__(
+        self, state: State, authorization: Annotated[str | None, Header()] = None
+    ) -> Principal:
+        anonymous = Principal("anonymous", "anonymous")
+        if self.public:
+            return anonymous
+        if self.agent and state.settings.agent_token is None:
+            return anonymous  # no agent credential configured (development, tests)
+        who = await _principal(state, authorization)
+        if who is None:
+            raise _unauthorized("credentials are required")
+        if who.kind == "agent":
+            if self.agent:
+                return who
+            raise _forbidden("agents may not call this route")
+        if who.role in self.roles:
+            if who.scope != "full" and not self.enroll_scope:
+                raise _forbidden("enroll a TOTP second factor first (/api/v1/auth/totp/enroll)")
+            return who
+        raise _forbidden(f"this route is for: {self.name}")
+
+
+ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
+PUBLIC = Policy("public", public=True)
+AGENT = Policy("agent", agent=True)
+STUDY_READERS = Policy("agent, radiologist, admin", frozenset({"radiologist", "admin"}), agent=True)
+ADMIN = Policy("admin", frozenset({"admin"}))
+ANY_USER = Policy("any user", ROLES, enroll_scope=True)
+
+PublicAccess = Annotated[Principal, Depends(PUBLIC)]
+AgentAuth = Annotated[Principal, Depends(AGENT)]
+StudyReader = Annotated[Principal, Depends(STUDY_READERS)]
+AdminAuth = Annotated[Principal, Depends(ADMIN)]
+UserAuth = Annotated[Principal, Depends(ANY_USER)]
+
+
+def route_policy(dependant: Any) -> list[Policy]:
+    """The policies a route depends on (for the route table test)."""
+    found = [d.call for d in dependant.dependencies if isinstance(d.call, Policy)]
+    for d in dependant.dependencies:
+        found += route_policy(d)
+    return found

@@ -15,8 +15,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import State
-from relaypacs_hub.api.routes.jobs import AdminAuth
+from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.db.models import ForwardJob
 from relaypacs_hub.forwarding.base import Destination
 from relaypacs_hub.forwarding.runtime import DeliveryDep

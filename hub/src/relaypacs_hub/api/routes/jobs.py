@@ -1,20 +1,19 @@
 """Admin API: forwarding jobs. List them (dead ones with their reason), retry, release held ones.
 
-Admin routes take ``Authorization: Bearer <RELAYPACS_HUB_ADMIN_TOKEN>``, or the agent token while
-no admin token is set: a stopgap until users and roles (issue 6) replace both.
+Admin routes take the access token of a user with role admin, or the admin machine token
+(``RELAYPACS_HUB_ADMIN_TOKEN``).
 """
 
 from __future__ import annotations
 
-import hmac
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import State
+from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, utcnow
 from relaypacs_hub.forwarding.runtime import DeliveryDep
@@ -22,22 +21,6 @@ from relaypacs_hub.forwarding.runtime import DeliveryDep
 router = APIRouter(prefix="/api/v1/jobs", tags=["admin: jobs"])
 
 JobState = Literal["pending", "running", "done", "dead", "held"]
-
-
-def require_admin(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
-    secret = state.settings.admin_token or state.settings.agent_token
-    if secret is None:
-        return
-    expected = f"Bearer {secret.get_secret_value()}"
-    if not authorization or not hmac.compare_digest(authorization.encode(), expected.encode()):
-        raise HTTPException(
-            status_code=status.HTTP_401_UNAUTHORIZED,
-            detail={"code": "unauthorized", "detail": "a valid admin token is required"},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-AdminAuth = Annotated[None, Depends(require_admin)]
 
 
 class JobPublic(BaseModel):

@@ -15,8 +15,7 @@ from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from relaypacs_hub.api.deps import State
-from relaypacs_hub.api.routes.jobs import AdminAuth
+from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import Study, StudyRoute
 from relaypacs_hub.forwarding.runtime import Delivery, DeliveryDep

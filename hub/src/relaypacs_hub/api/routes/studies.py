@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.api.deps import AgentAuth, State, StudyReader
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
 from relaypacs_hub.forwarding.runtime import DeliveryDep
@@ -121,7 +121,7 @@ async def post_commit(
 
 
 @router.get("/{study_uid}", response_model=StudyStatus)
-async def get_study(study_uid: str, state: State, _auth: AgentAuth) -> StudyStatus:
+async def get_study(study_uid: str, state: State, _auth: StudyReader) -> StudyStatus:
     """Where a study stands: committed or not, and per destination delivered and confirmed."""
     return await _status(state, _uid(study_uid, "StudyInstanceUID"))
 

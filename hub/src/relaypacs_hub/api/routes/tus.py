@@ -15,7 +15,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.api.deps import AgentAuth, PublicAccess, State
 from relaypacs_hub.ingest.segments import process_upload
 from relaypacs_hub.ingest.tus import UploadGone, UploadLocked, UploadTooLarge, UploadView
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, ProtocolError
@@ -88,7 +88,7 @@ def _upload_headers(v: UploadView) -> dict[str, str]:
 
 @router.options("")
 @router.options("/{upload_id}")
-async def options(state: State) -> Response:
+async def options(state: State, _auth: PublicAccess) -> Response:
     """Server capabilities (no authentication, as the protocol expects)."""
     return Response(
         status_code=204,

@@ -1,0 +1,295 @@
+"""Login, refresh-token rotation, logout, TOTP enrollment and user administration.
+
+Every outcome a person causes is audited with their username as actor; passwords, codes and tokens
+never reach the audit log or the logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relaypacs_hub.audit import audit
+from relaypacs_hub.auth import totp
+from relaypacs_hub.auth.passwords import hash_password, verify_password
+from relaypacs_hub.auth.tokens import TokenIssuer
+from relaypacs_hub.config import HubSettings
+from relaypacs_hub.db.models import RefreshToken, User, utcnow
+
+ENROLL_SCOPE = "totp-enroll"
+
+
+class AuthError(Exception):
+    """A refused authentication step: the HTTP status and a problem code for the client."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str | None
+    expires_in: int
+    scope: str = "full"
+
+
+def facilities_of(user: User) -> list[str]:
+    facilities: list[str] = json.loads(user.facilities_json)
+    return facilities
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+_BAD_LOGIN = AuthError(401, "invalid_credentials", "wrong username or password")
+
+
+class AuthService:
+    def __init__(
+        self,
+        settings: HubSettings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        issuer: TokenIssuer,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.issuer = issuer
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    async def _issue(self, session: AsyncSession, user: User, family: str | None) -> TokenPair:
+        access = self.issuer.issue(user.username, user.role, facilities_of(user))
+        refresh = secrets.token_urlsafe(32)
+        session.add(
+            RefreshToken(
+                token_hash=_sha256(refresh),
+                family_id=family or str(uuid.uuid4()),
+                user_id=user.id,
+                expires_at=utcnow() + timedelta(days=self.settings.refresh_token_days),
+            )
+        )
+        return TokenPair(access, refresh, int(self.issuer.ttl.total_seconds()))
+
+    # -- login ---------------------------------------------------------------------------------
+
+    async def login(
+        self,
+        username: str,
+        password: str,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        source: str | None = None,
+    ) -> TokenPair:
+        # A refusal is raised after the commit: failure counts and audit records must persist.
+        async with self.sessionmaker() as session, session.begin():
+            result = await self._login(
+                session, username, password, totp_code, recovery_code, source
+            )
+        if isinstance(result, AuthError):
+            raise result
+        return result
+
+    async def _login(
+        self,
+        session: AsyncSession,
+        username: str,
+        password: str,
+        totp_code: str | None,
+        recovery_code: str | None,
+        source: str | None,
+    ) -> TokenPair | AuthError:
+        user = await session.scalar(select(User).where(User.username == username))
+        now = utcnow()
+        if user is not None and user.locked_until is not None and user.locked_until > now:
+            await audit(session, username, "login", username, "failure", source, reason="locked")
+            wait = int((user.locked_until - now).total_seconds()) + 1
+            return AuthError(429, "account_locked", "too many failed logins", retry_after=wait)
+        ok = verify_password(user.password_hash if user else None, password)
+        if user is None or user.disabled or not ok:
+            reason = "unknown_user" if user is None else "disabled" if user.disabled else "password"
+            if user is not None and not user.disabled:
+                self._count_failure(user, now)
+            await audit(session, username, "login", username, "failure", source, reason=reason)
+            return _BAD_LOGIN
+        if user.totp_enabled and not await self._second_factor(
+            session, user, totp_code, recovery_code
+        ):
+            self._count_failure(user, now)
+            reason = "totp_missing" if not (totp_code or recovery_code) else "totp"
+            await audit(session, username, "login", username, "failure", source, reason=reason)
+            return AuthError(401, "totp_required", "a valid TOTP or recovery code is required")
+        user.failed_logins = 0
+        user.locked_until = None
+        if user.role in self.settings.totp_required_roles and not user.totp_enabled:
+            # The role needs a second factor this user has not enrolled: a token that can
+            # only enroll one, and no refresh token.
+            await audit(session, username, "login", username, "success", source, scope=ENROLL_SCOPE)
+            access = self.issuer.issue(
+                user.username, user.role, facilities_of(user), scope=ENROLL_SCOPE
+            )
+            return TokenPair(access, None, int(self.issuer.ttl.total_seconds()), ENROLL_SCOPE)
+        pair = await self._issue(session, user, None)
+        await audit(session, username, "login", username, "success", source)
+        return pair
+
+    def _count_failure(self, user: User, now: datetime) -> None:
+        user.failed_logins += 1
+        if user.failed_logins >= self.settings.login_max_failures:
+            user.locked_until = now + timedelta(seconds=self.settings.login_lockout_seconds)
+            user.failed_logins = 0
+
+    async def _second_factor(
+        self, session: AsyncSession, user: User, code: str | None, recovery: str | None
+    ) -> bool:
+        if code and user.totp_secret and totp.verify_code(user.totp_secret, code):
+            return True
+        if recovery:
+            left = totp.consume_recovery_code(json.loads(user.recovery_codes_json), recovery)
+            if left is not None:
+                user.recovery_codes_json = json.dumps(left)
+                await audit(
+                    session, user.username, "recovery_code_used", user.username, left=len(left)
+                )
+                return True
+        return False
+
+    # -- refresh and logout --------------------------------------------------------------------
+
+    async def refresh(self, token: str, source: str | None = None) -> TokenPair:
+        async with self.sessionmaker() as session, session.begin():
+            result = await self._refresh(session, token, source)
+        if isinstance(result, AuthError):
+            raise result
+        return result
+
+    async def _refresh(
+        self, session: AsyncSession, token: str, source: str | None
+    ) -> TokenPair | AuthError:
+        row = await session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == _sha256(token))
+        )
+        user = await session.get(User, row.user_id) if row is not None else None
+        actor = user.username if user else "?"
+        now = utcnow()
+        if row is None or user is None:
+            await audit(session, actor, "refresh", "?", "failure", source, reason="unknown")
+            return AuthError(401, "invalid_refresh_token", "unknown refresh token")
+        if row.revoked_at is not None:
+            # A rotated (or logged-out) token came back: someone holds a copy. Revoke them all.
+            await self._revoke_family(session, row.family_id, now)
+            await audit(session, actor, "refresh", actor, "failure", source, reason="reuse")
+            return AuthError(401, "invalid_refresh_token", "refresh token already used")
+        if row.expires_at <= now or user.disabled:
+            await audit(session, actor, "refresh", actor, "failure", source, reason="expired")
+            return AuthError(401, "invalid_refresh_token", "refresh token expired")
+        row.revoked_at = now
+        pair = await self._issue(session, user, row.family_id)
+        await audit(session, actor, "refresh", actor, "success", source)
+        return pair
+
+    async def _revoke_family(self, session: AsyncSession, family: str, now: datetime) -> None:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def logout(self, token: str, source: str | None = None) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            row = await session.scalar(
+                select(RefreshToken).where(RefreshToken.token_hash == _sha256(token))
+            )
+            if row is None:
+                raise AuthError(401, "invalid_refresh_token", "unknown refresh token")
+            user = await session.get(User, row.user_id)
+            actor = user.username if user else "?"
+            await self._revoke_family(session, row.family_id, utcnow())
+            await audit(session, actor, "logout", actor, "success", source)
+
+    # -- TOTP ----------------------------------------------------------------------------------
+
+    async def enroll_totp(self, username: str) -> str:
+        """A new (unconfirmed) secret; its provisioning URI is what the PWA shows as a QR code."""
+        async with self.sessionmaker() as session, session.begin():
+            user = await self._user(session, username)
+            if user.totp_enabled:
+                raise AuthError(409, "totp_already_enabled", "TOTP is already enabled")
+            user.totp_secret = totp.new_secret()
+            user.updated_at = utcnow()
+            await audit(session, username, "totp_enroll", username)
+            return totp.provisioning_uri(user.totp_secret, username)
+
+    async def confirm_totp(self, username: str, code: str) -> list[str]:
+        """Turn TOTP on after a first valid code; returns the recovery codes (shown once)."""
+        async with self.sessionmaker() as session, session.begin():
+            user = await self._user(session, username)
+            if user.totp_enabled or not user.totp_secret:
+                raise AuthError(409, "totp_not_pending", "start with /auth/totp/enroll")
+            failed = not totp.verify_code(user.totp_secret, code)
+        if failed:
+            await audit(self.sessionmaker, username, "totp_confirm", username, "failure")
+            raise AuthError(400, "invalid_totp_code", "the code does not match")
+        async with self.sessionmaker() as session, session.begin():
+            user = await self._user(session, username)
+            codes = totp.new_recovery_codes()
+            user.totp_enabled = True
+            user.recovery_codes_json = json.dumps([totp.hash_code(c) for c in codes])
+            user.updated_at = utcnow()
+            await audit(session, username, "totp_confirm", username)
+            return codes
+
+    async def _user(self, session: AsyncSession, username: str) -> User:
+        user = await session.scalar(select(User).where(User.username == username))
+        if user is None or user.disabled:
+            raise AuthError(401, "unauthorized", "unknown or disabled user")
+        return user
+
+    async def active_user(self, username: str) -> User | None:
+        async with self.sessionmaker() as session:
+            user = await session.scalar(select(User).where(User.username == username))
+        return None if user is None or user.disabled else user
+
+    # -- users (admin) -------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        actor: str,
+        username: str,
+        password: str,
+        role: str,
+        facilities: list[str],
+    ) -> User:
+        async with self.sessionmaker() as session, session.begin():
+            exists = await session.scalar(select(User.id).where(User.username == username))
+            if exists is not None:
+                raise AuthError(409, "user_exists", f"user {username} already exists")
+            user = User(
+                username=username,
+                role=role,
+                facilities_json=json.dumps(sorted(set(facilities))),
+                password_hash=hash_password(password),
+            )
+            session.add(user)
+            await session.flush()
+            await audit(session, actor, "user_create", username, role=role, facilities=facilities)
+        return user
+
+    async def revoke_all(self, session: AsyncSession, user_id: int) -> None:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
