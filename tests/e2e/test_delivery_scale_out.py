@@ -29,6 +29,8 @@ pytestmark = [
     ),
 ]
 
+ADMIN_TOKEN = "admin-" + "e" * 40
+
 
 class WorkerProcess(_Proc):
     name = "worker"
@@ -94,6 +96,7 @@ called_aet = "ARCHIVE"
             "s3_bucket": bucket,
             "s3_secure": "false",
             "worker_enabled": "false",
+            "admin_token": ADMIN_TOKEN,
         }
         hubs = [HubProcess(tmp_path / f"api{i}", **shared) for i in range(2)]
         for i, hub in enumerate(hubs):
@@ -138,7 +141,11 @@ called_aet = "ARCHIVE"
                     return True
 
                 wait_for(all_delivered, 180, "20 studies delivered to both destinations")
-                jobs = client.get(f"{hubs[0].url}/api/v1/jobs", params={"limit": 100}).json()
+                jobs = client.get(
+                    f"{hubs[0].url}/api/v1/jobs",
+                    params={"limit": 100},
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                ).json()
             for w in workers:
                 assert w.alive(), w.log()[-3000:]
         finally:

@@ -93,7 +93,7 @@ async def _principal(state: HubState, authorization: str | None) -> Principal | 
 class Policy:
     """A route's declared callers. Every hub route depends on exactly one (see the route table
     test): ``public``; ``agent`` (the agent token; open while none is configured, as in
-    development); a set of user ``roles`` (``admin`` also admits the admin machine token)."""
+    development); a set of user ``roles``; ``admin_token``: the admin machine token too."""
 
     def __init__(
         self,
@@ -103,12 +103,14 @@ class Policy:
         agent: bool = False,
         public: bool = False,
         enroll_scope: bool = False,
+        admin_token: bool = False,
     ) -> None:
         self.name = name
         self.roles = roles
         self.agent = agent
         self.public = public
         self.enroll_scope = enroll_scope
+        self.admin_token = admin_token
 
     async def __call__(
         self, state: State, authorization: Annotated[str | None, Header()] = None
@@ -125,6 +127,10 @@ class Policy:
             if self.agent:
                 return who
             raise _forbidden("agents may not call this route")
+        if who.kind == "admin_token":
+            if self.admin_token:
+                return who
+            raise _forbidden("the admin machine token may not call this route")
         if who.role in self.roles:
             if who.scope != "full" and not self.enroll_scope:
                 raise _forbidden("enroll a TOTP second factor first (/api/v1/auth/totp/enroll)")
@@ -135,8 +141,10 @@ class Policy:
 ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
 PUBLIC = Policy("public", public=True)
 AGENT = Policy("agent", agent=True)
-STUDY_READERS = Policy("agent, radiologist, admin", frozenset({"radiologist", "admin"}), agent=True)
-ADMIN = Policy("admin", frozenset({"admin"}))
+STUDY_READERS = Policy(
+    "agent, radiologist, admin", frozenset({"radiologist", "admin"}), agent=True, admin_token=True
+)
+ADMIN = Policy("admin", frozenset({"admin"}), admin_token=True)
 ANY_USER = Policy("any user", ROLES, enroll_scope=True)
 
 PublicAccess = Annotated[Principal, Depends(PUBLIC)]

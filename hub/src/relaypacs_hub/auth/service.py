@@ -114,7 +114,9 @@ class AuthService:
         user = await session.scalar(select(User).where(User.username == username))
         now = utcnow()
         if user is not None and user.locked_until is not None and user.locked_until > now:
-            await audit(session, username, "login", username, "failure", source, reason="locked")
+            await audit(
+                session, username, "login", username, "minor_failure", source, reason="locked"
+            )
             wait = int((user.locked_until - now).total_seconds()) + 1
             return AuthError(429, "account_locked", "too many failed logins", retry_after=wait)
         ok = verify_password(user.password_hash if user else None, password)
@@ -122,14 +124,18 @@ class AuthService:
             reason = "unknown_user" if user is None else "disabled" if user.disabled else "password"
             if user is not None and not user.disabled:
                 self._count_failure(user, now)
-            await audit(session, username, "login", username, "failure", source, reason=reason)
+            await audit(
+                session, username, "login", username, "minor_failure", source, reason=reason
+            )
             return _BAD_LOGIN
         if user.totp_enabled and not await self._second_factor(
             session, user, totp_code, recovery_code
         ):
             self._count_failure(user, now)
             reason = "totp_missing" if not (totp_code or recovery_code) else "totp"
-            await audit(session, username, "login", username, "failure", source, reason=reason)
+            await audit(
+                session, username, "login", username, "minor_failure", source, reason=reason
+            )
             return AuthError(401, "totp_required", "a valid TOTP or recovery code is required")
         user.failed_logins = 0
         user.locked_until = None
@@ -185,15 +191,15 @@ class AuthService:
         actor = user.username if user else "?"
         now = utcnow()
         if row is None or user is None:
-            await audit(session, actor, "refresh", "?", "failure", source, reason="unknown")
+            await audit(session, actor, "refresh", "?", "minor_failure", source, reason="unknown")
             return AuthError(401, "invalid_refresh_token", "unknown refresh token")
         if row.revoked_at is not None:
             # A rotated (or logged-out) token came back: someone holds a copy. Revoke them all.
             await self._revoke_family(session, row.family_id, now)
-            await audit(session, actor, "refresh", actor, "failure", source, reason="reuse")
+            await audit(session, actor, "refresh", actor, "minor_failure", source, reason="reuse")
             return AuthError(401, "invalid_refresh_token", "refresh token already used")
         if row.expires_at <= now or user.disabled:
-            await audit(session, actor, "refresh", actor, "failure", source, reason="expired")
+            await audit(session, actor, "refresh", actor, "minor_failure", source, reason="expired")
             return AuthError(401, "invalid_refresh_token", "refresh token expired")
         row.revoked_at = now
         pair = await self._issue(session, user, row.family_id)
@@ -240,7 +246,7 @@ class AuthService:
                 raise AuthError(409, "totp_not_pending", "start with /auth/totp/enroll")
             failed = not totp.verify_code(user.totp_secret, code)
         if failed:
-            await audit(self.sessionmaker, username, "totp_confirm", username, "failure")
+            await audit(self.sessionmaker, username, "totp_confirm", username, "minor_failure")
             raise AuthError(400, "invalid_totp_code", "the code does not match")
         async with self.sessionmaker() as session, session.begin():
             user = await self._user(session, username)

@@ -1,0 +1,309 @@
+"""People at the hub: login, tokens that must be refused, refresh rotation, TOTP, lockout, users."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pyotp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relaypacs_hub.audit import read_log
+from relaypacs_hub.config import HubSettings
+from relaypacs_hub.main import create_app
+from tests.hub.authfix import ADMIN_TOKEN, PASSWORD, add_user, auth_settings, bearer, hub_client
+
+Hub = tuple[Any, httpx.AsyncClient]
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+    async with hub_client(auth_settings(tmp_path, require_totp_roles="radiologist")) as h:
+        yield h
+
+
+async def login(client: httpx.AsyncClient, username: str, **extra: Any) -> httpx.Response:
+    return await client.post(
+        "/api/v1/auth/login", json={"username": username, "password": PASSWORD, **extra}
+    )
+
+
+async def tokens(client: httpx.AsyncClient, username: str, **extra: Any) -> dict[str, Any]:
+    r = await login(client, username, **extra)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(app: Any, **overrides: Any) -> dict[str, Any]:
+    now = int(datetime.now(UTC).timestamp())
+    claims = {
+        "iss": "relaypacs-hub",
+        "aud": "relaypacs",
+        "sub": "carol",
+        "role": "admin",
+        "fac": ["fac-a"],
+        "iat": now,
+        "exp": now + 600,
+        "jti": "x",
+    }
+    claims.update(overrides)
+    return claims
+
+
+async def test_login_and_me(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician", ["fac-a", "fac-b"])
+    body = await tokens(client, "alice")
+    assert body["refresh_token"] and body["expires_in"] == 600
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert {"iss", "aud", "sub", "role", "fac", "exp", "iat", "jti"} <= set(claims)
+    assert jwt.get_unverified_header(body["access_token"])["alg"] == "EdDSA"
+    r = await client.get("/api/v1/auth/me", headers=bearer(body["access_token"]))
+    assert r.status_code == 200
+    assert r.json() == {
+        "username": "alice",
+        "role": "clinician",
+        "facilities": ["fac-a", "fac-b"],
+        "scope": "full",
+    }
+
+
+async def test_wrong_password_and_unknown_user_look_the_same(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    wrong = await client.post("/api/v1/auth/login", json={"username": "alice", "password": "nope"})
+    unknown = await login(client, "mallory")
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+
+
+async def test_lockout_after_repeated_failures(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    for _ in range(3):  # login_max_failures=3
+        r = await client.post("/api/v1/auth/login", json={"username": "alice", "password": "x"})
+        assert r.status_code == 401
+    r = await login(client, "alice")  # the right password, but locked
+    assert r.status_code == 429
+    assert r.json()["code"] == "account_locked"
+    assert int(r.headers["Retry-After"]) > 800
+    # An admin resetting the password unlocks.
+    r = await client.patch(
+        "/api/v1/users/alice", json={"password": PASSWORD}, headers=bearer(ADMIN_TOKEN)
+    )
+    assert r.status_code == 200
+    await tokens(client, "alice")
+
+
+async def test_lockout_expires(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path, login_lockout_seconds=0)) as (app, client):
+        await add_user(app, "alice", "clinician")
+        for _ in range(3):
+            await client.post("/api/v1/auth/login", json={"username": "alice", "password": "x"})
+        await tokens(client, "alice")
+
+
+async def test_bad_access_tokens_are_refused(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "carol", "admin")
+    issuer = app.state.hub.auth.issuer
+    good = await tokens(client, "carol")
+    assert (
+        await client.get("/api/v1/users", headers=bearer(good["access_token"]))
+    ).status_code == 200
+
+    expired = issuer.issue("carol", "admin", ["fac-a"], now=datetime.now(UTC) - timedelta(hours=1))
+    forged = jwt.encode(_claims(app), Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    none_head = _b64(b'{"alg":"none","typ":"JWT"}')
+    alg_none = f"{none_head}.{_b64(json.dumps(_claims(app)).encode())}."
+    # HS256 keyed with the public key (the classic RS/HS confusion): built by hand, since pyjwt
+    # rightly refuses to make one.
+    head = _b64(b'{"alg":"HS256","typ":"JWT"}') + "." + _b64(json.dumps(_claims(app)).encode())
+    mac = hmac.new(issuer.public_pem.encode(), head.encode(), hashlib.sha256).digest()
+    confused = f"{head}.{_b64(mac)}"
+    wrong_aud = jwt.encode(_claims(app, aud="someone-else"), issuer._key, algorithm="EdDSA")
+    wrong_iss = jwt.encode(_claims(app, iss="evil"), issuer._key, algorithm="EdDSA")
+    tampered = good["access_token"][:-4] + (
+        "AAAA" if not good["access_token"].endswith("AAAA") else "BBBB"
+    )
+    for name, token in {
+        "expired": expired,
+        "forged": forged,
+        "none": alg_none,
+        "hs256-confusion": confused,
+        "wrong-aud": wrong_aud,
+        "wrong-iss": wrong_iss,
+        "tampered": tampered,
+        "garbage": "not-a-jwt",
+    }.items():
+        r = await client.get("/api/v1/users", headers=bearer(token))
+        assert r.status_code == 401, name
+        r = await client.get("/api/v1/auth/me", headers=bearer(token))
+        assert r.status_code == 401, name
+
+
+async def test_disabled_user_token_stops_working(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    t = await tokens(client, "alice")
+    r = await client.patch(
+        "/api/v1/users/alice", json={"disabled": True}, headers=bearer(ADMIN_TOKEN)
+    )
+    assert r.status_code == 200
+    assert (
+        await client.get("/api/v1/auth/me", headers=bearer(t["access_token"]))
+    ).status_code == 401
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": t["refresh_token"]})
+    assert r.status_code == 401
+    assert (await login(client, "alice")).status_code == 401
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    first = await tokens(client, "alice")
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status_code == 200
+    second = r.json()
+    assert second["refresh_token"] != first["refresh_token"]
+    # The rotated token comes back (a stolen copy): refused, and the new one dies with it.
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert r.status_code == 401
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})
+    assert r.status_code == 401
+    # Another login is another family, unaffected.
+    other = await tokens(client, "alice")
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": other["refresh_token"]})
+    assert r.status_code == 200
+
+
+async def test_logout_revokes_the_refresh_token(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    t = await tokens(client, "alice")
+    r = await client.post("/api/v1/auth/logout", json={"refresh_token": t["refresh_token"]})
+    assert r.status_code == 204
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": t["refresh_token"]})
+    assert r.status_code == 401
+
+
+async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "radiographer")
+    t = await tokens(client, "alice")
+    r = await client.post("/api/v1/auth/totp/enroll", headers=bearer(t["access_token"]))
+    assert r.status_code == 200
+    uri = r.json()["provisioning_uri"]
+    assert uri.startswith("otpauth://totp/") and "issuer=RelayPACS" in uri
+    otp = pyotp.parse_uri(uri)
+    assert isinstance(otp, pyotp.TOTP)
+    r = await client.post(
+        "/api/v1/auth/totp/confirm",
+        json={"code": "000000" if otp.now() != "000000" else "111111"},
+        headers=bearer(t["access_token"]),
+    )
+    assert r.status_code == 400
+    r = await client.post(
+        "/api/v1/auth/totp/confirm", json={"code": otp.now()}, headers=bearer(t["access_token"])
+    )
+    assert r.status_code == 200
+    codes = r.json()["recovery_codes"]
+    assert len(codes) == 10
+
+    r = await login(client, "alice")
+    assert r.status_code == 401 and r.json()["code"] == "totp_required"
+    await tokens(client, "alice", totp_code=otp.now())
+    await tokens(client, "alice", recovery_code=codes[0])
+    r = await login(client, "alice", recovery_code=codes[0])
+    assert r.status_code == 401
+    await tokens(client, "alice", recovery_code=codes[1])
+
+
+async def test_required_totp_role_cannot_work_before_enrolling(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "rita", "radiologist")  # require_totp_roles=radiologist
+    t = await tokens(client, "rita")
+    assert t["scope"] == "totp-enroll" and t["refresh_token"] is None
+    h = bearer(t["access_token"])
+    assert (await client.get("/api/v1/studies/1.2.3", headers=h)).status_code == 403
+    r = await client.post("/api/v1/auth/totp/enroll", headers=h)
+    otp = pyotp.parse_uri(r.json()["provisioning_uri"])
+    r = await client.post("/api/v1/auth/totp/confirm", json={"code": otp.now()}, headers=h)
+    assert r.status_code == 200
+    r = await login(client, "rita")
+    assert r.status_code == 401 and r.json()["code"] == "totp_required"
+    full = await tokens(client, "rita", totp_code=otp.now())
+    assert full["scope"] == "full"
+    r = await client.get("/api/v1/studies/1.2.3", headers=bearer(full["access_token"]))
+    assert r.status_code == 404
+
+
+async def test_admin_manages_users_and_others_may_not(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "carol", "admin")
+    await add_user(app, "alice", "clinician")
+    admin = bearer((await tokens(client, "carol"))["access_token"])
+    clinician = bearer((await tokens(client, "alice"))["access_token"])
+    new = {
+        "username": "bob",
+        "password": "another long password",
+        "role": "radiographer",
+        "facilities": ["fac-b"],
+    }
+    assert (await client.post("/api/v1/users", json=new, headers=clinician)).status_code == 403
+    assert (await client.get("/api/v1/users", headers=clinician)).status_code == 403
+    r = await client.post("/api/v1/users", json=new, headers=admin)
+    assert r.status_code == 201, r.text
+    assert r.json()["role"] == "radiographer"
+    assert (await client.post("/api/v1/users", json=new, headers=admin)).status_code == 409
+    r = await client.post(
+        "/api/v1/auth/login", json={"username": "bob", "password": "another long password"}
+    )
+    assert r.status_code == 200
+    r = await client.patch("/api/v1/users/bob", json={"role": "radiologist"}, headers=admin)
+    assert r.json()["role"] == "radiologist"
+    names = [u["username"] for u in (await client.get("/api/v1/users", headers=admin)).json()]
+    assert names == ["alice", "bob", "carol"]
+    assert (await client.delete("/api/v1/users/bob", headers=admin)).status_code == 204
+    assert (await client.delete("/api/v1/users/bob", headers=admin)).status_code == 404
+
+
+async def test_logins_are_audited_without_passwords(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    await tokens(client, "alice")
+    await client.post("/api/v1/auth/login", json={"username": "alice", "password": "hunter2-typo"})
+    records = [r.record async for r in read_log(app.state.hub.sessionmaker)]
+    logins = [(r.actor, r.outcome) for r in records if r.action == "login"]
+    assert logins == [("alice", "success"), ("alice", "minor_failure")]
+    assert any(r.action == "user_create" for r in records)
+    dump = json.dumps(
+        [r.__dict__ if hasattr(r, "__dict__") else str(r) for r in records], default=str
+    )
+    assert PASSWORD not in dump and "hunter2-typo" not in dump
+
+
+def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
+    settings = HubSettings(environment="production", agent_token="t" * 40, data_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="JWT_PRIVATE_KEY_FILE"):
+        create_app(settings)
+
+
+async def test_development_key_is_generated_private(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)):
+        key = tmp_path / "hub" / "jwt-signing-key.pem"
+        assert key.stat().st_mode & 0o777 == 0o600
