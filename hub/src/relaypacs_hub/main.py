@@ -109,7 +109,12 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             yield
         finally:
             stop.set()
-            janitor.cancel()
+            # Let the janitor finish its database call: cancelling it mid-query would leave
+            # the SQLite driver's thread answering a closed event loop.
+            try:
+                await asyncio.wait_for(janitor, timeout=10)
+            except TimeoutError:
+                janitor.cancel()
             if worker_task is not None:
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)
