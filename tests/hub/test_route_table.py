@@ -1,6 +1,7 @@
 """Every hub route declares who may call it: this table is the truth, and a route missing from it
 fails. Each route is called with no credentials, with each role's access token, with the admin
-machine token and with the agent token; 401/403 must come exactly where the table says."""
+machine token, with the agent token and with an enrolled device's credential; 401/403 must come
+exactly where the table says."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from relaypacs_hub.api.deps import route_policy
+from relaypacs_hub.auth import devices
 from relaypacs_hub.main import create_app
 from tests.hub.authfix import ADMIN_TOKEN, AGENT_TOKEN, ROLES, add_user, auth_settings, hub_client
 
-PUBLIC = frozenset({"anonymous", *ROLES, "admin-token", "agent"})
+PUBLIC = frozenset({"anonymous", *ROLES, "admin-token", "agent", "device"})
 USERS = frozenset(ROLES)
-AGENT = frozenset({"agent"})
+AGENT = frozenset({"agent", "device"})
+DEVICE = frozenset({"device"})
 ADMIN = frozenset({"admin", "admin-token"})
-STUDY_READERS = frozenset({"agent", "radiologist", "admin", "admin-token"})
+STUDY_READERS = frozenset({"agent", "device", "radiologist", "admin", "admin-token"})
 
 TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/openapi.json"): PUBLIC,
@@ -58,6 +61,11 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/rules/unrouted"): ADMIN,
     ("GET", "/api/v1/destinations"): ADMIN,
     ("GET", "/api/v1/destinations/{name}"): ADMIN,
+    ("POST", "/api/v1/devices/enrollment-codes"): ADMIN,
+    ("POST", "/api/v1/devices/enroll"): PUBLIC,
+    ("POST", "/api/v1/devices/renew"): DEVICE,
+    ("GET", "/api/v1/devices"): ADMIN,
+    ("POST", "/api/v1/devices/{device_id}/revoke"): ADMIN,
 }
 
 # Framework pages (OpenAPI schema, docs) carry no policy dependency; every API route does.
@@ -70,6 +78,7 @@ _PARAMS = {
     "job_id": "999",
     "name": "nowhere",
     "username": "nobody",
+    "device_id": "0123456789abcdef0123456789abcdef",
 }
 
 
@@ -108,6 +117,10 @@ async def test_each_caller_gets_in_exactly_where_the_table_says(tmp_path: Path) 
             "admin-token": {"Authorization": f"Bearer {ADMIN_TOKEN}"},
             "agent": {"Authorization": f"Bearer {AGENT_TOKEN}"},
         }
+        sm = app.state.hub.sessionmaker
+        code, _ = await devices.issue_code(sm, "test", "fac-a", 10)
+        device, secret = await devices.enroll(sm, code, "route-table")
+        callers["device"] = {"Authorization": f"Bearer {devices.credential(device.id, secret)}"}
         for role in ROLES:
             await add_user(app, f"u-{role}", role)
             token = issuer.issue(f"u-{role}", role, ["fac-a"])
@@ -121,4 +134,8 @@ async def test_each_caller_gets_in_exactly_where_the_table_says(tmp_path: Path) 
                 if refused == (caller in TABLE[(method, path)]):
                     wrong.append(f"{method} {path} as {caller}: {r.status_code} {r.text[:80]}")
                 assert r.status_code < 500, f"{method} {path} as {caller}: {r.status_code}"
+                if caller == "device" and path.endswith("/renew") and r.status_code == 200:
+                    # Renewal replaces the secret: later routes are called with the new one.
+                    renewed = devices.credential(device.id, r.json()["secret"])
+                    callers["device"] = {"Authorization": f"Bearer {renewed}"}
         assert wrong == []

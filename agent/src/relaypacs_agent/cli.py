@@ -199,6 +199,108 @@ def send_now(
         raise typer.Exit(1)
 
 
+# -- enrollment -------------------------------------------------------------------------------
+
+
+def _hub_post(settings: AgentSettings, url: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    import httpx
+
+    from relaypacs_agent.uplink.client import hub_ssl_context
+
+    try:
+        settings.model_copy(update={"hub_url": url}).check_hub_url()
+    except ValueError as exc:
+        typer.echo(f"relaypacs-agent: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        r = httpx.post(
+            url.rstrip("/") + path,
+            timeout=30,
+            verify=hub_ssl_context(settings.hub_ca_file),
+            **kwargs,
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"relaypacs-agent: hub unreachable: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        body: dict[str, Any] = r.json()
+    except ValueError:
+        body = {}
+    if r.status_code >= 400:
+        detail = body.get("detail", r.text[:200])
+        typer.echo(f"relaypacs-agent: the hub refused ({r.status_code}): {detail}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+@app.command()
+def enroll(
+    hub_url: Annotated[str, typer.Option("--hub-url", help="Base URL of the hub.")],
+    code: Annotated[str, typer.Option("--code", help="One-time code from a hub admin.")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name of this agent at the hub (default: host).")
+    ] = None,
+) -> None:
+    """Enroll this agent at the hub with a one-time code, and keep the device credential in
+    data_dir/credential.json (mode 0600). The agent then authenticates with it instead of
+    RELAYPACS_AGENT_HUB_TOKEN, and sends and reads only for the code's facility.
+
+    Example:
+
+        relaypacs-agent enroll --hub-url https://hub.example.org --code Xy12... --name ct-room-1
+    """
+    import socket
+
+    from relaypacs_agent.uplink.credential import Credential, credential_path, write_credential
+
+    settings = AgentSettings()
+    body = _hub_post(
+        settings,
+        hub_url,
+        "/api/v1/devices/enroll",
+        json={"code": code, "name": name or socket.gethostname()},
+    )
+    path = credential_path(settings.data_dir)
+    write_credential(path, Credential(hub_url, body["device_id"], body["facility"], body["secret"]))
+    typer.echo(f"enrolled as device {body['device_id']} of facility {body['facility']}")
+    typer.echo(f"credential written to {path}")
+    if hub_url.rstrip("/") != settings.hub_url.rstrip("/"):
+        typer.echo(f"set RELAYPACS_AGENT_HUB_URL={hub_url} for `relaypacs-agent run`", err=True)
+
+
+@app.command("renew-credential")
+def renew_credential() -> None:
+    """Exchange the device credential for a new secret; the old one stops working at once (a
+    running agent picks up the new one by itself).
+
+    Example:
+
+        RELAYPACS_AGENT_DATA_DIR=/var/lib/relaypacs relaypacs-agent renew-credential
+    """
+    from relaypacs_agent.uplink.credential import (
+        Credential,
+        credential_path,
+        load_credential,
+        write_credential,
+    )
+
+    settings = AgentSettings()
+    path = credential_path(settings.data_dir)
+    cred = load_credential(path)
+    if cred is None:
+        typer.echo(f"relaypacs-agent: no credential at {path}: enroll first", err=True)
+        raise typer.Exit(2)
+    url = cred.hub_url or settings.hub_url
+    body = _hub_post(
+        settings,
+        url,
+        "/api/v1/devices/renew",
+        headers={"Authorization": f"Bearer {cred.bearer}"},
+    )
+    write_credential(path, Credential(url, cred.device_id, cred.facility, body["secret"]))
+    typer.echo(f"credential of device {cred.device_id} renewed")
+
+
 # -- quarantine -------------------------------------------------------------------------------
 
 

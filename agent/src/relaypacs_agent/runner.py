@@ -21,6 +21,7 @@ from relaypacs_agent.ingest.pipeline import Ingestor, Source
 from relaypacs_agent.ingest.watcher import InboxWatcher
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
+from relaypacs_agent.uplink.credential import credential_path
 from relaypacs_agent.uplink.transfer import TransferSender
 from relaypacs_shared.archives import ArchiveLimits
 
@@ -106,6 +107,7 @@ class Agent:
             token=settings.hub_token.get_secret_value() if settings.hub_token else None,
             timeout=settings.request_timeout_seconds,
             ca_file=settings.hub_ca_file,
+            credential_file=credential_path(settings.data_dir),
         )
         # The uplink: manifest, then resumable tus segments (relaypacs_agent.uplink.transfer).
         self.sender = TransferSender(

@@ -55,8 +55,13 @@ class HubSettings(BaseSettings):
     )
     agent_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token agents must present. Required in production; "
-        "replaced by device enrollment later.",
+        description="Legacy shared bearer token agents may present instead of an enrolled "
+        "device credential. Required in production while `allow_agent_token` is on.",
+    )
+    allow_agent_token: bool = Field(
+        default=True,
+        description="Accept the legacy `agent_token` on agent routes. Turn off once every agent "
+        "is enrolled: then only device credentials (`relaypacs-agent enroll`) are accepted.",
     )
     max_instance_bytes: int = Field(
         default=4 * 1024**3, description="Largest single DICOM instance accepted, in bytes."
@@ -155,6 +160,38 @@ class HubSettings(BaseSettings):
     login_lockout_seconds: float = Field(
         default=900.0, ge=0, description="How long a locked account refuses logins."
     )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (e.g. `redis://redis.lan:6379/0`) holding the rate limits, shared "
+        "by every hub replica. Empty: limits are counted in this process (embedded default).",
+    )
+    redis_key_prefix: str = Field(
+        default="relaypacs:ratelimit:",
+        description="Prefix of the rate-limit keys in Redis, so deployments can share one Redis.",
+    )
+    login_rate_per_user: int = Field(
+        default=20,
+        ge=0,
+        description="Login attempts per username per `login_rate_window_seconds` (0: no limit).",
+    )
+    login_rate_per_ip: int = Field(
+        default=100,
+        ge=0,
+        description="Login attempts per client address per `login_rate_window_seconds` "
+        "(0: no limit).",
+    )
+    login_rate_window_seconds: float = Field(
+        default=60.0, gt=0, description="Sliding window of the login rate limits, in seconds."
+    )
+    upload_create_rate: int = Field(
+        default=1200,
+        ge=0,
+        description="tus uploads one caller may create per `upload_create_rate_window_seconds` "
+        "(0: no limit).",
+    )
+    upload_create_rate_window_seconds: float = Field(
+        default=60.0, gt=0, description="Sliding window of the upload creation limit, in seconds."
+    )
     bootstrap_password: SecretStr | None = Field(
         default=None,
         description="Password `relaypacs-hub create-admin` uses instead of prompting for one.",
@@ -164,11 +201,12 @@ class HubSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> HubSettings:
-        if self.environment == "production":
+        if self.environment == "production" and self.allow_agent_token:
             token = self.agent_token.get_secret_value() if self.agent_token else ""
             if len(token) < 32:
                 raise ValueError(
-                    "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production"
+                    "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production "
+                    "(or RELAYPACS_HUB_ALLOW_AGENT_TOKEN=false once agents are enrolled)"
                 )
         return self
 

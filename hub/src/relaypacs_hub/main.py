@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from relaypacs_hub.api.deps import HubState
 from relaypacs_hub.api.routes import auth as auth_routes
 from relaypacs_hub.api.routes import destinations as destination_routes
+from relaypacs_hub.api.routes import devices as device_routes
 from relaypacs_hub.api.routes import health, jobs, manifests, rules, studies, users
 from relaypacs_hub.api.routes import tus as tus_routes
 from relaypacs_hub.auth.service import AuthService
@@ -27,6 +28,7 @@ from relaypacs_hub.forwarding.registry import build_destination
 from relaypacs_hub.forwarding.runtime import load_destination_configs, start_delivery
 from relaypacs_hub.forwarding.worker import ForwardingWorker
 from relaypacs_hub.ingest.tus import TusService
+from relaypacs_hub.ratelimit import build_limiter
 from relaypacs_hub.storage.factory import build_object_store, build_upload_store
 from relaypacs_shared.errors import StorageError
 
@@ -82,6 +84,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         except BaseException:
             await engine.dispose()  # a bad rules file stops the start cleanly
             raise
+        limiter = build_limiter(settings.redis_url, settings.redis_key_prefix)
         app.state.delivery = delivery
         if settings.worker_enabled and destinations:
             worker = ForwardingWorker(
@@ -97,6 +100,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             wake_worker=worker.wake if worker else None,
             tus=tus,
             auth=auth,
+            limiter=limiter,
         )
         log.info(
             "hub_started",
@@ -122,6 +126,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
                     worker_task.cancel()
             for dest in destinations.values():
                 await dest.aclose()
+            await limiter.aclose()
             await engine.dispose()
             log.info("hub_stopped")
 
@@ -160,4 +165,5 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(jobs.router)
     app.include_router(rules.router)
     app.include_router(destination_routes.router)
+    app.include_router(device_routes.router)
     return app

@@ -350,7 +350,8 @@ class Ingestor:
             sha256 = sha256_of(path)
         now = time.time()
         folder = self.quarantine_dir / time.strftime("%Y%m%d", time.gmtime(now))
-        dest = folder / f"{uuid.uuid4().hex[:12]}_{name}"
+        quarantine_id = uuid.uuid4().hex[:12]
+        dest = folder / f"{quarantine_id}_{name}"
         sidecar = dest.with_name(dest.name + ".reason.json")
         folder.mkdir(parents=True, exist_ok=True)
         sidecar.write_text(
@@ -385,7 +386,15 @@ class Ingestor:
             at=now,
             source_file=source_file,
         )
-        log.warning("file_quarantined", reason=reason, size=size, source=source)
+        # Never the file name: exported files are often named after the patient.
+        log.warning(
+            "file_quarantined",
+            quarantine_id=quarantine_id,
+            reason=reason,
+            size=size,
+            sha256=sha256[:16],
+            source=source,
+        )
         return dest
 
     def reconcile_quarantine(self) -> int:

@@ -16,6 +16,7 @@ share keeps changing one or the other while it copies). The scan is recursive.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -36,6 +37,11 @@ log = structlog.get_logger("relaypacs.agent.watcher")
 # Names that copy tools use while a file is still being written.
 _PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart")
 _MAX_RETRY_DELAY = 300.0
+
+
+def file_ref(path: Path) -> str:
+    """A stable stand-in for a file in logs: its path hashed (file names carry patient names)."""
+    return hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def is_candidate(name: str) -> bool:
@@ -214,14 +220,17 @@ class InboxWatcher:
         if isinstance(exc, OSError):
             # Locked, unreadable for now, or the disk is full: leave it and retry later.
             log.warning(
-                "ingest_deferred", file=path.name, error=str(exc)[:200], retry_in=round(delay)
+                "ingest_deferred",
+                file_ref=file_ref(path),
+                error=f"{type(exc).__name__}: {exc.strerror or ''}"[:200],
+                retry_in=round(delay),
             )
         else:
             # A bug must not stall the inbox: leave this file, go on with the others.
             log.error(
                 "ingest_failed",
-                file=path.name,
-                error=f"{type(exc).__name__}: {exc}"[:300],
+                file_ref=file_ref(path),
+                error_type=type(exc).__name__,  # not the message: it may quote a path or a tag
                 retry_in=round(delay),
             )
 

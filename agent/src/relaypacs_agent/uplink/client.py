@@ -20,6 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from relaypacs_agent.uplink.credential import CredentialAuth
 from relaypacs_shared.errors import ChecksumMismatch, ProtocolError, RelayError, Transient
 from relaypacs_shared.wire import (
     CommitRequest,
@@ -80,13 +81,15 @@ class HubClient:
         timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
         ca_file: Path | None = None,
+        credential_file: Path | None = None,
     ) -> None:
+        # The enrolled device credential when ``credential_file`` exists (re-read when renewed),
+        # else the legacy agent ``token``.
         headers = {"User-Agent": "relaypacs-agent/0.1"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
+            auth=CredentialAuth(credential_file, token),
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
             verify=hub_ssl_context(ca_file),

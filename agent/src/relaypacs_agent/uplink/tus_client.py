@@ -38,7 +38,8 @@ class TusClient:
             resp = self.http.request(method, url, headers=headers, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
             raise HubUnavailable(f"hub unreachable: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 500:
+        if resp.status_code >= 500 or resp.status_code == 429:
+            # 429: the hub's upload rate limit; like an outage, retried later, never a refusal.
             raise HubUnavailable(f"hub answered {resp.status_code}")
         return resp
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Header, HTTPException, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub.auth import devices
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.storage.base import ObjectStore
 
@@ -22,6 +23,7 @@ class HubState:
     wake_worker: object  # callable, or None when no worker runs in this process
     tus: Any = None  # relaypacs_hub.ingest.tus.TusService
     auth: Any = None  # relaypacs_hub.auth.service.AuthService
+    limiter: Any = None  # relaypacs_hub.ratelimit.Limiter; None: no rate limits
 
 
 def get_state(request: Request) -> HubState:
@@ -44,6 +46,13 @@ class Principal:
     role: str | None = None
     facilities: list[str] = field(default_factory=list)
     scope: str = "full"
+    device_id: str | None = None  # an enrolled agent (kind "agent"); None: the legacy agent token
+
+    @property
+    def agent_facility(self) -> str | None:
+        """The one facility an enrolled device acts for; None (all facilities) for the legacy
+        agent token and the open development mode."""
+        return self.facilities[0] if self.device_id is not None and self.facilities else None
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -72,9 +81,17 @@ async def _principal(state: HubState, authorization: str | None) -> Principal | 
         return None
     if _matches(authorization, state.settings.admin_token):
         return Principal("admin_token", "admin-token", role="admin")
-    if _matches(authorization, state.settings.agent_token):
+    if state.settings.allow_agent_token and _matches(authorization, state.settings.agent_token):
         return Principal("agent", "agent")
     scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token.startswith(devices.CREDENTIAL_PREFIX):
+        device = await devices.authenticate(state.sessionmaker, token)
+        if device is None:
+            raise _unauthorized("unknown, wrong or revoked device credential")
+        return Principal(
+            "agent", f"device:{device.id}", None, [device.facility], device_id=device.id
+        )
     if scheme.lower() != "bearer" or not token or state.auth is None:
         raise _unauthorized("a valid bearer token is required")
     from relaypacs_hub.auth.service import facilities_of
@@ -92,8 +109,10 @@ async def _principal(state: HubState, authorization: str | None) -> Principal | 
 
 class Policy:
     """A route's declared callers. Every hub route depends on exactly one (see the route table
-    test): ``public``; ``agent`` (the agent token; open while none is configured, as in
-    development); a set of user ``roles``; ``admin_token``: the admin machine token too."""
+    test): ``public``; ``agent`` (an enrolled device's credential, or the legacy agent token
+    unless ``allow_agent_token`` is off; open while neither is configured, as in development);
+    ``device`` (an enrolled device only); a set of user ``roles``; ``admin_token``: the admin
+    machine token too."""
 
     def __init__(
         self,
@@ -104,6 +123,7 @@ class Policy:
         public: bool = False,
         enroll_scope: bool = False,
         admin_token: bool = False,
+        device: bool = False,
     ) -> None:
         self.name = name
         self.roles = roles
@@ -111,6 +131,7 @@ class Policy:
         self.public = public
         self.enroll_scope = enroll_scope
         self.admin_token = admin_token
+        self.device = device
 
     async def __call__(
         self, state: State, authorization: Annotated[str | None, Header()] = None
@@ -118,11 +139,20 @@ class Policy:
         anonymous = Principal("anonymous", "anonymous")
         if self.public:
             return anonymous
-        if self.agent and state.settings.agent_token is None:
+        if (
+            self.agent
+            and state.settings.agent_token is None
+            and state.settings.allow_agent_token
+            and not _is_device_credential(authorization)
+        ):
             return anonymous  # no agent credential configured (development, tests)
         who = await _principal(state, authorization)
         if who is None:
             raise _unauthorized("credentials are required")
+        if self.device:
+            if who.device_id is not None:
+                return who
+            raise _forbidden("only an enrolled agent (device credential) may call this route")
         if who.kind == "agent":
             if self.agent:
                 return who
@@ -138,6 +168,11 @@ class Policy:
         raise _forbidden(f"this route is for: {self.name}")
 
 
+def _is_device_credential(authorization: str | None) -> bool:
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and token.strip().startswith(devices.CREDENTIAL_PREFIX)
+
+
 ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
 PUBLIC = Policy("public", public=True)
 AGENT = Policy("agent", agent=True)
@@ -146,12 +181,14 @@ STUDY_READERS = Policy(
 )
 ADMIN = Policy("admin", frozenset({"admin"}), admin_token=True)
 ANY_USER = Policy("any user", ROLES, enroll_scope=True)
+DEVICE = Policy("device", device=True)
 
 PublicAccess = Annotated[Principal, Depends(PUBLIC)]
 AgentAuth = Annotated[Principal, Depends(AGENT)]
 StudyReader = Annotated[Principal, Depends(STUDY_READERS)]
 AdminAuth = Annotated[Principal, Depends(ADMIN)]
 UserAuth = Annotated[Principal, Depends(ANY_USER)]
+DeviceAuth = Annotated[Principal, Depends(DEVICE)]
 
 
 def route_policy(dependant: Any) -> list[Policy]:

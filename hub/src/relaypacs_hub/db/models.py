@@ -224,3 +224,45 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# -- agent enrollment: devices and their facility (migration 0006) ----------------------------
+
+
+class EnrollmentCode(Base):
+    """A one-time code an admin issued for a facility (only its sha256); used once to enroll."""
+
+    __tablename__ = "enrollment_codes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    facility: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Device(Base):
+    """An enrolled agent: its facility and the sha256 of its current secret."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    facility: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class StudyFacility(Base):
+    """The facility a study belongs to, recorded at its first manifest or instance from a device."""
+
+    __tablename__ = "study_facilities"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    facility: Mapped[str] = mapped_column(String(64), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from relaypacs_hub.api.deps import PublicAccess, State, UserAuth
 from relaypacs_hub.auth.service import AuthError, TokenPair
+from relaypacs_hub.ratelimit import RateLimited, enforce, login_ip_rule, login_user_rule
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -79,7 +80,14 @@ def _source(request: Request) -> str | None:
 async def login(
     body: LoginRequest, request: Request, state: State, _auth: PublicAccess
 ) -> TokenResponse:
-    """Exchange a password (and a TOTP or recovery code when enabled) for tokens."""
+    """Exchange a password (and a TOTP or recovery code when enabled) for tokens.
+
+    Rate limited per client address and per username (429 with ``Retry-After``)."""
+    try:
+        await enforce(state.limiter, login_ip_rule(state.settings), _source(request) or "unknown")
+        await enforce(state.limiter, login_user_rule(state.settings), body.username.casefold())
+    except RateLimited as exc:
+        raise HTTPException(429, exc.body, {"Retry-After": exc.retry_after_header}) from exc
     try:
         pair = await state.auth.login(
             body.username, body.password, body.totp_code, body.recovery_code, _source(request)

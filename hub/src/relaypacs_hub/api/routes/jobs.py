@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
@@ -66,6 +66,10 @@ class RetryResult(BaseModel):
     retried: list[int]
 
 
+# A job id is a SQL integer: out of its range is a 422, not a driver overflow (a 500).
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
 def _problem(code: int, kind: str, detail: str) -> HTTPException:
     return HTTPException(status_code=code, detail={"code": kind, "detail": detail})
 
@@ -103,7 +107,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: int, state: State, _auth: AdminAuth) -> JobPublic:
+async def get_job(job_id: JobId, state: State, _auth: AdminAuth) -> JobPublic:
     async with state.sessionmaker() as session:
         job = await session.get(ForwardJob, job_id)
         if job is None:
@@ -113,7 +117,7 @@ async def get_job(job_id: int, state: State, _auth: AdminAuth) -> JobPublic:
 
 @router.post("/{job_id}/retry", response_model=JobPublic)
 async def retry_job(
-    job_id: int, state: State, delivery: DeliveryDep, _auth: AdminAuth
+    job_id: JobId, state: State, delivery: DeliveryDep, _auth: AdminAuth
 ) -> JobPublic:
     """Send a dead (or backing-off) job again now, with a fresh count of attempts."""
     async with state.sessionmaker() as session, session.begin():
@@ -140,7 +144,7 @@ async def retry_job(
 
 @router.post("/{job_id}/release", response_model=JobPublic)
 async def release_job(
-    job_id: int, state: State, delivery: DeliveryDep, _auth: AdminAuth
+    job_id: JobId, state: State, delivery: DeliveryDep, _auth: AdminAuth
 ) -> JobPublic:
     """Let a job that a rule held go to its destination."""
     async with state.sessionmaker() as session, session.begin():

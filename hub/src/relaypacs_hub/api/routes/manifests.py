@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.api.routes.studies import claim_for_device
 from relaypacs_hub.db.models import Instance, ManifestEntry, utcnow
 from relaypacs_hub.ingest.segments import process_pending
 from relaypacs_shared.dicom import check_uid
@@ -34,7 +35,7 @@ class ManifestRequest(BaseModel):
 
 @router.post("/{study_uid}/manifest", response_model=ManifestAnswer)
 async def post_manifest(
-    study_uid: str, body: ManifestRequest, state: State, _auth: AgentAuth
+    study_uid: str, body: ManifestRequest, state: State, who: AgentAuth
 ) -> ManifestAnswer:
     """Record the manifest and answer which instances must still be sent."""
     try:
@@ -44,6 +45,7 @@ async def post_manifest(
             check_uid(inst.series_instance_uid, "SeriesInstanceUID")
     except DicomValidationError as exc:
         raise HTTPException(422, {"code": exc.reason, "detail": exc.message}) from exc
+    await claim_for_device(state, who, study_uid)
     if state.tus is not None:
         await process_pending(
             study_uid,

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AgentAuth, State, StudyReader
+from relaypacs_hub.api.deps import AgentAuth, Principal, State, StudyReader
 from relaypacs_hub.audit import audit
+from relaypacs_hub.auth import devices
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
 from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
@@ -33,6 +34,18 @@ def _problem(code: int, kind: str, detail: str, missing: list[str] | None = None
     return HTTPException(status_code=code, detail=body)
 
 
+async def claim_for_device(state: State, who: Principal, study_uid: str) -> None:
+    """A device may only send studies of its facility: record the facility at the study's first
+    manifest or instance, and refuse one that belongs to another facility."""
+    facility = who.agent_facility
+    if facility is None:
+        return
+    try:
+        await devices.claim_study(state.sessionmaker, study_uid, facility)
+    except devices.FacilityMismatch as exc:
+        raise _problem(403, "forbidden", "this study belongs to another facility") from exc
+
+
 def _uid(value: str, name: str) -> str:
     try:
         return check_uid(value, name)
@@ -51,12 +64,13 @@ async def put_instance(
     request: Request,
     response: Response,
     state: State,
-    _auth: AgentAuth,
+    who: AgentAuth,
     content_digest: Annotated[str | None, Header()] = None,
 ) -> InstanceReceipt:
     """Store one instance. Idempotent: the same bytes again answer 200 ``duplicate``."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
     sop_uid = _uid(sop_uid, "SOPInstanceUID")
+    await claim_for_device(state, who, study_uid)
     try:
         declared = parse_content_digest(content_digest or "")
     except ProtocolError as exc:
@@ -90,27 +104,33 @@ async def post_commit(
     body: CommitRequest,
     state: State,
     delivery: DeliveryDep,
-    _auth: AgentAuth,
+    who: AgentAuth,
     request: Request,
 ) -> StudyStatus:
     """Commit a study once every instance of the manifest is held; forwarding starts then."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
+    facility = body.facility
+    if who.agent_facility is not None:  # an enrolled device commits for its own facility only
+        if body.facility is not None and body.facility != who.agent_facility:
+            raise _problem(403, "forbidden", "a device may only commit for its own facility")
+        facility = who.agent_facility
+        await claim_for_device(state, who, study_uid)
     try:
         await commit_study(
             state.sessionmaker,
             study_uid,
             body,
             delivery.router,
-            # Declared by the agent today; the enrolled device credential will vouch for the
-            # facility once agents are enrolled.
-            facility=body.facility,
+            # An enrolled device's credential vouches for its facility; the legacy agent token
+            # declares it in the body.
+            facility=facility,
             agent_received_at=body.received_at,
         )
     except StudyIncomplete as exc:
         raise _problem(409, "incomplete", str(exc), missing=exc.missing[:1000]) from exc
     await audit(
         state.sessionmaker,
-        f"agent:{body.facility or '-'}",
+        who.name if who.device_id else f"agent:{facility or '-'}",
         "study.committed",
         study_uid,
         source=request.client.host if request.client else None,
@@ -121,9 +141,16 @@ async def post_commit(
 
 
 @router.get("/{study_uid}", response_model=StudyStatus)
-async def get_study(study_uid: str, state: State, _auth: StudyReader) -> StudyStatus:
+async def get_study(study_uid: str, state: State, who: StudyReader) -> StudyStatus:
     """Where a study stands: committed or not, and per destination delivered and confirmed."""
-    return await _status(state, _uid(study_uid, "StudyInstanceUID"))
+    study_uid = _uid(study_uid, "StudyInstanceUID")
+    if who.agent_facility is not None:  # a device reads only the studies of its facility
+        async with state.sessionmaker() as session:
+            owner = await devices.study_facility(session, study_uid)
+            held = owner is not None or await session.get(Study, study_uid) is not None
+        if held and owner != who.agent_facility:
+            raise _problem(403, "forbidden", "this study belongs to another facility")
+    return await _status(state, study_uid)
 
 
 async def _status(state: State, study_uid: str) -> StudyStatus:

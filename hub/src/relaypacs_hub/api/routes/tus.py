@@ -16,8 +16,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from relaypacs_hub.api.deps import AgentAuth, PublicAccess, State
+from relaypacs_hub.api.routes.studies import claim_for_device
 from relaypacs_hub.ingest.segments import process_upload
 from relaypacs_hub.ingest.tus import UploadGone, UploadLocked, UploadTooLarge, UploadView
+from relaypacs_hub.ratelimit import RateLimited, enforce, upload_create_rule
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, ProtocolError
 from relaypacs_shared.tus import (
     CHECKSUM_ALGORITHMS,
@@ -87,7 +89,6 @@ def _upload_headers(v: UploadView) -> dict[str, str]:
 
 
 @router.options("")
-@router.options("/{upload_id}")
 async def options(state: State, _auth: PublicAccess) -> Response:
     """Server capabilities (no authentication, as the protocol expects)."""
     return Response(
@@ -100,6 +101,13 @@ async def options(state: State, _auth: PublicAccess) -> Response:
             "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
         },
     )
+
+
+@router.options("/{upload_id}")
+async def options_upload(upload_id: str, state: State, _auth: PublicAccess) -> Response:
+    """The same capabilities, asked of an upload's URL (its own route, so that the OpenAPI
+    schema declares the path parameter)."""
+    return await options(state, _auth)
 
 
 async def _after_complete(state: State, v: UploadView) -> None:
@@ -115,13 +123,25 @@ async def _after_complete(state: State, v: UploadView) -> None:
 
 @router.post("")
 async def create(request: Request, state: State, _auth: AgentAuth) -> Response:
-    """Creation (+ creation-with-upload, defer-length, concatenation)."""
+    """Creation (+ creation-with-upload, defer-length, concatenation); rate limited per caller."""
     if (bad := _version_ok(request)) is not None:
         return bad
+    caller = f"{_auth.kind}:{_auth.name}"
+    if _auth.kind == "anonymous":  # no agent credential configured: count per address
+        caller += ":" + (request.client.host if request.client else "unknown")
+    try:
+        await enforce(state.limiter, upload_create_rule(state.settings), caller)
+    except RateLimited as exc:
+        return _err(
+            429, "rate_limited", exc.body["detail"], {"Retry-After": exc.retry_after_header}
+        )
     try:
         length = _int_header(request, "upload-length")
         defer = request.headers.get("upload-defer-length")
         metadata = decode_metadata(request.headers.get("upload-metadata"))
+        # A device uploads segments of its own facility's studies only.
+        if 0 < len(metadata.get("study") or "") <= 64:
+            await claim_for_device(state, _auth, metadata["study"])
         concat_raw = request.headers.get("upload-concat", "").strip()
         concat, parts = "none", []
         if concat_raw == "partial":

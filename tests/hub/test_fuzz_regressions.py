@@ -1,0 +1,30 @@
+"""Bugs schemathesis found in the hub (tests/hub/test_schemathesis.py), pinned as fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.hub.authfix import ADMIN_TOKEN, auth_settings, bearer, hub_client
+
+
+async def test_job_id_out_of_sql_range_is_422_not_500(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (_app, client):
+        for method, path in (
+            ("GET", "/api/v1/jobs/{}"),
+            ("POST", "/api/v1/jobs/{}/retry"),
+            ("POST", "/api/v1/jobs/{}/release"),
+        ):
+            for job_id in (2**63, 17535008605093232640, 0, -1):
+                r = await client.request(method, path.format(job_id), headers=bearer(ADMIN_TOKEN))
+                assert r.status_code == 422, (method, path, job_id, r.text)
+            r = await client.request(method, path.format(2**63 - 1), headers=bearer(ADMIN_TOKEN))
+            assert r.status_code == 404, r.text
+
+
+async def test_upload_options_route_declares_its_path_parameter(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (app, client):
+        op = app.openapi()["paths"]["/api/v1/uploads/{upload_id}"]["options"]
+        assert [p["name"] for p in op["parameters"] if p["in"] == "path"] == ["upload_id"]
+        r = await client.options("/api/v1/uploads/" + "a" * 32)
+        assert r.status_code == 204
+        assert r.headers["Tus-Version"] == "1.0.0"
