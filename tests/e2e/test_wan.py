@@ -75,10 +75,8 @@ def _deliver_over(
 
 def test_100mb_over_lossy_link_with_outages(tmp_path: Path) -> None:
     profile = LinkProfile(rate_mbit=20, loss_pct=5, outage_every_s=30, outage_for_s=8)
-    elapsed, link, agent = _deliver_over(tmp_path, profile, instances=200, rows=512, timeout=600)
-    log = agent.log()
+    elapsed, link, _ = _deliver_over(tmp_path, profile, instances=200, rows=512, timeout=600)
     assert link.outages >= 1, "the test must have crossed at least one outage"
-    assert "patch_failed" in log or "study_deferred" in log or link.outages >= 1
     print(f"100 MB over {profile.describe()}: {elapsed:.0f}s, {link.outages} outage(s)")
 
 

@@ -460,21 +460,19 @@ def audit_verify(
     """
     from relaypacs_agent.audit import read_log
     from relaypacs_agent.store.db import Store
-    from relaypacs_shared.audit import Anchor, head, verify_chain
+    from relaypacs_shared.audit import verify_report
 
     store = Store(AgentSettings().db_path)
     try:
         records = list(read_log(store))
     finally:
         store.close()
-    problems = verify_chain(records, Anchor.parse(anchor) if anchor else None)
+    problems, summary = verify_report(records, anchor)
+    for line in problems:
+        typer.echo(line, err=True)
+    typer.echo(summary)
     if problems:
-        for p in problems:
-            typer.echo(str(p), err=True)
-        typer.echo(f"audit log TAMPERED: {len(problems)} problem(s) in {len(records)} records")
         raise typer.Exit(1)
-    last = head(records)
-    typer.echo(f"audit log intact: {len(records)} records" + (f" (anchor {last})" if last else ""))
 
 
 @audit_app.command("export")
@@ -489,15 +487,14 @@ def audit_export(
     """
     from relaypacs_agent.audit import read_log
     from relaypacs_agent.store.db import Store
-    from relaypacs_shared.audit import to_atna
+    from relaypacs_shared.audit import EXPORT_FORMATS, export_lines
 
-    if fmt not in ("jsonl", "atna"):
+    if fmt not in EXPORT_FORMATS:
         raise typer.BadParameter("--format is jsonl or atna")
     store = Store(AgentSettings().db_path)
     try:
-        for r in read_log(store):
-            out = r.as_dict() if fmt == "jsonl" else to_atna(r, "relaypacs-agent")
-            typer.echo(json.dumps(out, sort_keys=True))
+        for line in export_lines(read_log(store), fmt, "relaypacs-agent"):
+            typer.echo(line)
     finally:
         store.close()
 

@@ -193,18 +193,14 @@ def audit_verify(
 
         relaypacs-hub audit verify --anchor "$(cat /secure/audit-anchor)"
     """
-    from relaypacs_shared.audit import Anchor, head, verify_chain
+    from relaypacs_shared.audit import verify_report
 
-    settings = HubSettings()
-    records = _audit_records(settings)
-    problems = verify_chain(records, Anchor.parse(anchor) if anchor else None)
+    problems, summary = verify_report(_audit_records(HubSettings()), anchor)
+    for line in problems:
+        typer.echo(line, err=True)
+    typer.echo(summary)
     if problems:
-        for p in problems:
-            typer.echo(str(p), err=True)
-        typer.echo(f"audit log TAMPERED: {len(problems)} problem(s) in {len(records)} records")
         raise typer.Exit(1)
-    last = head(records)
-    typer.echo(f"audit log intact: {len(records)} records" + (f" (anchor {last})" if last else ""))
 
 
 @audit_app.command("export")
@@ -217,15 +213,12 @@ def audit_export(
 
         relaypacs-hub audit export --format atna > audit-2026-11.jsonl
     """
-    import json
+    from relaypacs_shared.audit import EXPORT_FORMATS, export_lines
 
-    from relaypacs_shared.audit import to_atna
-
-    if fmt not in ("jsonl", "atna"):
+    if fmt not in EXPORT_FORMATS:
         raise typer.BadParameter("--format is jsonl or atna")
-    for r in _audit_records(HubSettings()):
-        out = r.as_dict() if fmt == "jsonl" else to_atna(r, "relaypacs-hub")
-        typer.echo(json.dumps(out, sort_keys=True))
+    for line in export_lines(_audit_records(HubSettings()), fmt, "relaypacs-hub"):
+        typer.echo(line)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -251,3 +251,30 @@ def to_atna(entry: ChainedRecord, audit_source_id: str = "relaypacs") -> dict[st
         ],
         "RelayPACS": {"seq": r.seq, "hash": entry.hash, "prev_hash": entry.prev_hash},
     }
+
+
+def verify_report(
+    records: Sequence[ChainedRecord], anchor: str | None = None
+) -> tuple[list[str], str]:
+    """What ``audit verify`` prints: (one line per problem, the summary line).
+
+    No problem lines means the log is intact.
+    """
+    problems = verify_chain(records, Anchor.parse(anchor) if anchor else None)
+    if problems:
+        summary = f"audit log TAMPERED: {len(problems)} problem(s) in {len(records)} records"
+        return [str(p) for p in problems], summary
+    last = head(records)
+    return [], f"audit log intact: {len(records)} records" + (f" (anchor {last})" if last else "")
+
+
+EXPORT_FORMATS = ("jsonl", "atna")
+
+
+def export_lines(records: Iterable[ChainedRecord], fmt: str, audit_source_id: str) -> Iterator[str]:
+    """What ``audit export`` prints: one JSON object a line, as stored or as ATNA fields."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError("--format is jsonl or atna")
+    for r in records:
+        out = r.as_dict() if fmt == "jsonl" else to_atna(r, audit_source_id)
+        yield json.dumps(out, sort_keys=True)

@@ -134,20 +134,8 @@ def validate_file(
     sha256: str | None = None,
 ) -> InstanceInfo:
     """Validate one file and describe it, or raise ``DicomValidationError`` with one reason."""
-    size = path.stat().st_size
-    if size == 0:
-        raise DicomValidationError("empty", "the file is empty (0 bytes)")
-    if size > max_bytes:
-        raise DicomValidationError(
-            "too_large", f"the file is {size} bytes, above the {max_bytes}-byte limit"
-        )
+    size = precheck_file(path, max_bytes=max_bytes)
     with path.open("rb") as f:
-        f.seek(128)
-        if f.read(4) != b"DICM":
-            raise DicomValidationError(
-                "not_dicom", "not a DICOM file: no 'DICM' marker after the 128-byte preamble"
-            )
-        f.seek(0)
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             dataset_start = _dataset_start(f)

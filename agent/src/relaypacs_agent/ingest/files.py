@@ -160,11 +160,3 @@ def remove_orphans(folder: Path) -> int:
             entry.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()

@@ -39,7 +39,6 @@ from relaypacs_agent.ingest.files import (
     move_durable,
     place_in_spool,
     remove_orphans,
-    sha256_of,
     stage_copy,
 )
 from relaypacs_agent.store.db import SourceFile, Store
@@ -47,6 +46,7 @@ from relaypacs_shared.dicom import (
     DEFAULT_MAX_SEQUENCE_DEPTH,
     InstanceInfo,
     precheck_file,
+    sha256_file,
     validate_file,
 )
 from relaypacs_shared.errors import DicomValidationError, StorageError, Transient
@@ -347,7 +347,7 @@ class Ingestor:
         name = original_name or path.name
         size = path.stat().st_size
         if sha256 is None:
-            sha256 = sha256_of(path)
+            sha256 = sha256_file(path)
         now = time.time()
         folder = self.quarantine_dir / time.strftime("%Y%m%d", time.gmtime(now))
         quarantine_id = uuid.uuid4().hex[:12]
