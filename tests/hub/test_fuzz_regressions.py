@@ -28,3 +28,16 @@ async def test_upload_options_route_declares_its_path_parameter(tmp_path: Path) 
         r = await client.options("/api/v1/uploads/" + "a" * 32)
         assert r.status_code == 204
         assert r.headers["Tus-Version"] == "1.0.0"
+
+
+async def test_job_list_offset_out_of_sql_range_is_422_not_500(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (_app, client):
+        r = await client.get(
+            "/api/v1/jobs", params={"offset": 16928411372943835136}, headers=bearer(ADMIN_TOKEN)
+        )
+        assert r.status_code == 422, r.text
+        r = await client.get(
+            "/api/v1/jobs", params={"offset": 2**63 - 1}, headers=bearer(ADMIN_TOKEN)
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["jobs"] == []

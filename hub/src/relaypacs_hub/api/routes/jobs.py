@@ -67,7 +67,9 @@ class RetryResult(BaseModel):
 
 
 # A job id is a SQL integer: out of its range is a 422, not a driver overflow (a 500).
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# Database integers are signed 64-bit: anything larger must be a 422, not an overflow.
+MAX_DB_INT = 2**63 - 1
+JobId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
 
 
 def _problem(code: int, kind: str, detail: str) -> HTTPException:
@@ -82,7 +84,7 @@ async def list_jobs(
     destination: str | None = None,
     study: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> JobList:
     """Forwarding jobs, newest change first. ``?state=dead`` lists the parked ones and why."""
     conditions = []
