@@ -41,3 +41,25 @@ async def test_job_list_offset_out_of_sql_range_is_422_not_500(tmp_path: Path) -
         )
         assert r.status_code == 200, r.text
         assert r.json()["jobs"] == []
+
+
+async def test_manifest_size_out_of_sql_range_is_422_not_500(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (app, client):
+        token = app.state.hub.settings.agent_token
+        headers = bearer(token.get_secret_value()) if token else {}
+        body = {
+            "instances": [
+                {
+                    "sop_instance_uid": "1.2.3.4",
+                    "series_instance_uid": "1.2.3",
+                    "sha256": "0" * 64,
+                    "size": 2**63,
+                }
+            ]
+        }
+        r = await client.post("/api/v1/studies/1.2.3/manifest", json=body, headers=headers)
+        assert r.status_code == 422, r.text
+        body["instances"][0]["size"] = 2**63 - 1
+        r = await client.post("/api/v1/studies/1.2.3/manifest", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["missing"] == ["1.2.3.4"]

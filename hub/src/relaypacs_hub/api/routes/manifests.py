@@ -25,7 +25,7 @@ class ManifestInstance(BaseModel):
     sop_instance_uid: str
     series_instance_uid: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=2**63 - 1)  # a database BIGINT: larger is a 422, not a 500
 
 
 class ManifestRequest(BaseModel):
