@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages used as real peers by the integration tests: Orthanc with its DICOMweb plugin,
-# dcmtk, dicom3tools, and the WAN kit's nftables / iproute2. Installed only when missing; the Orthanc service is not started (tests start their
-# own Orthanc processes on free ports).
+# dcmtk, dicom3tools, the WAN kit's nftables / iproute2, and Chromium for the PWA's browser tests.
+# Installed only when missing; the Orthanc service is not started (tests start their own Orthanc
+# processes on free ports).
 set -euo pipefail
 need=()
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
@@ -11,6 +12,9 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Headless Chromium for the PWA's browser tests (Playwright drives Debian's build; test tools
+# cannot download browsers here).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

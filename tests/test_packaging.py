@@ -1,4 +1,7 @@
-"""The agent installs without the hub's server-side dependencies (a Raspberry Pi needs no ORM)."""
+"""The agent installs without the hub's server-side dependencies (a Raspberry Pi needs no ORM).
+
+The agent does serve the LAN web app with Starlette on uvicorn (both pure Python); FastAPI, the
+hub's framework with its pydantic-heavy routing, stays out."""
 
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ HUB_ONLY = {
     "aiosqlite",
     "minio",
     "fastapi",
-    "uvicorn",
-    "starlette",
 }
 
 

@@ -21,6 +21,7 @@ AGENT = frozenset({"agent", "device"})
 DEVICE = frozenset({"device"})
 ADMIN = frozenset({"admin", "admin-token"})
 STUDY_READERS = frozenset({"agent", "device", "radiologist", "admin", "admin-token"})
+STUDY_BROWSERS = frozenset({"radiologist", "admin", "admin-token"})
 
 TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/openapi.json"): PUBLIC,
@@ -28,6 +29,12 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    # The dashboard's static files: plain FastAPI routes with the public policy (no mount), so
+    # they are enumerated and checked like every other route.
+    ("GET", "/"): PUBLIC,
+    ("GET", "/dashboard"): PUBLIC,
+    ("GET", "/dashboard/"): PUBLIC,
+    ("GET", "/dashboard/{path:path}"): PUBLIC,
     ("POST", "/api/v1/auth/login"): PUBLIC,
     ("POST", "/api/v1/auth/refresh"): PUBLIC,
     ("POST", "/api/v1/auth/logout"): PUBLIC,
@@ -42,6 +49,8 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/studies/{study_uid}/commit"): AGENT,
     ("POST", "/api/v1/studies/{study_uid}/manifest"): AGENT,
     ("GET", "/api/v1/studies/{study_uid}"): STUDY_READERS,
+    ("GET", "/api/v1/studies"): STUDY_BROWSERS,
+    ("GET", "/api/v1/stats"): STUDY_BROWSERS,
     ("OPTIONS", "/api/v1/uploads"): PUBLIC,
     ("OPTIONS", "/api/v1/uploads/{upload_id}"): PUBLIC,
     ("POST", "/api/v1/uploads"): AGENT,
@@ -64,6 +73,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/devices/enrollment-codes"): ADMIN,
     ("POST", "/api/v1/devices/enroll"): PUBLIC,
     ("POST", "/api/v1/devices/renew"): DEVICE,
+    ("GET", "/api/v1/devices/verifiers"): AGENT,
     ("GET", "/api/v1/devices"): ADMIN,
     ("POST", "/api/v1/devices/{device_id}/revoke"): ADMIN,
 }
@@ -79,6 +89,7 @@ _PARAMS = {
     "name": "nowhere",
     "username": "nobody",
     "device_id": "0123456789abcdef0123456789abcdef",
+    "path": "assets/app.js",
 }
 
 
@@ -110,7 +121,12 @@ def test_every_route_is_in_the_table_and_declares_a_policy(tmp_path: Path) -> No
 
 
 async def test_each_caller_gets_in_exactly_where_the_table_says(tmp_path: Path) -> None:
-    async with hub_client(auth_settings(tmp_path)) as (app, client):
+    # A small dashboard build, so the dashboard routes answer 200 rather than 503 (not built).
+    dist = tmp_path / "dist"
+    (dist / "assets").mkdir(parents=True)
+    (dist / "dashboard.html").write_text("<!doctype html><title>t</title>")
+    (dist / "assets" / "app.js").write_text("console.log(1)")
+    async with hub_client(auth_settings(tmp_path, pwa_dir=dist)) as (app, client):
         issuer = app.state.hub.auth.issuer
         callers: dict[str, dict[str, str]] = {
             "anonymous": {},
@@ -127,7 +143,7 @@ async def test_each_caller_gets_in_exactly_where_the_table_says(tmp_path: Path) 
             callers[role] = {"Authorization": f"Bearer {token}"}
         wrong: list[str] = []
         for method, path, _ in _routes(app):
-            url = re.sub(r"\{(\w+)\}", lambda m: _PARAMS[m.group(1)], path)
+            url = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: _PARAMS[m.group(1)], path)
             for caller, headers in callers.items():
                 r = await client.request(method, url, headers={**headers, "Tus-Resumable": "1.0.0"})
                 refused = r.status_code in (401, 403)

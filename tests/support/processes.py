@@ -142,6 +142,7 @@ class AgentProcess(_Proc):
             "RELAYPACS_AGENT_QUIET_PERIOD_SECONDS": "2",
             "RELAYPACS_AGENT_STATUS_POLL_SECONDS": "1",
             "RELAYPACS_AGENT_RETRY_MAX_SECONDS": "3",
+            "RELAYPACS_AGENT_WEB_PORT": "0",  # the LAN web app only where a test asks for it
             **{f"RELAYPACS_AGENT_{k.upper()}": v for k, v in settings.items()},
         }
         super().__init__(

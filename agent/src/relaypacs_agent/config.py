@@ -157,6 +157,32 @@ class AgentSettings(BaseSettings):
         default=10, description="Most simultaneous C-STORE associations."
     )
 
+    web_port: int = Field(
+        default=8081,
+        description="Port of the LAN web app (the PWA and its API) that phones and tablets open; "
+        "0 turns it off.",
+    )
+    web_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - phones on the LAN must reach it
+        description="Address the LAN web app listens on.",
+    )
+    web_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate for the LAN web app. Browsers run the PWA's offline "
+        "service worker only on HTTPS (or on localhost), so give one for phones on the LAN.",
+    )
+    web_tls_key: Path | None = Field(default=None, description="PEM private key of `web_tls_cert`.")
+    pwa_dir: Path | None = Field(
+        default=None,
+        description="Folder of the built PWA. Empty: `pwa/dist` of the source checkout.",
+    )
+    web_session_hours: float = Field(default=12.0, description="How long a LAN login lasts.")
+    verifier_sync_seconds: float = Field(
+        default=300.0,
+        description="How often the agent refreshes its copy of its facility's login verifiers "
+        "from the hub (also at start and when an unknown username signs in).",
+    )
+
     @field_validator("dimse_ae_title")
     @classmethod
     def _ae_title(cls, v: str) -> str:

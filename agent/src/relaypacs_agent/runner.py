@@ -23,6 +23,7 @@ from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
 from relaypacs_agent.uplink.credential import credential_path
 from relaypacs_agent.uplink.transfer import TransferSender
+from relaypacs_agent.web.server import WebServer
 from relaypacs_shared.archives import ArchiveLimits
 
 log = structlog.get_logger("relaypacs.agent")
@@ -125,6 +126,9 @@ class Agent:
             streams=settings.parallel_streams,
         )
         # --- end of uplink construction.
+        self.web: WebServer | None = None
+        if settings.web_port:
+            self.web = WebServer(settings, self.store, self.ingestor, wake_sender=self.sender.wake)
         self.stop = threading.Event()
 
     def _prepare(self) -> None:
@@ -166,10 +170,13 @@ class Agent:
             t.start()
         if self.scp is not None:
             self.scp.start()
+        if self.web is not None:
+            self.web.start(self.stop)
         log.info(
             "agent_started",
             folders=[str(w.inbox) for w in self.watchers],
             dimse_port=self.settings.dimse_port or None,
+            web_port=self.settings.web_port or None,
             hub=self.settings.hub_url,
             data_dir=str(self.settings.data_dir),
         )
@@ -177,6 +184,8 @@ class Agent:
             pass
         if self.scp is not None:
             self.scp.stop()
+        if self.web is not None:
+            self.web.stop()
         for t in threads:
             t.join(timeout=15)
         self.client.close()

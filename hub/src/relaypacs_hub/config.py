@@ -196,6 +196,11 @@ class HubSettings(BaseSettings):
         default=None,
         description="Password `relaypacs-hub create-admin` uses instead of prompting for one.",
     )
+    pwa_dir: Path | None = Field(
+        default=None,
+        description="The built web app (`pwa/dist`, from `make pwa`) the hub serves at "
+        "`/dashboard/`. Empty: the `pwa/dist` of the source checkout the hub runs from, if built.",
+    )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 

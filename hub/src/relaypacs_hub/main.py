@@ -14,9 +14,18 @@ from fastapi.responses import JSONResponse
 
 from relaypacs_hub.api.deps import HubState
 from relaypacs_hub.api.routes import auth as auth_routes
+from relaypacs_hub.api.routes import (
+    dashboard,
+    health,
+    jobs,
+    manifests,
+    overview,
+    rules,
+    studies,
+    users,
+)
 from relaypacs_hub.api.routes import destinations as destination_routes
 from relaypacs_hub.api.routes import devices as device_routes
-from relaypacs_hub.api.routes import health, jobs, manifests, rules, studies, users
 from relaypacs_hub.api.routes import tus as tus_routes
 from relaypacs_hub.auth.service import AuthService
 from relaypacs_hub.auth.tokens import TokenIssuer, check_key_setting, load_private_key
@@ -159,6 +168,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(users.router)
+    app.include_router(overview.router)
     app.include_router(studies.router)
     app.include_router(manifests.router)
     app.include_router(tus_routes.router)
@@ -166,4 +176,5 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(rules.router)
     app.include_router(destination_routes.router)
     app.include_router(device_routes.router)
+    app.include_router(dashboard.router)
     return app

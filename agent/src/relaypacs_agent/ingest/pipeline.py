@@ -67,6 +67,7 @@ class IngestResult:
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
     size: int = 0
+    message: str = ""  # a refusal in words (quarantined only)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class Ingestor:
                 path, source=src.label, reason=exc.reason, message=exc.message,
                 keep_original=src.keep_original, source_file=sf, original_name=src.display_name,
             )  # fmt: skip
-            return IngestResult("quarantined", exc.reason)
+            return IngestResult("quarantined", exc.reason, message=exc.message)
         if not src.owned:
             self.check_reserve(size)
         staged, sha = self._stage(path, src)
@@ -146,7 +147,7 @@ class Ingestor:
                     keep_original=src.keep_original, source_file=sf,
                     original_name=src.display_name,
                 )  # fmt: skip
-                return IngestResult("quarantined", exc.reason, size=size)
+                return IngestResult("quarantined", exc.reason, size=size, message=exc.message)
             return self._record(path, staged, info, src, sf)
         finally:
             if staged != path:
@@ -237,7 +238,13 @@ class Ingestor:
             original_name=src.display_name,
         )
         return IngestResult(
-            "quarantined", "conflict", info.sop_instance_uid, info.study_instance_uid, info.size
+            "quarantined",
+            "conflict",
+            info.sop_instance_uid,
+            info.study_instance_uid,
+            info.size,
+            message="an instance with this SOP Instance UID but different content is already "
+            "held; a person must decide which one is right",
         )
 
     def _let_go(self, path: Path, src: Source) -> None:

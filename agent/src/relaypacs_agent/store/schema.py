@@ -111,9 +111,71 @@ _M003_AUDIT = """
         );
 """
 
+# The LAN side (relaypacs_agent.web): cached verifiers of the facility's users (never a
+# plaintext password), sessions (SHA-256 of the token only), failed logins, and the PWA's
+# batches and tus uploads.
+_M004_WEB = """
+        CREATE TABLE lan_users (
+            username TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            facilities TEXT NOT NULL DEFAULT '[]',
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT,
+            totp_required INTEGER NOT NULL DEFAULT 0,
+            hub_locked_until REAL,
+            synced_at REAL NOT NULL
+        );
+        CREATE TABLE lan_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE lan_sessions (
+            token_hash TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            role TEXT NOT NULL,
+            facilities TEXT NOT NULL,
+            offline INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            source TEXT NOT NULL
+        );
+        CREATE TABLE lan_login_failures (
+            username TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            locked_until REAL
+        );
+        CREATE TABLE web_batches (
+            id TEXT PRIMARY KEY,
+            created_by TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            service_level TEXT NOT NULL,
+            clinical_history TEXT NOT NULL DEFAULT '',
+            referring_clinician TEXT NOT NULL DEFAULT '',
+            label TEXT NOT NULL DEFAULT '',
+            expected_files INTEGER NOT NULL DEFAULT 0,
+            sent_at REAL
+        );
+        CREATE INDEX ix_web_batches_user ON web_batches (created_by, created_at);
+        CREATE TABLE web_uploads (
+            id TEXT PRIMARY KEY,
+            batch_id TEXT NOT NULL REFERENCES web_batches (id),
+            created_by TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            offset INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL DEFAULT 'open',   -- open | done | terminated
+            outcome TEXT,                         -- accepted | duplicate | quarantined | replayed
+            reason TEXT,
+            message TEXT,
+            sop_instance_uid TEXT,
+            study_instance_uid TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX ix_web_uploads_batch ON web_uploads (batch_id);
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
     ("002_ingest", _M002_INGEST),
     ("003_audit", _M003_AUDIT),
+    ("004_web", _M004_WEB),
 ]

@@ -157,6 +157,12 @@ class HubClient:
         resp = self._send("GET", f"/api/v1/studies/{study_uid}")
         return StudyStatus.model_validate(resp.json())
 
+    def verifiers(self) -> dict[str, Any]:
+        """The login verifiers of this agent's facility (for LAN login with the WAN down)."""
+        resp = self._send("GET", "/api/v1/devices/verifiers")
+        body: dict[str, Any] = resp.json()
+        return body
+
     def healthy(self) -> bool:
         try:
             return self._send("GET", "/healthz").status_code == 200

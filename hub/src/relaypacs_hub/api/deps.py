@@ -179,6 +179,9 @@ AGENT = Policy("agent", agent=True)
 STUDY_READERS = Policy(
     "agent, radiologist, admin", frozenset({"radiologist", "admin"}), agent=True, admin_token=True
 )
+# The dashboard's study list and statistics: people who read studies, and the admin machine
+# token; not agents (a device reads one study's status, never the list of every facility's).
+STUDY_BROWSERS = Policy("radiologist, admin", frozenset({"radiologist", "admin"}), admin_token=True)
 ADMIN = Policy("admin", frozenset({"admin"}), admin_token=True)
 ANY_USER = Policy("any user", ROLES, enroll_scope=True)
 DEVICE = Policy("device", device=True)
@@ -186,9 +189,19 @@ DEVICE = Policy("device", device=True)
 PublicAccess = Annotated[Principal, Depends(PUBLIC)]
 AgentAuth = Annotated[Principal, Depends(AGENT)]
 StudyReader = Annotated[Principal, Depends(STUDY_READERS)]
+StudyBrowser = Annotated[Principal, Depends(STUDY_BROWSERS)]
 AdminAuth = Annotated[Principal, Depends(ADMIN)]
 UserAuth = Annotated[Principal, Depends(ANY_USER)]
 DeviceAuth = Annotated[Principal, Depends(DEVICE)]
+
+
+def facility_scope(who: Principal) -> list[str] | None:
+    """The facilities whose studies a caller may list: None for every facility (admins, the admin
+    machine token); else the user's own facilities, exactly as stored (``facilities_of``: a
+    membership list with no wildcard, so an empty list is no facility)."""
+    if who.kind == "admin_token" or who.role == "admin":
+        return None
+    return list(who.facilities)
 
 
 def route_policy(dependant: Any) -> list[Policy]:

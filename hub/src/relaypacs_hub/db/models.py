@@ -23,6 +23,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def aware_utc(value: datetime | None) -> datetime | None:
+    """A stored naive-UTC timestamp as an aware one, so an API answer carries its offset (a
+    browser reads an ISO time without one as local time)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
     pass
 

@@ -3,13 +3,17 @@ renew it, and admins list and revoke devices."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
+from sqlalchemy import select
 
-from relaypacs_hub.api.deps import AdminAuth, DeviceAuth, PublicAccess, State
+from relaypacs_hub.api.deps import AdminAuth, AgentAuth, DeviceAuth, PublicAccess, State
+from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
+from relaypacs_hub.auth.service import facilities_of
+from relaypacs_hub.db.models import User, aware_utc
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -43,6 +47,25 @@ class DeviceInfo(BaseModel):
     created_at: datetime
     last_seen_at: datetime | None
     revoked_at: datetime | None
+
+
+class Verifier(BaseModel):
+    username: str
+    role: str
+    facilities: list[str]
+    password_hash: str = Field(description="The argon2id hash as the hub stores it.")
+    totp_secret: str | None = Field(
+        description="Base32 TOTP secret, only when the user has confirmed TOTP; else null."
+    )
+    totp_required: bool = Field(
+        description="The user's role must use a second factor (`RELAYPACS_HUB_REQUIRE_TOTP_ROLES`)."
+    )
+    locked_until: datetime | None
+
+
+class VerifierFeed(BaseModel):
+    generated_at: datetime
+    users: list[Verifier]
 
 
 def _source(request: Request) -> str | None:
@@ -85,6 +108,48 @@ async def renew(state: State, who: DeviceAuth, request: Request) -> CredentialAn
     return CredentialAnswer(
         device_id=who.device_id, facility=who.agent_facility or "", secret=secret
     )
+
+
+@router.get("/verifiers", response_model=VerifierFeed)
+async def verifiers(
+    state: State, who: AgentAuth, request: Request, response: Response
+) -> VerifierFeed:
+    """What an agent needs to check its facility's people at the agent while the WAN is down:
+    password hashes and TOTP secrets, never a plaintext. An enrolled device gets the users who
+    belong to its facility (a user's facility list has no wildcard: an admin too appears only at
+    the facilities listed for them); the legacy agent token (or the open development mode) gets
+    every user. Disabled users are left out. Every read is audited."""
+    response.headers["Cache-Control"] = "no-store"
+    facility = who.agent_facility
+    required = state.settings.totp_required_roles
+    async with state.sessionmaker() as session:
+        users = list(
+            await session.scalars(
+                select(User).where(User.disabled.is_(False)).order_by(User.username)
+            )
+        )
+    feed = [
+        Verifier(
+            username=u.username,
+            role=u.role,
+            facilities=facilities_of(u),
+            password_hash=u.password_hash,
+            totp_secret=u.totp_secret if u.totp_enabled else None,
+            totp_required=u.role in required,
+            locked_until=aware_utc(u.locked_until),
+        )
+        for u in users
+        if facility is None or facility in facilities_of(u)
+    ]
+    await audit(
+        state.sessionmaker,
+        who.name,
+        "device.verifiers_read",
+        facility or "*",
+        source=_source(request),
+        users=len(feed),
+    )
+    return VerifierFeed(generated_at=datetime.now(UTC), users=feed)
 
 
 @router.get("", response_model=list[DeviceInfo])

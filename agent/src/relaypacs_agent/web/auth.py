@@ -1,0 +1,370 @@
+"""LAN login at the agent, with or without the WAN.
+
+The hub is the authority for people. The agent keeps a copy of the *verifiers* of its facility's
+users (argon2id hashes, TOTP secrets where a user has a second factor; never a plaintext
+password), fetched from ``GET /api/v1/devices/verifiers`` at start, every ``verifier_sync_seconds``
+and before a login of a username it does not know. A login is always checked here against that
+copy, so it works the same with the WAN down; the session says whether the copy could be
+refreshed (``offline``).
+
+Sessions are opaque random tokens; the catalogue keeps only their SHA-256. Failed logins back off
+and lock per username (the hub's own lock is honoured too), and login attempts are rate limited
+per client address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyotp
+import structlog
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from relaypacs_agent import audit
+from relaypacs_agent.store.db import Store
+from relaypacs_shared.errors import RelayError
+
+log = structlog.get_logger("relaypacs.agent.web")
+
+UPLOADERS = frozenset({"clinician", "radiographer", "admin"})
+ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
+TOKEN_PREFIX = "rpl_"  # noqa: S105 - a prefix, not a secret
+LOCK_AFTER = 5
+LOCK_SECONDS = 300.0
+
+# Verifying against a made-up hash keeps an unknown username as slow as a wrong password.
+_HASHER = PasswordHasher()
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class LoginRefused(RelayError):
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class LanSession:
+    username: str
+    role: str
+    facilities: list[str]
+    offline: bool
+    expires_at: float
+    token_hash: str = field(repr=False, default="")
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class RateLimiter:
+    """At most ``limit`` events per ``window`` seconds per key (a sliding window, in memory:
+    the agent is one process)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, now: float | None = None) -> float | None:
+        """Record an event; None if allowed, else the seconds until the next one would be."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._events.setdefault(key, deque())
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if len(q) >= self.limit:
+                return q[0] + self.window - now
+            q.append(now)
+            if len(self._events) > 10_000:  # bound memory under a spray of addresses
+                self._events = {k: v for k, v in self._events.items() if v}
+            return None
+
+
+class LanAuth:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        fetch_verifiers: Callable[[], dict[str, Any]] | None,
+        facility: Callable[[], str | None],
+        session_seconds: float = 12 * 3600,
+        sync_seconds: float = 300.0,
+        login_rate: tuple[int, float] = (10, 60.0),
+    ) -> None:
+        self.store = store
+        self.fetch_verifiers = fetch_verifiers
+        self.facility = facility
+        self.session_seconds = session_seconds
+        self.sync_seconds = sync_seconds
+        self.limiter = RateLimiter(*login_rate)
+        self._sync_lock = threading.Lock()
+        self.hub_reachable: bool | None = None
+        self.last_sync_at: float | None = self._meta_float("verifiers_synced_at")
+
+    # -- verifier cache ---------------------------------------------------------------------
+
+    def _meta_float(self, key: str) -> float | None:
+        rows = self.store.query("SELECT value FROM lan_meta WHERE key = ?", (key,))
+        return float(rows[0]["value"]) if rows else None
+
+    def sync(self) -> bool:
+        """Refresh the cached verifiers from the hub; False if the hub could not be asked."""
+        if self.fetch_verifiers is None:
+            return False
+        with self._sync_lock:
+            try:
+                feed = self.fetch_verifiers()
+            except RelayError as exc:
+                self.hub_reachable = False
+                log.info("verifiers_sync_failed", error=type(exc).__name__)
+                return False
+            now = time.time()
+            users = feed.get("users", [])
+            with self.store.tx() as conn:
+                conn.execute("DELETE FROM lan_users")  # a user disabled at the hub is gone here
+                for u in users:
+                    conn.execute(
+                        """INSERT INTO lan_users (username, role, facilities, password_hash,
+                           totp_secret, totp_required, hub_locked_until, synced_at)
+                           VALUES (?,?,?,?,?,?,?,?)""",
+                        (
+                            str(u["username"]),
+                            str(u["role"]),
+                            json.dumps(list(u.get("facilities") or [])),
+                            str(u["password_hash"]),
+                            u.get("totp_secret") or None,
+                            1 if u.get("totp_required") else 0,
+                            _epoch(u.get("locked_until")),
+                            now,
+                        ),
+                    )
+                conn.execute(
+                    "INSERT OR REPLACE INTO lan_meta (key, value) "
+                    "VALUES ('verifiers_synced_at', ?)",
+                    (str(now),),
+                )
+                audit.append(conn, "agent", "lan.verifiers_synced", "hub", users=len(users))
+            self.hub_reachable = True
+            self.last_sync_at = now
+            log.info("verifiers_synced", users=len(users))
+            return True
+
+    def sync_if_stale(self) -> None:
+        if self.last_sync_at is None or time.time() - self.last_sync_at >= self.sync_seconds:
+            self.sync()
+
+    def _user(self, username: str) -> Any:
+        rows = self.store.query("SELECT * FROM lan_users WHERE username = ?", (username,))
+        return rows[0] if rows else None
+
+    # -- login ------------------------------------------------------------------------------
+
+    def login(
+        self,
+        username: str,
+        password: str,
+        totp_code: str | None,
+        client: str,
+    ) -> tuple[str, LanSession]:
+        """Check a login against the cached verifiers; answer a new session token."""
+        wait = self.limiter.hit(client)
+        if wait is not None:
+            raise LoginRefused(
+                429,
+                "rate_limited",
+                "too many login attempts; wait a moment",
+                retry_after=max(1, int(wait + 0.999)),
+            )
+        user = self._user(username)
+        if user is None:
+            # Someone added at the hub since the last sync: ask now (quickly fails offline).
+            self.sync()
+            user = self._user(username)
+        if user is None and self.last_sync_at is None:
+            _verify_password(_DUMMY_HASH, password)
+            raise LoginRefused(
+                503,
+                "no_verifiers",
+                "this agent has not reached the hub yet, so nobody can log in here; "
+                "check the agent's connection to the hub",
+            )
+        now = time.time()
+        locked = self._locked_until(username, user)
+        if locked > now:
+            self._audit_login(username, client, "minor_failure", reason="locked")
+            raise LoginRefused(
+                423,
+                "locked",
+                "too many failed logins; try again later",
+                retry_after=int(locked - now) + 1,
+            )
+        ok = _verify_password(user["password_hash"] if user else _DUMMY_HASH, password)
+        if not ok or user is None:
+            self._failed(username, client, "bad_password")
+            raise LoginRefused(401, "invalid_credentials", "wrong username or password")
+        if not self._facility_ok(user):
+            self._audit_login(username, client, "minor_failure", reason="facility")
+            raise LoginRefused(403, "wrong_facility", "your account is not for this facility")
+        if user["totp_secret"]:
+            if not totp_code:
+                raise LoginRefused(401, "totp_required", "enter the 6-digit code of your app")
+            if not self._totp_ok(user, totp_code):
+                self._failed(username, client, "bad_totp")
+                raise LoginRefused(401, "invalid_credentials", "wrong or expired code")
+        elif user["totp_required"]:
+            self._audit_login(username, client, "minor_failure", reason="totp_not_enrolled")
+            raise LoginRefused(
+                403,
+                "totp_enrollment_required",
+                "your role needs a second factor: sign in at the hub's dashboard once to set it up",
+            )
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        session = LanSession(
+            username=username,
+            role=user["role"],
+            facilities=json.loads(user["facilities"]),
+            offline=self.hub_reachable is not True,
+            expires_at=now + self.session_seconds,
+            token_hash=_sha256(token),
+        )
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM lan_login_failures WHERE username = ?", (username,))
+            conn.execute("DELETE FROM lan_sessions WHERE expires_at < ?", (now,))
+            conn.execute(
+                """INSERT INTO lan_sessions (token_hash, username, role, facilities, offline,
+                   created_at, expires_at, source) VALUES (?,?,?,?,?,?,?,?)""",
+                (
+                    session.token_hash,
+                    username,
+                    session.role,
+                    json.dumps(session.facilities),
+                    1 if session.offline else 0,
+                    now,
+                    session.expires_at,
+                    client,
+                ),
+            )
+            audit.append(
+                conn, username, "lan.login", username, source=client, offline=session.offline
+            )
+        return token, session
+
+    def _facility_ok(self, user: Any) -> bool:
+        mine = self.facility()
+        facilities = json.loads(user["facilities"])
+        # An unrestricted account (no facilities) is valid everywhere, as at the hub.
+        return mine is None or not facilities or mine in facilities
+
+    def _totp_ok(self, user: Any, code: str) -> bool:
+        code = code.strip().replace(" ", "")
+        totp = pyotp.TOTP(user["totp_secret"])
+        if not totp.verify(code, valid_window=1):
+            return False
+        # A code opens one session only: remember the last one used per user.
+        with self.store.tx() as conn:
+            row = conn.execute(
+                "SELECT value FROM lan_meta WHERE key = ?", (f"totp_last:{user['username']}",)
+            ).fetchone()
+            if row is not None and row[0] == code:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)",
+                (f"totp_last:{user['username']}", code),
+            )
+        return True
+
+    def _locked_until(self, username: str, user: Any) -> float:
+        rows = self.store.query(
+            "SELECT locked_until FROM lan_login_failures WHERE username = ?", (username,)
+        )
+        local = float(rows[0]["locked_until"] or 0) if rows else 0.0
+        hub = float(user["hub_locked_until"] or 0) if user is not None else 0.0
+        return max(local, hub)
+
+    def _failed(self, username: str, client: str, reason: str) -> None:
+        now = time.time()
+        with self.store.tx() as conn:
+            row = conn.execute(
+                "SELECT failures FROM lan_login_failures WHERE username = ?", (username,)
+            ).fetchone()
+            failures = (row[0] if row else 0) + 1
+            locked = now + LOCK_SECONDS if failures >= LOCK_AFTER else None
+            conn.execute(
+                "INSERT OR REPLACE INTO lan_login_failures (username, failures, locked_until) "
+                "VALUES (?,?,?)",
+                (username, failures, locked),
+            )
+            audit.append(
+                conn,
+                username,
+                "lan.login",
+                username,
+                outcome="minor_failure",
+                source=client,
+                reason=reason,
+            )
+
+    def _audit_login(self, username: str, client: str, outcome: str, **details: Any) -> None:
+        with self.store.tx() as conn:
+            audit.append(
+                conn, username, "lan.login", username, outcome=outcome, source=client, **details
+            )
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def session(self, token: str) -> LanSession | None:
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        digest = _sha256(token)
+        rows = self.store.query("SELECT * FROM lan_sessions WHERE token_hash = ?", (digest,))
+        if not rows or rows[0]["expires_at"] < time.time():
+            return None
+        r = rows[0]
+        # The account must still exist in the last copy of the hub's verifiers.
+        if self._user(r["username"]) is None:
+            return None
+        return LanSession(
+            username=r["username"],
+            role=r["role"],
+            facilities=json.loads(r["facilities"]),
+            offline=bool(r["offline"]),
+            expires_at=r["expires_at"],
+            token_hash=digest,
+        )
+
+    def logout(self, session: LanSession, client: str) -> None:
+        with self.store.tx() as conn:
+            conn.execute("DELETE FROM lan_sessions WHERE token_hash = ?", (session.token_hash,))
+            audit.append(conn, session.username, "lan.logout", session.username, source=client)
+
+
+def _verify_password(hashed: str, password: str) -> bool:
+    try:
+        return _HASHER.verify(hashed, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _epoch(value: Any) -> float | None:
+    if not value:
+        return None
+    from datetime import UTC, datetime
+
+    dt = datetime.fromisoformat(str(value))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()

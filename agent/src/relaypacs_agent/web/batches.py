@@ -1,0 +1,347 @@
+"""What the PWA sends: batches (one per study picked on a phone, with its service level and
+clinical metadata) and their files, received with tus and taken in by the ingestor.
+
+A file is the agent's once its last byte is written: it is validated, spooled or quarantined
+with its reason exactly like a file dropped in the inbox, and its outcome is kept on the upload
+row so the phone can show it. A crash between the last byte and the ingest is finished at the
+next start (:meth:`BatchService.recover`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relaypacs_agent import audit
+from relaypacs_agent.ingest.pipeline import Ingestor, IngestResult, Source
+from relaypacs_agent.store.db import Store
+from relaypacs_agent.uplink.progress import transfer_progress
+
+log = structlog.get_logger("relaypacs.agent.web")
+
+# Where a study stands, as the PWA names it (least advanced first).
+STAGES = ("agent", "sending", "hub", "pacs")
+
+
+def safe_filename(name: str) -> str:
+    """A browser-supplied name reduced to something safe to show and to keep on disk."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = unicodedata.normalize("NFC", base)
+    base = "".join(c for c in base if c.isprintable() and c not in '<>:"|?*')
+    return base.strip().lstrip(".")[:128] or "upload"
+
+
+class BatchService:
+    def __init__(
+        self, store: Store, ingestor: Ingestor, upload_dir: Path, facility: str | None = None
+    ) -> None:
+        self.store = store
+        self.ingestor = ingestor
+        self.upload_dir = upload_dir
+        self.facility = facility
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        self._ingest_lock = threading.Lock()
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def create_batch(self, username: str, body: dict[str, Any], client: str) -> dict[str, Any]:
+        batch_id = secrets.token_hex(12)
+        now = time.time()
+        with self.store.tx() as conn:
+            conn.execute(
+                """INSERT INTO web_batches (id, created_by, created_at, service_level,
+                   clinical_history, referring_clinician, label, expected_files)
+                   VALUES (?,?,?,?,?,?,?,?)""",
+                (
+                    batch_id,
+                    username,
+                    now,
+                    body["service_level"],
+                    body["clinical_history"],
+                    body["referring_clinician"],
+                    body["label"],
+                    body["expected_files"],
+                ),
+            )
+            audit.append(
+                conn,
+                username,
+                "lan.batch_created",
+                batch_id,
+                source=client,
+                service_level=body["service_level"],
+                expected_files=body["expected_files"],
+            )
+        return self.batch_view(batch_id)
+
+    def batch_row(self, batch_id: str) -> Any:
+        rows = self.store.query("SELECT * FROM web_batches WHERE id = ?", (batch_id,))
+        return rows[0] if rows else None
+
+    def list_batches(self, username: str | None, limit: int = 50) -> list[dict[str, Any]]:
+        if username is None:
+            rows = self.store.query(
+                "SELECT id FROM web_batches ORDER BY created_at DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self.store.query(
+                "SELECT id FROM web_batches WHERE created_by = ? ORDER BY created_at DESC LIMIT ?",
+                (username, limit),
+            )
+        return [self.batch_view(r["id"]) for r in rows]
+
+    def batch_view(self, batch_id: str) -> dict[str, Any]:
+        b = self.batch_row(batch_id)
+        uploads = self.store.query(
+            "SELECT * FROM web_uploads WHERE batch_id = ? AND state != 'terminated'", (batch_id,)
+        )
+        counts = {"received": 0, "accepted": 0, "duplicate": 0, "quarantined": 0}
+        refused = []
+        study_uids: dict[str, int] = {}
+        for u in uploads:
+            if u["state"] != "done":
+                continue
+            counts["received"] += 1
+            outcome = "accepted" if u["outcome"] == "replayed" else u["outcome"]
+            if outcome in counts:
+                counts[outcome] += 1
+            if outcome == "quarantined":
+                refused.append(
+                    {"filename": u["filename"], "reason": u["reason"], "message": u["message"]}
+                )
+            elif u["study_instance_uid"]:
+                study_uids[u["study_instance_uid"]] = study_uids.get(u["study_instance_uid"], 0) + 1
+        return {
+            "id": b["id"],
+            "service_level": b["service_level"],
+            "clinical_history": b["clinical_history"],
+            "referring_clinician": b["referring_clinician"],
+            "label": b["label"],
+            "created_by": b["created_by"],
+            "created_at": b["created_at"],
+            "sent_at": b["sent_at"],
+            "expected_files": b["expected_files"],
+            "files": counts,
+            "refused": refused,
+            "studies": [self._study_view(uid, n) for uid, n in sorted(study_uids.items())],
+        }
+
+    def _study_view(self, uid: str, files: int) -> dict[str, Any]:
+        rows = self.store.query("SELECT * FROM studies WHERE study_instance_uid = ?", (uid,))
+        held = self.store.query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM instances "
+            "WHERE study_instance_uid = ?",
+            (uid,),
+        )[0]
+        with self.store._lock:
+            progress = transfer_progress(self.store.conn, uid)
+        study = rows[0] if rows else None
+        state = study["state"] if study is not None else "receiving"
+        if state == "delivered":
+            stage = "pacs"
+        elif state == "committed":
+            stage = "hub"
+        elif progress is not None and progress["bytes_sent"] > 0:
+            stage = "sending"
+        else:
+            stage = "agent"
+        total = held["bytes"]
+        sent = total if stage in ("hub", "pacs") else (progress or {}).get("bytes_sent", 0)
+        return {
+            "study_instance_uid": uid,
+            "stage": stage,
+            "instances": held["n"],
+            "files_from_this_batch": files,
+            "bytes_total": total,
+            "bytes_sent": sent,
+            "percent": round(100.0 * sent / total, 1) if total else 0.0,
+            "last_error": study["last_error"] if study is not None else None,
+        }
+
+    def send(self, batch_id: str, username: str, client: str) -> dict[str, Any]:
+        """Send the batch's studies now instead of after the quiet period."""
+        uids = [
+            r["study_instance_uid"]
+            for r in self.store.query(
+                "SELECT DISTINCT study_instance_uid FROM web_uploads WHERE batch_id = ? "
+                "AND study_instance_uid IS NOT NULL AND outcome != 'quarantined'",
+                (batch_id,),
+            )
+        ]
+        if uids:
+            self.store.mark_ready(uids)
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE web_batches SET sent_at = COALESCE(sent_at, ?) WHERE id = ?",
+                (time.time(), batch_id),
+            )
+            audit.append(
+                conn, username, "lan.batch_sent", batch_id, source=client, studies=len(uids)
+            )
+        return self.batch_view(batch_id)
+
+    # -- uploads (the tus server's state) ----------------------------------------------------
+
+    def create_upload(self, batch_id: str, username: str, filename: str, length: int) -> Any:
+        upload_id = secrets.token_hex(16)
+        now = time.time()
+        with self.store.tx() as conn:
+            conn.execute(
+                """INSERT INTO web_uploads (id, batch_id, created_by, filename, length,
+                   created_at, updated_at) VALUES (?,?,?,?,?,?,?)""",
+                (upload_id, batch_id, username, safe_filename(filename), length, now, now),
+            )
+        self.part_path(upload_id).touch()
+        return self.upload(upload_id)
+
+    def upload(self, upload_id: str) -> Any:
+        rows = self.store.query("SELECT * FROM web_uploads WHERE id = ?", (upload_id,))
+        return rows[0] if rows else None
+
+    def part_path(self, upload_id: str) -> Path:
+        return self.upload_dir / f"{upload_id}.part"
+
+    def set_offset(self, upload_id: str, offset: int) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE web_uploads SET offset = ?, updated_at = ? WHERE id = ?",
+                (offset, time.time(), upload_id),
+            )
+
+    def finish(self, upload_id: str, client: str) -> Any:
+        """The last byte is here: take the file in (validate, spool or quarantine)."""
+        with self._ingest_lock:
+            row = self.upload(upload_id)
+            if row is None or row["state"] != "open":
+                return row
+            batch = self.batch_row(row["batch_id"])
+            path = self.part_path(upload_id)
+            metadata = {
+                k: v
+                for k, v in {
+                    "clinical_history": batch["clinical_history"],
+                    "referring_clinician": batch["referring_clinician"],
+                    "facility": self.facility or "",
+                    "submitted_by": row["created_by"],
+                }.items()
+                if v
+            }
+            source = Source(
+                kind="pwa",
+                name=row["created_by"],
+                service_level=batch["service_level"],
+                metadata=metadata,
+                owned=True,
+                display_name=row["filename"],
+                source_path=f"pwa:{upload_id}",
+            )
+            if path.exists():
+                result = self.ingestor.ingest(path, source)
+            else:
+                result = self._already_taken(upload_id)
+            path.unlink(missing_ok=True)  # a duplicate's bytes are already in the spool
+            message = result.message or result.reason
+            with self.store.tx() as conn:
+                conn.execute(
+                    """UPDATE web_uploads SET state = 'done', outcome = ?, reason = ?,
+                       message = ?, sop_instance_uid = ?, study_instance_uid = ?, updated_at = ?
+                       WHERE id = ?""",
+                    (
+                        result.outcome,
+                        result.reason or None,
+                        message or None,
+                        result.sop_instance_uid,
+                        result.study_instance_uid,
+                        time.time(),
+                        upload_id,
+                    ),
+                )
+                audit.append(
+                    conn,
+                    row["created_by"],
+                    "lan.upload_received",
+                    upload_id,
+                    outcome="success" if result.outcome != "quarantined" else "minor_failure",
+                    source=client,
+                    batch=row["batch_id"],
+                    result=result.outcome,
+                    reason=result.reason or None,
+                    size=row["length"],
+                )
+            log.info(
+                "lan_upload_taken",
+                upload_id=upload_id,
+                batch=row["batch_id"],
+                outcome=result.outcome,
+                reason=result.reason or None,
+            )
+            return self.upload(upload_id)
+
+    def _already_taken(self, upload_id: str) -> IngestResult:
+        """The file left its upload path before the row said so (a crash in between)."""
+        rows = self.store.query(
+            "SELECT sop_instance_uid, study_instance_uid, size FROM instances "
+            "WHERE source_path = ?",
+            (f"pwa:{upload_id}",),
+        )
+        if rows:
+            r = rows[0]
+            return IngestResult("accepted", "", r[0], r[1], r[2])
+        return IngestResult("quarantined", "lost_in_crash", size=0)
+
+    def terminate(self, upload_id: str) -> None:
+        with self.store.tx() as conn:
+            conn.execute(
+                "UPDATE web_uploads SET state = 'terminated', updated_at = ? "
+                "WHERE id = ? AND state = 'open'",
+                (time.time(), upload_id),
+            )
+        self.part_path(upload_id).unlink(missing_ok=True)
+
+    def recover(self) -> int:
+        """Take in uploads whose last byte arrived before a crash stopped their ingest."""
+        rows = self.store.query(
+            "SELECT id FROM web_uploads WHERE state = 'open' AND offset = length"
+        )
+        for r in rows:
+            self.finish(r["id"], "recovery")
+        return len(rows)
+
+    def summary(self) -> dict[str, int]:
+        row = self.store.query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(length - offset), 0) AS left "
+            "FROM web_uploads WHERE state = 'open'"
+        )[0]
+        return {"open_uploads": row["n"], "bytes_expected": row["left"]}
+
+
+def batch_json(body: Any) -> dict[str, Any]:
+    """Validate a new batch's JSON body; raise ValueError with a plain message."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    level = body.get("service_level", "routine")
+    if level not in ("stat", "routine"):
+        raise ValueError("service_level must be 'stat' or 'routine'")
+    out: dict[str, Any] = {"service_level": level}
+    for key, limit in (("clinical_history", 4000), ("referring_clinician", 200), ("label", 200)):
+        value = body.get(key, "")
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"{key} must be text of at most {limit} characters")
+        out[key] = value.strip()
+    expected = body.get("expected_files", 0)
+    if not isinstance(expected, int) or isinstance(expected, bool) or not 0 <= expected <= 100_000:
+        raise ValueError("expected_files must be a whole number from 0 to 100000")
+    out["expected_files"] = expected
+    return out
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

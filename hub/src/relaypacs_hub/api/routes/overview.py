@@ -1,0 +1,297 @@
+"""The dashboard's read API: the list of studies with where each stands, and delivery statistics.
+
+For radiologists and admins (and the admin machine token), never agents. A user who is not an admin
+sees only the studies of the facilities listed for them (``facility_scope``). Answers carry UIDs,
+facilities, states and times: the hub keeps no patient names or IDs in its database.
+
+A study's state here is derived from its forwarding jobs: ``failed`` when any job is dead,
+``delivered`` when it is committed and every job (at least one) is done, else the study's own state
+(``receiving`` or ``committed``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import ColumnElement, and_, case, false, func, select
+
+from relaypacs_hub.api.deps import State, StudyBrowser, facility_scope
+from relaypacs_hub.db.models import (
+    ForwardJob,
+    Study,
+    StudyFacility,
+    StudyRoute,
+    aware_utc,
+    utcnow,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["dashboard"])
+
+StudyState = Literal["receiving", "committed", "delivered", "failed"]
+STUDY_STATES: tuple[str, ...] = ("receiving", "committed", "delivered", "failed")
+JOB_STATES: tuple[str, ...] = ("pending", "running", "held", "done", "dead")
+# The offset is a SQL integer: beyond it is a 422, not a driver overflow (a 500).
+MAX_OFFSET = 2**31 - 1
+# Time to PACS statistics read at most this many recent jobs (computed in Python: percentile
+# functions differ between SQLite and PostgreSQL).
+MAX_TIMING_ROWS = 100_000
+# A facility is free text set by admins; NUL is the one character PostgreSQL text refuses.
+Facility = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]+$")]
+
+
+class DestinationState(BaseModel):
+    name: str
+    state: str
+    attempts: int
+    last_error: str | None
+    completed_at: datetime | None
+    time_to_pacs_seconds: float | None
+
+
+class StudySummary(BaseModel):
+    study_instance_uid: str
+    facility: str | None
+    service_level: str
+    state: str = Field(description="receiving, committed, delivered or failed (see above).")
+    instance_count: int
+    first_received_at: datetime | None
+    agent_received_at: datetime | None
+    committed_at: datetime | None
+    delivered_at: datetime | None = Field(
+        description="When the last destination confirmed it, once every destination has."
+    )
+    time_to_pacs_seconds: float | None = Field(
+        description="The longest time to PACS over the destinations that have it; else null."
+    )
+    destinations: list[DestinationState]
+
+
+class StudyPage(BaseModel):
+    total: int
+    studies: list[StudySummary]
+
+
+class Stats(BaseModel):
+    studies_by_state: dict[str, int]
+    jobs_by_state: dict[str, int]
+    delivered_24h: int = Field(description="Studies delivered in the last 24 hours.")
+    time_to_pacs_median_seconds: float | None = Field(
+        description="Over the jobs done in the last 7 days."
+    )
+    time_to_pacs_p95_seconds: float | None
+    dead_jobs: int
+
+
+# -- the derived study view ----------------------------------------------------------------------
+
+
+def _jobs_per_study() -> Any:
+    done = ForwardJob.state == "done"
+    return (
+        select(
+            ForwardJob.study_instance_uid.label("uid"),
+            func.count().label("jobs"),
+            func.sum(case((done, 1), else_=0)).label("done"),
+            func.sum(case((ForwardJob.state == "dead", 1), else_=0)).label("dead"),
+            func.max(ForwardJob.completed_at).label("last_completed"),
+            func.max(case((done, ForwardJob.time_to_pacs_seconds))).label("ttp"),
+        )
+        .group_by(ForwardJob.study_instance_uid)
+        .subquery("job_totals")
+    )
+
+
+class _View:
+    """Study joined with its job totals and facility; ``state`` is the derived state."""
+
+    def __init__(self) -> None:
+        self.jobs = _jobs_per_study()
+        jobs = func.coalesce(self.jobs.c.jobs, 0)
+        self.state: ColumnElement[str] = case(
+            (func.coalesce(self.jobs.c.dead, 0) > 0, "failed"),
+            (and_(Study.state == "committed", jobs > 0, self.jobs.c.done == jobs), "delivered"),
+            else_=Study.state,
+        )
+        # As ``devices.study_facility``: a device's record first, else the commit's.
+        self.facility: ColumnElement[Any] = func.coalesce(
+            StudyFacility.facility, StudyRoute.facility
+        )
+
+    def select(self, *columns: Any) -> Any:
+        return (
+            select(*columns)
+            .select_from(Study)
+            .outerjoin(self.jobs, self.jobs.c.uid == Study.study_instance_uid)
+            .outerjoin(StudyRoute, StudyRoute.study_instance_uid == Study.study_instance_uid)
+            .outerjoin(StudyFacility, StudyFacility.study_instance_uid == Study.study_instance_uid)
+        )
+
+
+def _scope_condition(
+    facility_col: ColumnElement[Any], scope: list[str] | None
+) -> list[ColumnElement[bool]]:
+    if scope is None:
+        return []
+    if not scope:
+        return [false()]
+    return [facility_col.in_(scope)]
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@router.get("/studies", response_model=StudyPage)
+async def list_studies(
+    state: State,
+    who: StudyBrowser,
+    study_state: Annotated[StudyState | None, Query(alias="state")] = None,
+    facility: Facility = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> StudyPage:
+    """Studies, most recently received first, each with its destinations. ``?state=failed``
+    lists those with a dead forwarding job; ``?facility=`` one facility's."""
+    view = _View()
+    conditions = _scope_condition(view.facility, facility_scope(who))
+    if study_state is not None:
+        conditions.append(view.state == study_state)
+    if facility is not None:
+        conditions.append(view.facility == facility)
+    async with state.sessionmaker() as session:
+        total = await session.scalar(view.select(func.count()).where(*conditions))
+        rows = (
+            await session.execute(
+                view.select(
+                    Study,
+                    view.state,
+                    view.facility,
+                    StudyRoute.agent_received_at,
+                    view.jobs.c.last_completed,
+                    view.jobs.c.ttp,
+                )
+                .where(*conditions)
+                .order_by(Study.first_received_at.desc(), Study.study_instance_uid.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+        by_study: dict[str, list[ForwardJob]] = defaultdict(list)
+        if rows:
+            for job in await session.scalars(
+                select(ForwardJob)
+                .where(ForwardJob.study_instance_uid.in_([r[0].study_instance_uid for r in rows]))
+                .order_by(ForwardJob.destination)
+            ):
+                by_study[job.study_instance_uid].append(job)
+    studies = []
+    for study, derived, fac, agent_received_at, last_completed, ttp in rows:
+        studies.append(
+            StudySummary(
+                study_instance_uid=study.study_instance_uid,
+                facility=fac,
+                service_level=study.service_level,
+                state=derived,
+                instance_count=study.instance_count,
+                first_received_at=aware_utc(study.first_received_at),
+                agent_received_at=aware_utc(agent_received_at),
+                committed_at=aware_utc(study.committed_at),
+                delivered_at=aware_utc(last_completed) if derived == "delivered" else None,
+                time_to_pacs_seconds=ttp,
+                destinations=[
+                    DestinationState(
+                        name=j.destination,
+                        state=j.state,
+                        attempts=j.attempts,
+                        last_error=j.last_error,
+                        completed_at=aware_utc(j.completed_at),
+                        time_to_pacs_seconds=j.time_to_pacs_seconds,
+                    )
+                    for j in by_study[study.study_instance_uid]
+                ],
+            )
+        )
+    return StudyPage(total=total or 0, studies=studies)
+
+
+@router.get("/stats", response_model=Stats)
+async def stats(state: State, who: StudyBrowser) -> Stats:
+    """Counts of studies and jobs by state, studies delivered in the last 24 hours, and the
+    median and 95th percentile time to PACS over the last 7 days."""
+    scope = facility_scope(who)
+    view = _View()
+    study_scope = _scope_condition(view.facility, scope)
+    now = utcnow()
+    async with state.sessionmaker() as session:
+        studies = dict(
+            (
+                await session.execute(
+                    view.select(view.state, func.count()).where(*study_scope).group_by(view.state)
+                )
+            ).all()
+        )
+        delivered_24h = await session.scalar(
+            view.select(func.count()).where(
+                *study_scope,
+                view.state == "delivered",
+                view.jobs.c.last_completed >= now - timedelta(hours=24),
+            )
+        )
+        jobs = dict(
+            (
+                await session.execute(
+                    _scoped_jobs(select(ForwardJob.state, func.count()), scope).group_by(
+                        ForwardJob.state
+                    )
+                )
+            ).all()
+        )
+        times = sorted(
+            t
+            for t in await session.scalars(
+                _scoped_jobs(select(ForwardJob.time_to_pacs_seconds), scope)
+                .where(
+                    ForwardJob.state == "done",
+                    ForwardJob.time_to_pacs_seconds.is_not(None),
+                    ForwardJob.completed_at >= now - timedelta(days=7),
+                )
+                .order_by(ForwardJob.completed_at.desc())
+                .limit(MAX_TIMING_ROWS)
+            )
+            if t is not None
+        )
+    return Stats(
+        studies_by_state={s: int(studies.get(s, 0)) for s in STUDY_STATES},
+        jobs_by_state={s: int(jobs.get(s, 0)) for s in JOB_STATES},
+        delivered_24h=delivered_24h or 0,
+        time_to_pacs_median_seconds=percentile(times, 0.5),
+        time_to_pacs_p95_seconds=percentile(times, 0.95),
+        dead_jobs=int(jobs.get("dead", 0)),
+    )
+
+
+def _scoped_jobs(stmt: Any, scope: list[str] | None) -> Any:
+    """``stmt`` over forwarding jobs, limited to the studies of ``scope``'s facilities."""
+    if scope is None:
+        return stmt
+    facility = func.coalesce(StudyFacility.facility, StudyRoute.facility)
+    return (
+        stmt.select_from(ForwardJob)
+        .outerjoin(StudyRoute, StudyRoute.study_instance_uid == ForwardJob.study_instance_uid)
+        .outerjoin(StudyFacility, StudyFacility.study_instance_uid == ForwardJob.study_instance_uid)
+        .where(*_scope_condition(facility, scope))
+    )
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The q-quantile of sorted values, interpolated linearly between ranks; None when empty."""
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * q
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

@@ -1,0 +1,178 @@
+"""LAN login at the agent: checked against verifiers cached from the hub, with the WAN up or
+down; lockout, TOTP, facility and account changes at the hub all hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyotp
+
+from tests.agent.webfix import PASSWORD, FakeHub, user, web_app
+
+
+async def test_login_online_then_offline_with_the_hub_down(tmp_path: Path) -> None:
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "clinician1", "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["role"] == "clinician" and body["offline"] is False
+        assert body["token"].startswith("rpl_")
+        me = await web.client.get(
+            "/api/v1/auth/me", headers={"Authorization": f"Bearer {body['token']}"}
+        )
+        assert me.status_code == 200 and me.json()["username"] == "clinician1"
+
+        hub.down = True
+        web.auth.sync()  # the next refresh fails: the copy stays
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "radiographer1", "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["offline"] is True
+
+
+async def test_no_plaintext_password_or_token_is_kept(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        headers = await web.login("clinician1")
+        web.store.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("agent.db*"))
+        assert PASSWORD.encode() not in raw
+        assert headers["Authorization"].split()[1].encode() not in raw
+        assert b"$argon2id$" in raw  # the verifier is what is kept
+
+
+async def test_before_any_contact_with_the_hub_nobody_can_log_in(tmp_path: Path) -> None:
+    hub = FakeHub(down=True)
+    async with web_app(tmp_path, hub=hub, sync_first=False) as web:
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "clinician1", "password": PASSWORD}
+        )
+        assert r.status_code == 503
+        assert r.json()["code"] == "no_verifiers"
+        assert "has not reached the hub" in r.json()["detail"]
+
+
+async def test_wrong_password_then_lockout(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        for _ in range(5):
+            r = await web.client.post(
+                "/api/v1/auth/login", json={"username": "clinician1", "password": "nope"}
+            )
+            assert r.status_code == 401 and r.json()["code"] == "invalid_credentials"
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "clinician1", "password": PASSWORD}
+        )
+        assert r.status_code == 423
+        assert r.json()["code"] == "locked"
+        assert int(r.headers["retry-after"]) > 0
+        # The audit chain records each failure and the refusal, never the password.
+        rows = web.store.query("SELECT action, outcome, details FROM audit_log")
+        failures = [
+            x for x in rows if x["action"] == "lan.login" and x["outcome"] == "minor_failure"
+        ]
+        assert len(failures) == 6
+        assert all(PASSWORD not in x["details"] and "nope" not in x["details"] for x in rows)
+
+
+async def test_unknown_user_is_as_wrong_as_a_wrong_password(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "ghost", "password": PASSWORD}
+        )
+        assert r.status_code == 401 and r.json()["code"] == "invalid_credentials"
+
+
+async def test_a_user_added_at_the_hub_can_log_in_at_once(tmp_path: Path) -> None:
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        hub.users.append(user("newcomer", "clinician"))
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "newcomer", "password": PASSWORD}
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_a_user_removed_at_the_hub_loses_the_session_at_next_sync(tmp_path: Path) -> None:
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        headers = await web.login("clinician1")
+        assert (await web.client.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        hub.users = [u for u in hub.users if u["username"] != "clinician1"]
+        assert web.auth.sync()
+        assert (await web.client.get("/api/v1/auth/me", headers=headers)).status_code == 401
+
+
+async def test_other_facility_refused_unrestricted_allowed(tmp_path: Path) -> None:
+    hub = FakeHub(users=[user("south1", "clinician", ["south"]), user("roamer", "admin", [])])
+    async with web_app(tmp_path, hub=hub, facility="north") as web:
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "south1", "password": PASSWORD}
+        )
+        assert r.status_code == 403 and r.json()["code"] == "wrong_facility"
+        await web.login("roamer")
+
+
+async def test_totp_from_the_hub_is_checked_offline_and_a_code_works_once(tmp_path: Path) -> None:
+    secret = pyotp.random_base32()
+    hub = FakeHub(users=[user("doc", "radiographer", totp_secret=secret)])
+    async with web_app(tmp_path, hub=hub) as web:
+        hub.down = True
+        web.auth.sync()
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "doc", "password": PASSWORD}
+        )
+        assert r.status_code == 401 and r.json()["code"] == "totp_required"
+        code = pyotp.TOTP(secret).now()
+        r = await web.client.post(
+            "/api/v1/auth/login",
+            json={
+                "username": "doc",
+                "password": PASSWORD,
+                "totp_code": "000000" if code != "000000" else "111111",
+            },
+        )
+        assert r.status_code == 401 and r.json()["code"] == "invalid_credentials"
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "doc", "password": PASSWORD, "totp_code": code}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["offline"] is True
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "doc", "password": PASSWORD, "totp_code": code}
+        )
+        assert r.status_code == 401  # replayed code
+
+
+async def test_role_needing_2fa_without_enrollment_is_sent_to_the_hub(tmp_path: Path) -> None:
+    hub = FakeHub(users=[user("boss", "admin", totp_required=True)])
+    async with web_app(tmp_path, hub=hub) as web:
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "boss", "password": PASSWORD}
+        )
+        assert r.status_code == 403
+        assert r.json()["code"] == "totp_enrollment_required"
+
+
+async def test_login_rate_limit_per_address(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        codes = []
+        for i in range(12):
+            r = await web.client.post(
+                "/api/v1/auth/login", json={"username": f"x{i}", "password": "y"}
+            )
+            codes.append(r.status_code)
+        assert codes[:10] == [401] * 10
+        assert codes[10:] == [429, 429]
+        assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_malformed_login_bodies_are_422(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        for body in (b"not json", b"[]", b'{"username": 1, "password": "x"}', b"{}"):
+            r = await web.client.post(
+                "/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code == 422, body
