@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: demo test test-fast lint install system-deps services npm-deps bench-ingest bench-wan bench-forward clean
+.PHONY: demo test test-fast lint install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -15,10 +15,16 @@ system-deps:  ## Debian packages the integration tests use as real peers
 npm-deps:  ## third-party tus client (tus-js-client) the interoperability tests run under Node
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 
+pwa:  ## build the PWA (upload app served by the agent, dashboard served by the hub) into pwa/dist
+	cd pwa && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm run size
+
+pwa-test: pwa  ## the PWA's unit tests (Vitest): DICOM headers in the browser, the upload queue
+	cd pwa && npm test
+
 services:  ## start PostgreSQL if this machine is not already running it
 	@bash scripts/ensure-services.sh
 
-demo: install  ## hub + agent on embedded defaults, in the foreground (Ctrl-C stops both)
+demo: install pwa  ## hub + agent on embedded defaults, in the foreground (Ctrl-C stops both)
 	@bash scripts/demo.sh
 
 lint: install
@@ -27,7 +33,7 @@ lint: install
 	$(UV) run mypy
 	$(UV) run lint-imports
 
-test: system-deps install npm-deps services lint  ## everything: lint, unit and integration tests
+test: system-deps install npm-deps services lint pwa-test  ## everything: lint, Vitest, unit and integration tests (browser ones included)
 	$(UV) run pytest -q
 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)
@@ -43,4 +49,4 @@ bench-forward: install system-deps  ## hub -> Orthanc forwarding rate vs direct 
 	$(UV) run python bench/forward/run.py
 
 clean:
-	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache artifacts pwa/dist

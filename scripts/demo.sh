@@ -7,6 +7,7 @@ UV=${UV:-$(command -v uv || echo "$HOME/.local/bin/uv")}
 DEMO_DIR=${DEMO_DIR:-var/demo}
 DEMO_PORT=${DEMO_PORT:-8080}
 DEMO_DICOM_PORT=${DEMO_DICOM_PORT:-11112}
+DEMO_WEB_PORT=${DEMO_WEB_PORT:-8081}
 mkdir -p "$DEMO_DIR/inbox" "$DEMO_DIR/archive"
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 cat > "$DEMO_DIR/destinations.toml" <<TOML
@@ -25,6 +26,19 @@ export RELAYPACS_AGENT_HUB_URL="http://127.0.0.1:$DEMO_PORT"
 export RELAYPACS_AGENT_QUIET_PERIOD_SECONDS=${RELAYPACS_AGENT_QUIET_PERIOD_SECONDS:-5}
 export RELAYPACS_AGENT_DIMSE_PORT="$DEMO_DICOM_PORT"
 export RELAYPACS_AGENT_DIMSE_AE_TITLE=${RELAYPACS_AGENT_DIMSE_AE_TITLE:-RELAYPACS}
+export RELAYPACS_AGENT_WEB_PORT="$DEMO_WEB_PORT"
+export RELAYPACS_AGENT_VERIFIER_SYNC_SECONDS=${RELAYPACS_AGENT_VERIFIER_SYNC_SECONDS:-30}
+
+# A demo account for the PWA and the dashboard, made once with a random password kept beside
+# the demo's data (development only: the embedded defaults are not for production).
+if [ ! -f "$DEMO_DIR/demo-login.txt" ]; then
+  demo_password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=' | cut -c1-16)
+  RELAYPACS_HUB_BOOTSTRAP_PASSWORD="$demo_password" \
+    "$UV" run --frozen relaypacs-hub create-admin --username demo >/dev/null
+  printf 'username: demo\npassword: %s\n' "$demo_password" > "$DEMO_DIR/demo-login.txt"
+  chmod 600 "$DEMO_DIR/demo-login.txt"
+fi
+demo_password=$(sed -n 's/^password: //p' "$DEMO_DIR/demo-login.txt")
 
 hub_pid=""; agent_pid=""
 stop() {
@@ -54,6 +68,8 @@ cat <<TXT
   RelayPACS demo is running (hub on http://127.0.0.1:$DEMO_PORT, agent watching a folder and
   listening for DICOM C-STORE on port $DEMO_DICOM_PORT, AE title $RELAYPACS_AGENT_DIMSE_AE_TITLE).
 
+    upload from a phone/PC:  http://127.0.0.1:$DEMO_WEB_PORT/  (the agent's PWA; sign in as demo / $demo_password)
+    hub dashboard:           http://127.0.0.1:$DEMO_PORT/dashboard/  (same login)
     drop DICOM files into:   $DEMO_DIR/inbox/
     they arrive in:          $DEMO_DIR/archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     refused files go to:     $DEMO_DIR/agent/quarantine/ (with a .reason.json beside each)

@@ -47,6 +47,7 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
         "DEMO_DIR": str(demo_dir),
         "DEMO_PORT": str(port),
         "DEMO_DICOM_PORT": str(free_port()),
+        "DEMO_WEB_PORT": str(free_port()),
         "RELAYPACS_AGENT_QUIET_PERIOD_SECONDS": "2",
         "RELAYPACS_AGENT_SETTLE_SECONDS": "0.5",
         "RELAYPACS_AGENT_STATUS_POLL_SECONDS": "1",

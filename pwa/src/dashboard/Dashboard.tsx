@@ -1,0 +1,474 @@
+import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from 'react'
+import { formatAgo, formatDuration, isoToMs } from '../lib/format'
+import { hasTokens, hub, HubError, login, logout, setSignedOutHandler, type Job, type Me, type Stats, type Study } from './api'
+
+type Tab = 'overview' | 'studies' | 'dead' | 'agents' | 'users'
+const TABS: Array<{ id: Tab; label: string; admin: boolean }> = [
+  { id: 'overview', label: 'Overview', admin: false },
+  { id: 'studies', label: 'Studies', admin: false },
+  { id: 'dead', label: 'Dead jobs', admin: true },
+  { id: 'agents', label: 'Agents', admin: true },
+  { id: 'users', label: 'Users', admin: true },
+]
+
+function message(e: unknown): string {
+  if (e instanceof HubError) {
+    if (e.status === 403) return 'Your role may not see this.'
+    return e.message
+  }
+  return e instanceof Error ? e.message : String(e)
+}
+
+function ErrorBox({ error }: { error: string | null }) {
+  if (!error) return null
+  return (
+    <div role="alert" className="rounded-lg border border-red-300 bg-red-50 px-3 py-2 text-sm text-red-900">
+      {error}
+    </div>
+  )
+}
+
+/** Load data, refresh every `ms`; returns [data, error, reload]. */
+function useLoad<T>(fn: () => Promise<T>, ms = 10_000): [T | null, string | null, () => void] {
+  const [data, setData] = useState<T | null>(null)
+  const [error, setError] = useState<string | null>(null)
+  const [n, setN] = useState(0)
+  const reload = useCallback(() => setN((x) => x + 1), [])
+  useEffect(() => {
+    let alive = true
+    const run = () =>
+      fn().then(
+        (d) => {
+          if (alive) {
+            setData(d)
+            setError(null)
+          }
+        },
+        (e) => alive && setError(message(e)),
+      )
+    void run()
+    const t = setInterval(() => document.visibilityState === 'visible' && void run(), ms)
+    return () => {
+      alive = false
+      clearInterval(t)
+    }
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [n, ms, fn])
+  return [data, error, reload]
+}
+
+function LoginForm({ onDone }: { onDone: () => void }) {
+  const [username, setUsername] = useState('')
+  const [password, setPassword] = useState('')
+  const [totp, setTotp] = useState('')
+  const [needTotp, setNeedTotp] = useState(false)
+  const [error, setError] = useState<string | null>(null)
+  const [busy, setBusy] = useState(false)
+  async function submit(e: FormEvent) {
+    e.preventDefault()
+    setBusy(true)
+    setError(null)
+    try {
+      await login(username.trim(), password, needTotp ? totp : undefined)
+      onDone()
+    } catch (err) {
+      if (err instanceof HubError && err.code === 'totp_required') {
+        if (needTotp) setError(err.message)
+        setNeedTotp(true)
+      } else setError(message(err))
+    } finally {
+      setBusy(false)
+    }
+  }
+  return (
+    <form onSubmit={submit} className="card mx-auto mt-8 flex w-full max-w-sm flex-col gap-4" aria-labelledby="dlogin">
+      <h2 id="dlogin" className="text-xl font-semibold">
+        Sign in to the hub
+      </h2>
+      <div>
+        <label className="label" htmlFor="d-user">
+          Username
+        </label>
+        <input id="d-user" className="field" autoComplete="username" value={username} onChange={(e) => setUsername(e.target.value)} />
+      </div>
+      <div>
+        <label className="label" htmlFor="d-pass">
+          Password
+        </label>
+        <input id="d-pass" className="field" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} />
+      </div>
+      {needTotp && (
+        <div>
+          <label className="label" htmlFor="d-totp">
+            6-digit code
+          </label>
+          <input id="d-totp" className="field" inputMode="numeric" autoComplete="one-time-code" maxLength={6} autoFocus value={totp} onChange={(e) => setTotp(e.target.value.replace(/\D/g, ''))} />
+        </div>
+      )}
+      <ErrorBox error={error} />
+      <button className="btn-primary" type="submit" disabled={busy || !username || !password}>
+        {busy ? 'Signing in…' : 'Sign in'}
+      </button>
+    </form>
+  )
+}
+
+function Table({ testId, caption, head, children, empty }: { testId: string; caption: string; head: string[]; children: ReactNode[]; empty: string }) {
+  return (
+    <div className="overflow-x-auto rounded-xl border border-slate-200 bg-white">
+      <table data-testid={testId} className="w-full min-w-[40rem] border-collapse text-left text-sm">
+        <caption className="sr-only">{caption}</caption>
+        <thead className="bg-slate-100 text-slate-800">
+          <tr>
+            {head.map((h) => (
+              <th key={h} scope="col" className="px-3 py-2 font-semibold">
+                {h}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>
+          {children.length ? (
+            children
+          ) : (
+            <tr>
+              <td colSpan={head.length} className="px-3 py-6 text-center text-slate-700">
+                {empty}
+              </td>
+            </tr>
+          )}
+        </tbody>
+      </table>
+    </div>
+  )
+}
+
+function Pill({ state }: { state: string }) {
+  const tone: Record<string, string> = {
+    delivered: 'bg-emerald-100 text-emerald-900',
+    done: 'bg-emerald-100 text-emerald-900',
+    dead: 'bg-red-100 text-red-900',
+    failed: 'bg-red-100 text-red-900',
+    held: 'bg-amber-100 text-amber-950',
+    pending: 'bg-slate-200 text-slate-900',
+    running: 'bg-sky-100 text-sky-950',
+  }
+  return <span className={`inline-block rounded-full px-2 py-0.5 text-xs font-semibold ${tone[state] ?? 'bg-slate-200 text-slate-900'}`}>{state}</span>
+}
+
+function Overview() {
+  const [s, error] = useLoad<Stats>(hub.stats, 10_000)
+  const cell = (k: string, v: ReactNode, testId?: string) => (
+    <div className="card" data-testid={testId}>
+      <dt className="text-sm text-slate-700">{k}</dt>
+      <dd className="text-2xl font-semibold tabular-nums">{v}</dd>
+    </div>
+  )
+  return (
+    <section aria-labelledby="ov" className="flex flex-col gap-4" data-testid="dash-overview">
+      <h2 id="ov" className="text-lg font-semibold">
+        Overview
+      </h2>
+      <ErrorBox error={error} />
+      {s && (
+        <>
+          <dl className="grid grid-cols-2 gap-3 md:grid-cols-4">
+            {cell('Delivered in 24 h', s.delivered_24h, 'dash-delivered-24h')}
+            {cell('Time to PACS (median)', formatDuration(s.time_to_pacs_median_seconds))}
+            {cell('Time to PACS (95th pct.)', formatDuration(s.time_to_pacs_p95_seconds))}
+            {cell('Dead jobs', s.dead_jobs, 'dash-dead-count')}
+          </dl>
+          <div className="grid gap-3 md:grid-cols-2">
+            {(
+              [
+                ['Studies by state', s.studies_by_state],
+                ['Jobs by state', s.jobs_by_state],
+              ] as const
+            ).map(([title, counts]) => (
+              <div key={title} className="card">
+                <h3 className="mb-2 font-semibold">{title}</h3>
+                <ul className="flex flex-col gap-1 text-sm">
+                  {Object.entries(counts).length === 0 && <li className="text-slate-700">None</li>}
+                  {Object.entries(counts).map(([k, v]) => (
+                    <li key={k} className="flex justify-between">
+                      <Pill state={k} /> <span className="tabular-nums">{v}</span>
+                    </li>
+                  ))}
+                </ul>
+              </div>
+            ))}
+          </div>
+        </>
+      )}
+    </section>
+  )
+}
+
+const PAGE = 50
+function Studies() {
+  const [state, setState] = useState('')
+  const [offset, setOffset] = useState(0)
+  const load = useCallback(() => hub.studies({ limit: PAGE, offset, state }), [offset, state])
+  const [data, error] = useLoad(load, 10_000)
+  const [stats] = useLoad<Stats>(hub.stats, 60_000)
+  const states = [...new Set(['receiving', 'committed', ...Object.keys(stats?.studies_by_state ?? {})])]
+  return (
+    <section aria-labelledby="st" className="flex flex-col gap-3">
+      <div className="flex flex-wrap items-end justify-between gap-3">
+        <h2 id="st" className="text-lg font-semibold">
+          Studies {data ? <span className="text-sm font-normal text-slate-700">({data.total})</span> : null}
+        </h2>
+        <div>
+          <label htmlFor="st-state" className="label">
+            State
+          </label>
+          <select
+            id="st-state"
+            className="field py-2"
+            value={state}
+            onChange={(e) => {
+              setState(e.target.value)
+              setOffset(0)
+            }}
+          >
+            <option value="">All</option>
+            {states.map((s) => (
+              <option key={s} value={s}>
+                {s}
+              </option>
+            ))}
+          </select>
+        </div>
+      </div>
+      <ErrorBox error={error} />
+      <Table
+        testId="dash-studies-table"
+        caption="Studies"
+        head={['Study', 'Facility', 'Level', 'State', 'Images', 'Received', 'Destinations', 'Time to PACS']}
+        empty="No studies."
+      >
+        {(data?.studies ?? []).map((s: Study) => (
+          <tr key={s.study_instance_uid} className="border-t border-slate-200 align-top" data-testid="dash-study-row" data-state={s.state}>
+            <td className="max-w-48 truncate px-3 py-2 font-mono text-xs" title={s.study_instance_uid}>
+              {s.study_instance_uid}
+            </td>
+            <td className="px-3 py-2">{s.facility}</td>
+            <td className="px-3 py-2">{s.service_level === 'stat' ? <strong className="text-red-800">STAT</strong> : 'Routine'}</td>
+            <td className="px-3 py-2">
+              <Pill state={s.state} />
+            </td>
+            <td className="px-3 py-2 tabular-nums">{s.instance_count}</td>
+            <td className="px-3 py-2">{formatAgo(isoToMs(s.first_received_at))}</td>
+            <td className="px-3 py-2">
+              <ul className="flex flex-col gap-1">
+                {s.destinations.map((d) => (
+                  <li key={d.name}>
+                    {d.name}: <Pill state={d.state} />
+                    {d.attempts > 1 ? ` (${d.attempts} attempts)` : ''}
+                    {d.last_error && d.state !== 'done' ? <span className="block text-xs text-red-800">{d.last_error}</span> : null}
+                  </li>
+                ))}
+              </ul>
+            </td>
+            <td className="px-3 py-2 tabular-nums">{formatDuration(s.time_to_pacs_seconds)}</td>
+          </tr>
+        ))}
+      </Table>
+      {data && data.total > PAGE && (
+        <nav aria-label="Pages" className="flex items-center gap-3">
+          <button className="btn-secondary" disabled={offset === 0} onClick={() => setOffset(Math.max(0, offset - PAGE))}>
+            Previous
+          </button>
+          <span className="text-sm">
+            {offset + 1}–{Math.min(offset + PAGE, data.total)} of {data.total}
+          </span>
+          <button className="btn-secondary" disabled={offset + PAGE >= data.total} onClick={() => setOffset(offset + PAGE)}>
+            Next
+          </button>
+        </nav>
+      )}
+    </section>
+  )
+}
+
+function DeadJobs() {
+  const [data, error, reload] = useLoad(hub.deadJobs, 10_000)
+  const [note, setNote] = useState<string | null>(null)
+  const [busy, setBusy] = useState(false)
+  async function act(fn: () => Promise<string>) {
+    setBusy(true)
+    try {
+      setNote(await fn())
+    } catch (e) {
+      setNote(message(e))
+    } finally {
+      setBusy(false)
+      reload()
+    }
+  }
+  const jobs = data?.jobs ?? []
+  return (
+    <section aria-labelledby="dj" className="flex flex-col gap-3" data-testid="dash-dead-jobs">
+      <div className="flex flex-wrap items-center justify-between gap-3">
+        <h2 id="dj" className="text-lg font-semibold">
+          Dead jobs {data ? <span className="text-sm font-normal text-slate-700">({data.total})</span> : null}
+        </h2>
+        <button className="btn-primary" disabled={busy || jobs.length === 0} onClick={() => void act(async () => {
+          const r = await hub.retryDead()
+          return r.retried.length === 1 ? '1 job queued again.' : `${r.retried.length} jobs queued again.`
+        })}>
+          Retry all dead jobs
+        </button>
+      </div>
+      {note && <p role="status" className="text-sm">{note}</p>}
+      <ErrorBox error={error} />
+      <Table testId="dash-dead-jobs-table" caption="Dead forwarding jobs" head={['Job', 'Study', 'Destination', 'Attempts', 'Last error', 'Updated', '']} empty="No dead jobs.">
+        {jobs.map((j: Job) => (
+          <tr key={j.id} className="border-t border-slate-200 align-top" data-testid="dash-dead-job">
+            <td className="px-3 py-2 tabular-nums">{j.id}</td>
+            <td className="max-w-48 truncate px-3 py-2 font-mono text-xs" title={j.study_instance_uid}>
+              {j.study_instance_uid}
+            </td>
+            <td className="px-3 py-2">{j.destination}</td>
+            <td className="px-3 py-2 tabular-nums">{j.attempts}</td>
+            <td className="max-w-80 px-3 py-2 text-red-900">{j.last_error ?? '–'}</td>
+            <td className="px-3 py-2">{formatAgo(isoToMs(j.updated_at))}</td>
+            <td className="px-3 py-2">
+              <button className="btn-secondary min-h-10 px-3 text-sm" disabled={busy} aria-label={`Retry job ${j.id}`} onClick={() => void act(async () => (await hub.retryJob(j.id), `Job ${j.id} queued again.`))}>
+                Retry
+              </button>
+            </td>
+          </tr>
+        ))}
+      </Table>
+    </section>
+  )
+}
+
+function Agents() {
+  const [data, error] = useLoad(hub.devices, 15_000)
+  return (
+    <section aria-labelledby="ag" className="flex flex-col gap-3" data-testid="dash-agents">
+      <h2 id="ag" className="text-lg font-semibold">
+        Agents
+      </h2>
+      <ErrorBox error={error} />
+      <Table testId="dash-agents-table" caption="Enrolled agents" head={['Name', 'Facility', 'Last contact', 'Enrolled', 'Status']} empty="No agents enrolled.">
+        {(data ?? []).map((d) => {
+          const seen = isoToMs(d.last_seen_at)
+          const stale = seen === null || Date.now() - seen > 15 * 60_000
+          return (
+            <tr key={d.id} className="border-t border-slate-200" data-testid="dash-agent">
+              <td className="px-3 py-2 font-medium">{d.name}</td>
+              <td className="px-3 py-2">{d.facility}</td>
+              <td className={`px-3 py-2 ${stale && !d.revoked_at ? 'font-semibold text-amber-900' : ''}`}>
+                {seen === null ? 'never' : `last contact ${formatAgo(seen)}`}
+              </td>
+              <td className="px-3 py-2">{formatAgo(isoToMs(d.created_at))}</td>
+              <td className="px-3 py-2">{d.revoked_at ? <Pill state="revoked" /> : <Pill state={stale ? 'held' : 'done'} />}</td>
+            </tr>
+          )
+        })}
+      </Table>
+    </section>
+  )
+}
+
+function Users() {
+  const [data, error] = useLoad(hub.users, 30_000)
+  return (
+    <section aria-labelledby="us" className="flex flex-col gap-3" data-testid="dash-users">
+      <h2 id="us" className="text-lg font-semibold">
+        Users
+      </h2>
+      <ErrorBox error={error} />
+      <Table testId="dash-users-table" caption="Users" head={['Username', 'Role', 'Facilities', '2FA', 'Status']} empty="No users.">
+        {(data ?? []).map((u) => {
+          const locked = (isoToMs(u.locked_until) ?? 0) > Date.now()
+          return (
+            <tr key={u.username} className="border-t border-slate-200" data-testid="dash-user">
+              <td className="px-3 py-2 font-medium">{u.username}</td>
+              <td className="px-3 py-2">{u.role}</td>
+              <td className="px-3 py-2">{u.facilities.join(', ') || 'all'}</td>
+              <td className="px-3 py-2">{u.totp_enabled ? 'on' : 'off'}</td>
+              <td className="px-3 py-2">{u.disabled ? <Pill state="disabled" /> : locked ? <Pill state="held" /> : <Pill state="done" />}</td>
+            </tr>
+          )
+        })}
+      </Table>
+    </section>
+  )
+}
+
+export function Dashboard() {
+  const [signedIn, setSignedIn] = useState(hasTokens())
+  const [me, setMe] = useState<Me | null>(null)
+  const [tab, setTab] = useState<Tab>(() => (location.hash.slice(1) as Tab) || 'overview')
+  useEffect(() => setSignedOutHandler(() => setSignedIn(false)), [])
+  useEffect(() => {
+    if (!signedIn) return
+    hub.me().then(setMe, () => undefined)
+  }, [signedIn])
+  useEffect(() => {
+    history.replaceState(null, '', `#${tab}`)
+  }, [tab])
+
+  const isAdmin = me?.role === 'admin'
+  const tabs = TABS.filter((t) => !t.admin || isAdmin)
+  const current = tabs.some((t) => t.id === tab) ? tab : 'overview'
+
+  return (
+    <div className="min-h-dvh">
+      <header className="border-b border-slate-200 bg-white">
+        <div className="mx-auto flex max-w-6xl flex-wrap items-center justify-between gap-2 px-4 py-3">
+          <h1 className="text-lg font-bold text-brand-800">RelayPACS hub</h1>
+          {signedIn && (
+            <div className="flex items-center gap-3 text-sm">
+              {me && (
+                <span data-testid="dash-me">
+                  {me.username} · {me.role}
+                </span>
+              )}
+              <button className="btn-secondary min-h-10 px-3 text-sm" onClick={logout}>
+                Sign out
+              </button>
+            </div>
+          )}
+        </div>
+        {signedIn && (
+          <nav className="mx-auto max-w-6xl overflow-x-auto px-4" aria-label="Views">
+            <div role="tablist" className="flex gap-1">
+              {tabs.map((t) => (
+                <button
+                  key={t.id}
+                  role="tab"
+                  id={`tab-${t.id}`}
+                  aria-selected={current === t.id}
+                  aria-controls="panel"
+                  data-testid={`dash-tab-${t.id}`}
+                  className={`min-h-11 whitespace-nowrap border-b-3 px-3 text-sm font-semibold ${current === t.id ? 'border-brand-700 text-brand-800' : 'border-transparent text-slate-700 hover:text-slate-900'}`}
+                  onClick={() => setTab(t.id)}
+                >
+                  {t.label}
+                </button>
+              ))}
+            </div>
+          </nav>
+        )}
+      </header>
+      <main className="mx-auto max-w-6xl px-4 py-4">
+        {!signedIn ? (
+          <LoginForm onDone={() => setSignedIn(true)} />
+        ) : (
+          <div id="panel" role="tabpanel" aria-labelledby={`tab-${current}`}>
+            {current === 'overview' && <Overview />}
+            {current === 'studies' && <Studies />}
+            {current === 'dead' && isAdmin && <DeadJobs />}
+            {current === 'agents' && isAdmin && <Agents />}
+            {current === 'users' && isAdmin && <Users />}
+          </div>
+        )}
+      </main>
+    </div>
+  )
+}

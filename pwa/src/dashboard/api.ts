@@ -1,0 +1,200 @@
+/** The hub's API (same origin as the dashboard, which the hub serves under /dashboard/). */
+
+export interface Tokens {
+  access_token: string
+  refresh_token: string
+  token_type: string
+  expires_in: number
+  scope: string
+}
+
+export interface Me {
+  username: string
+  role: string
+  facilities: string[]
+  scope: string
+}
+
+export interface Stats {
+  studies_by_state: Record<string, number>
+  jobs_by_state: Record<string, number>
+  delivered_24h: number
+  time_to_pacs_median_seconds: number | null
+  time_to_pacs_p95_seconds: number | null
+  dead_jobs: number
+}
+
+export interface Destination {
+  name: string
+  state: string
+  attempts: number
+  last_error: string | null
+  completed_at: string | null
+  time_to_pacs_seconds: number | null
+}
+
+export interface Study {
+  study_instance_uid: string
+  facility: string
+  service_level: string
+  state: string
+  instance_count: number
+  first_received_at: string | null
+  agent_received_at: string | null
+  committed_at: string | null
+  delivered_at: string | null
+  time_to_pacs_seconds: number | null
+  destinations: Destination[]
+}
+
+export interface Job {
+  id: number
+  study_instance_uid: string
+  destination: string
+  state: string
+  priority: number
+  attempts: number
+  last_error: string | null
+  held_by: string | null
+  next_attempt_at: string
+  created_at: string
+  updated_at: string
+  completed_at: string | null
+  time_to_pacs_seconds: number | null
+}
+
+export interface Device {
+  id: string
+  facility: string
+  name: string
+  created_at: string
+  last_seen_at: string | null
+  revoked_at: string | null
+}
+
+export interface User {
+  username: string
+  role: string
+  facilities: string[]
+  disabled: boolean
+  totp_enabled: boolean
+  locked_until: string | null
+  created_at: string
+}
+
+export class HubError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    detail: string,
+  ) {
+    super(detail)
+  }
+}
+
+const KEY = 'relaypacs.hub.tokens'
+let tokens: Tokens | null = (() => {
+  try {
+    return JSON.parse(sessionStorage.getItem(KEY) ?? 'null') as Tokens | null
+  } catch {
+    return null
+  }
+})()
+let onSignedOut: (() => void) | null = null
+
+export function setSignedOutHandler(fn: () => void): void {
+  onSignedOut = fn
+}
+export function hasTokens(): boolean {
+  return tokens !== null
+}
+function store(t: Tokens | null): void {
+  tokens = t
+  try {
+    if (t) sessionStorage.setItem(KEY, JSON.stringify(t))
+    else sessionStorage.removeItem(KEY)
+  } catch {
+    // ignore
+  }
+}
+
+async function errorOf(res: Response): Promise<HubError> {
+  let code = `http_${res.status}`
+  let detail = res.statusText || `HTTP ${res.status}`
+  try {
+    const body = await res.json()
+    const d = body?.detail
+    if (d && typeof d === 'object' && !Array.isArray(d)) {
+      if (typeof d.code === 'string') code = d.code
+      if (typeof d.detail === 'string') detail = d.detail
+    } else if (typeof d === 'string') {
+      detail = d
+    } else if (Array.isArray(d)) {
+      detail = d.map((x: { msg?: string }) => x.msg).filter(Boolean).join('; ') || detail
+    }
+  } catch {
+    // not JSON
+  }
+  return new HubError(res.status, code, detail)
+}
+
+async function raw(method: string, path: string, body?: unknown, auth = true): Promise<Response> {
+  const headers: Record<string, string> = { Accept: 'application/json' }
+  if (body !== undefined) headers['Content-Type'] = 'application/json'
+  if (auth && tokens) headers.Authorization = `Bearer ${tokens.access_token}`
+  try {
+    return await fetch(`/api/v1${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' })
+  } catch {
+    throw new HubError(0, 'network', 'The hub cannot be reached. Check the connection and try again.')
+  }
+}
+
+let refreshing: Promise<boolean> | null = null
+async function refresh(): Promise<boolean> {
+  if (!tokens) return false
+  refreshing ??= (async () => {
+    const res = await raw('POST', '/auth/refresh', { refresh_token: tokens!.refresh_token }, false)
+    if (!res.ok) return false
+    store((await res.json()) as Tokens)
+    return true
+  })().finally(() => (refreshing = null))
+  return refreshing
+}
+
+export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
+  let res = await raw(method, path, body)
+  if (res.status === 401 && (await refresh())) res = await raw(method, path, body)
+  if (res.status === 401) {
+    store(null)
+    onSignedOut?.()
+  }
+  if (!res.ok) throw await errorOf(res)
+  if (res.status === 204) return undefined as T
+  return (await res.json()) as T
+}
+
+export async function login(username: string, password: string, totp_code?: string): Promise<void> {
+  const res = await raw('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) }, false)
+  if (!res.ok) throw await errorOf(res)
+  store((await res.json()) as Tokens)
+}
+
+export function logout(): void {
+  store(null)
+  onSignedOut?.()
+}
+
+export const hub = {
+  me: () => api<Me>('GET', '/auth/me'),
+  stats: () => api<Stats>('GET', '/stats'),
+  studies: (q: { limit: number; offset: number; state: string }) =>
+    api<{ total: number; studies: Study[] }>(
+      'GET',
+      `/studies?limit=${q.limit}&offset=${q.offset}${q.state ? `&state=${encodeURIComponent(q.state)}` : ''}`,
+    ),
+  deadJobs: () => api<{ total: number; jobs: Job[] }>('GET', '/jobs?state=dead&limit=200'),
+  retryJob: (id: number) => api<Job>('POST', `/jobs/${id}/retry`),
+  retryDead: () => api<{ retried: number[] }>('POST', '/jobs/retry-dead'),
+  devices: () => api<Device[]>('GET', '/devices'),
+  users: () => api<User[]>('GET', '/users'),
+}

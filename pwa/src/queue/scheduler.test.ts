@@ -1,0 +1,429 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import { batchesToCreate, filesToStart, waitingOnDevice } from './plan'
+import { PROBE_INTERVAL_MS, Scheduler } from './scheduler'
+import {
+  QueueError,
+  type QBatch,
+  type QFile,
+  type QueueApi,
+  type QueueStore,
+  type UploadCallbacks,
+  type Uploader,
+} from './types'
+
+// ---- fakes ----
+
+class MemoryStore implements QueueStore {
+  batches = new Map<string, QBatch>()
+  files = new Map<string, QFile>()
+  blobs = new Map<string, Blob>()
+  async load() {
+    return { batches: [...this.batches.values()], files: [...this.files.values()] }
+  }
+  async addBatch(b: QBatch, files: Array<{ file: QFile; blob: Blob }>) {
+    this.batches.set(b.id, b)
+    for (const { file, blob } of files) {
+      this.files.set(file.id, file)
+      this.blobs.set(file.id, blob)
+    }
+  }
+  async saveBatch(b: QBatch) {
+    this.batches.set(b.id, b)
+  }
+  async saveFile(f: QFile) {
+    this.files.set(f.id, f)
+  }
+  async fileUploaded(f: QFile) {
+    this.files.set(f.id, f)
+    this.blobs.delete(f.id)
+  }
+  async removeBatch(id: string) {
+    this.batches.delete(id)
+  }
+}
+
+interface Started {
+  file: QFile
+  cb: UploadCallbacks
+  aborted: boolean
+  resolve: () => void
+  reject: (e: unknown) => void
+}
+
+class FakeUploader implements Uploader {
+  started: Started[] = []
+  start(file: QFile, _batch: QBatch, cb: UploadCallbacks) {
+    let resolve!: () => void
+    let reject!: (e: unknown) => void
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res
+      reject = rej
+    })
+    const s: Started = { file: { ...file }, cb, aborted: false, resolve, reject }
+    this.started.push(s)
+    return { promise, abort: () => (s.aborted = true) }
+  }
+  active() {
+    return this.started.filter((s) => !s.aborted)
+  }
+  names() {
+    return this.started.map((s) => s.file.name)
+  }
+}
+
+class FakeApi implements QueueApi {
+  created: string[] = []
+  sent: string[] = []
+  reachable = true
+  probes = 0
+  failCreate: QueueError | null = null
+  async createBatch(b: QBatch) {
+    if (!this.reachable) throw new QueueError('network', 'unreachable')
+    if (this.failCreate) throw this.failCreate
+    this.created.push(b.id)
+    return `srv-${b.id}`
+  }
+  async sendBatch(id: string) {
+    if (!this.reachable) throw new QueueError('network', 'unreachable')
+    this.sent.push(id)
+  }
+  async probe() {
+    this.probes++
+    return this.reachable
+  }
+}
+
+class FakeNetwork {
+  online = true
+  private listeners = new Set<() => void>()
+  isOnline = () => this.online
+  subscribe = (cb: () => void) => {
+    this.listeners.add(cb)
+    return () => this.listeners.delete(cb)
+  }
+  set(online: boolean) {
+    this.online = online
+    for (const l of this.listeners) l()
+  }
+}
+
+function batch(id: string, o: Partial<QBatch> = {}): QBatch {
+  return {
+    id,
+    serverId: null,
+    serviceLevel: 'routine',
+    clinicalHistory: '',
+    referringClinician: '',
+    label: id,
+    createdAt: 1000,
+    state: 'pending',
+    expectedFiles: 0,
+    study: {
+      studyInstanceUid: `1.2.${id}`,
+      patientName: 'Doe^Jane',
+      patientId: 'P1',
+      studyDate: '20240101',
+      studyDescription: '',
+      modality: 'CR',
+      accessionNumber: '',
+      series: 1,
+      instances: 1,
+      bytes: 100,
+    },
+    attempts: 0,
+    nextAttemptAt: 0,
+    error: null,
+    sentAt: null,
+    ...o,
+  }
+}
+
+function file(id: string, batchId: string, order = 0, o: Partial<QFile> = {}): QFile {
+  return {
+    id,
+    batchId,
+    order,
+    name: id,
+    size: 100,
+    type: 'application/dicom',
+    sopInstanceUid: `1.3.${id}`,
+    state: 'queued',
+    uploadUrl: null,
+    bytesSent: 0,
+    attempts: 0,
+    nextAttemptAt: 0,
+    error: null,
+    ...o,
+  }
+}
+
+const clock = {
+  now: () => Date.now(),
+  setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms),
+  clearTimeout: (h: unknown) => clearTimeout(h as ReturnType<typeof setTimeout>),
+}
+
+async function settle() {
+  await vi.advanceTimersByTimeAsync(0)
+}
+
+function setup(opts: { online?: boolean } = {}) {
+  const store = new MemoryStore()
+  const uploader = new FakeUploader()
+  const api = new FakeApi()
+  const network = new FakeNetwork()
+  network.online = opts.online ?? true
+  const q = new Scheduler({ store, uploader, api, network, clock, concurrency: 2 })
+  return { store, uploader, api, network, q }
+}
+
+beforeEach(() => {
+  vi.useFakeTimers()
+  vi.setSystemTime(1_000_000)
+})
+afterEach(() => {
+  vi.useRealTimers()
+})
+
+// ---- pure planning ----
+
+describe('plan', () => {
+  it('orders STAT before routine, then oldest first', () => {
+    const bs = [
+      batch('r-old', { createdAt: 1, state: 'open', serverId: 's1' }),
+      batch('s-new', { createdAt: 9, state: 'open', serverId: 's2', serviceLevel: 'stat' }),
+      batch('s-old', { createdAt: 5, state: 'open', serverId: 's3', serviceLevel: 'stat' }),
+    ]
+    const fs = [file('a', 'r-old'), file('b', 's-new'), file('c', 's-old')]
+    expect(filesToStart(bs, fs, new Set(), 0, 3).map((f) => f.id)).toEqual(['c', 'b', 'a'])
+    expect(filesToStart(bs, fs, new Set(['x']), 0, 2).map((f) => f.id)).toEqual(['c'])
+    const pending = bs.map((b) => ({ ...b, state: 'pending' as const, serverId: null }))
+    expect(batchesToCreate(pending, 0).map((b) => b.id)).toEqual(['s-old', 's-new', 'r-old'])
+  })
+
+  it('summarises what waits on the device', () => {
+    const bs = [batch('a', { state: 'open', serverId: 's' }), batch('b')]
+    const fs = [
+      file('1', 'a', 0, { size: 1000, bytesSent: 400 }),
+      file('2', 'a', 1, { state: 'uploaded' }),
+      file('3', 'b', 0, { size: 50 }),
+    ]
+    expect(waitingOnDevice(bs, fs)).toEqual({ studies: 2, files: 2, bytes: 650 })
+  })
+})
+
+// ---- scheduler ----
+
+describe('Scheduler', () => {
+  it('creates and uploads STAT batches before routine ones', async () => {
+    const { store, uploader, api, q } = setup()
+    await store.addBatch(batch('routine', { createdAt: 1 }), [
+      { file: file('r1', 'routine', 0), blob: new Blob(['x']) },
+      { file: file('r2', 'routine', 1), blob: new Blob(['x']) },
+    ])
+    await store.addBatch(batch('stat', { createdAt: 2, serviceLevel: 'stat' }), [
+      { file: file('s1', 'stat', 0), blob: new Blob(['x']) },
+      { file: file('s2', 'stat', 1), blob: new Blob(['x']) },
+    ])
+    await q.start()
+    await settle()
+    expect(api.created).toEqual(['stat', 'routine'])
+    expect(uploader.names()).toEqual(['s1', 's2'])
+    uploader.started[0].resolve()
+    await settle()
+    expect(uploader.names()).toEqual(['s1', 's2', 'r1'])
+  })
+
+  it('never runs more than 2 uploads at once', async () => {
+    const { uploader, q } = setup()
+    await q.start()
+    await q.add(
+      batch('b'),
+      [0, 1, 2, 3, 4].map((i) => ({ file: file(`f${i}`, 'b', i), blob: new Blob(['x']) })),
+    )
+    await settle()
+    expect(uploader.active()).toHaveLength(2)
+    q.kick()
+    q.kick()
+    await settle()
+    expect(uploader.started).toHaveLength(2)
+    uploader.started[1].resolve()
+    await settle()
+    expect(uploader.names()).toEqual(['f0', 'f1', 'f2'])
+    for (let i = 0; i < 5; i++) {
+      const next = uploader.started.find((s) => !s.aborted && !(s as { done?: boolean }).done)
+      if (!next) break
+      ;(next as { done?: boolean }).done = true
+      next.resolve()
+      await settle()
+    }
+    expect(new Set(uploader.names()).size).toBe(5)
+  })
+
+  it('queues batch creation offline and sends everything when back online', async () => {
+    const { store, uploader, api, network, q } = setup({ online: false })
+    await q.start()
+    await q.add(batch('b', { expectedFiles: 2 }), [
+      { file: file('f0', 'b', 0), blob: new Blob(['x']) },
+      { file: file('f1', 'b', 1), blob: new Blob(['x']) },
+    ])
+    await settle()
+    expect(api.created).toEqual([])
+    expect(uploader.started).toHaveLength(0)
+    expect(q.getSnapshot().waiting).toEqual({ studies: 1, files: 2, bytes: 200 })
+    expect(store.batches.get('b')!.state).toBe('pending')
+
+    network.set(true)
+    await settle()
+    expect(api.created).toEqual(['b'])
+    expect(uploader.names()).toEqual(['f0', 'f1'])
+    uploader.started.forEach((s) => s.resolve())
+    await settle()
+    expect(api.sent).toEqual(['srv-b'])
+    expect(store.batches.get('b')!.state).toBe('sent')
+    expect(store.files.get('f0')!.state).toBe('uploaded')
+    expect(store.blobs.size).toBe(0) // contents dropped once at the agent
+  })
+
+  it('going offline stops uploads; they resume from their uploadUrl', async () => {
+    const { store, uploader, network, q } = setup()
+    await store.addBatch(batch('b', { state: 'open', serverId: 'srv' }), [
+      { file: file('f0', 'b', 0, { size: 3 << 20 }), blob: new Blob(['x']) },
+    ])
+    await q.start()
+    await settle()
+    const first = uploader.started[0]
+    first.cb.onUploadUrl('http://agent/api/v1/uploads/u1')
+    first.cb.onChunkComplete(1 << 20)
+    network.set(false)
+    await settle()
+    expect(first.aborted).toBe(true)
+    expect(q.getSnapshot().files[0]).toMatchObject({ state: 'queued', uploadUrl: 'http://agent/api/v1/uploads/u1', bytesSent: 1 << 20 })
+    await vi.advanceTimersByTimeAsync(60_000)
+    expect(uploader.started).toHaveLength(1)
+    network.set(true)
+    await settle()
+    expect(uploader.started).toHaveLength(2)
+    expect(uploader.started[1].file.uploadUrl).toBe('http://agent/api/v1/uploads/u1')
+  })
+
+  it('resumes an unfinished file after a reload from its stored uploadUrl', async () => {
+    const { store, uploader, q } = setup()
+    await store.addBatch(batch('b', { state: 'open', serverId: 'srv' }), [
+      {
+        file: file('f0', 'b', 0, { state: 'uploading', uploadUrl: 'http://agent/api/v1/uploads/abc', bytesSent: 1 << 20, size: 2 << 20 }),
+        blob: new Blob(['x']),
+      },
+    ])
+    await q.start()
+    await settle()
+    expect(uploader.started).toHaveLength(1)
+    expect(uploader.started[0].file).toMatchObject({ id: 'f0', uploadUrl: 'http://agent/api/v1/uploads/abc', bytesSent: 1 << 20 })
+  })
+
+  it('does not upload a file that is already uploaded, and sends its batch once', async () => {
+    const { store, uploader, api, q } = setup()
+    await store.addBatch(batch('b', { state: 'open', serverId: 'srv' }), [
+      { file: file('done', 'b', 0, { state: 'uploaded', bytesSent: 100 }), blob: new Blob(['x']) },
+      { file: file('todo', 'b', 1), blob: new Blob(['x']) },
+    ])
+    await q.start()
+    await settle()
+    expect(uploader.names()).toEqual(['todo'])
+    uploader.started[0].resolve()
+    await settle()
+    q.kick()
+    await settle()
+    expect(uploader.names()).toEqual(['todo'])
+    expect(api.sent).toEqual(['srv'])
+  })
+
+  it('backs off after a failure and retries later', async () => {
+    const { uploader, q } = setup()
+    await q.start()
+    await q.add(batch('b'), [{ file: file('f0', 'b'), blob: new Blob(['x']) }])
+    await settle()
+    uploader.started[0].reject(new QueueError('server', 'HTTP 500'))
+    await settle()
+    expect(q.getSnapshot().files[0]).toMatchObject({ state: 'queued', attempts: 1, error: 'HTTP 500' })
+    await vi.advanceTimersByTimeAsync(500)
+    expect(uploader.started).toHaveLength(1)
+    await vi.advanceTimersByTimeAsync(600)
+    expect(uploader.started).toHaveLength(2)
+    uploader.started[1].reject(new QueueError('server', 'HTTP 500'))
+    await settle()
+    await vi.advanceTimersByTimeAsync(2_000)
+    expect(uploader.started).toHaveLength(2) // second backoff is longer
+    await vi.advanceTimersByTimeAsync(1_100)
+    expect(uploader.started).toHaveLength(3)
+  })
+
+  it('pauses when the agent is unreachable and probes every 5 s', async () => {
+    const { uploader, api, q } = setup()
+    await q.start()
+    await q.add(batch('b'), [
+      { file: file('f0', 'b', 0), blob: new Blob(['x']) },
+      { file: file('f1', 'b', 1), blob: new Blob(['x']) },
+    ])
+    await settle()
+    api.reachable = false
+    uploader.started[0].reject(new QueueError('network', 'Failed to fetch'))
+    await settle()
+    expect(q.getSnapshot().agentReachable).toBe(false)
+    await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS * 3)
+    expect(api.probes).toBe(3)
+    expect(uploader.started).toHaveLength(2)
+    api.reachable = true
+    await vi.advanceTimersByTimeAsync(PROBE_INTERVAL_MS)
+    expect(q.getSnapshot().agentReachable).toBe(true)
+    expect(uploader.names()).toContain('f0')
+    expect(uploader.started.length).toBeGreaterThanOrEqual(3)
+  })
+
+  it('stops on 401 until the user signs in again', async () => {
+    const { uploader, q } = setup()
+    await q.start()
+    await q.add(batch('b'), [
+      { file: file('f0', 'b', 0), blob: new Blob(['x']) },
+      { file: file('f1', 'b', 1), blob: new Blob(['x']) },
+    ])
+    await settle()
+    uploader.started[0].reject(new QueueError('auth', 'session expired', 401))
+    await settle()
+    expect(q.getSnapshot().authRequired).toBe(true)
+    expect(uploader.started[1].aborted).toBe(true)
+    await vi.advanceTimersByTimeAsync(120_000)
+    expect(uploader.started).toHaveLength(2)
+    q.setAuthenticated()
+    await settle()
+    expect(uploader.names().slice(2).sort()).toEqual(['f0', 'f1'])
+  })
+
+  it('marks a file the agent refuses, and still sends the batch', async () => {
+    const { uploader, api, q } = setup()
+    await q.start()
+    await q.add(batch('b'), [
+      { file: file('f0', 'b', 0), blob: new Blob(['x']) },
+      { file: file('f1', 'b', 1), blob: new Blob(['x']) },
+    ])
+    await settle()
+    uploader.started[0].reject(new QueueError('rejected', 'not a DICOM file', 415, 'refused'))
+    uploader.started[1].resolve()
+    await settle()
+    expect(q.getSnapshot().files.find((f) => f.id === 'f0')!.state).toBe('refused')
+    expect(api.sent).toEqual(['srv-b'])
+  })
+
+  it('a batch the agent rejects is failed, and retry() tries again', async () => {
+    const { api, q } = setup()
+    api.failCreate = new QueueError('rejected', 'clinical history is too long', 422)
+    await q.start()
+    await q.add(batch('b'), [{ file: file('f0', 'b'), blob: new Blob(['x']) }])
+    await settle()
+    expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'failed', error: 'clinical history is too long' })
+    api.failCreate = null
+    q.retry('b')
+    await settle()
+    expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'open', serverId: 'srv-b' })
+  })
+})

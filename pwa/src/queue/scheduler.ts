@@ -1,0 +1,424 @@
+/**
+ * The upload queue. Keeps the state of batches and files in memory (the store is written
+ * through), creates batches at the agent, uploads files (2 at a time), tells the agent to send a
+ * study once all of its files are there, and pauses while offline or while the agent is out of
+ * reach (probing it every 5 s). Every dependency is injected so that this runs without a browser.
+ */
+import {
+  backoffDelay,
+  batchReadyToSend,
+  batchesToCreate,
+  filesToStart,
+  nextWakeUp,
+  waitingOnDevice,
+  type WaitingSummary,
+} from './plan'
+import {
+  QueueError,
+  type Clock,
+  type Network,
+  type QBatch,
+  type QFile,
+  type QueueApi,
+  type QueueStore,
+  type UploadHandle,
+  type Uploader,
+} from './types'
+
+export const PROBE_INTERVAL_MS = 5_000
+
+export interface QueueSnapshot {
+  batches: QBatch[]
+  files: QFile[]
+  online: boolean
+  agentReachable: boolean
+  authRequired: boolean
+  waiting: WaitingSummary
+}
+
+export interface SchedulerDeps {
+  store: QueueStore
+  uploader: Uploader
+  api: QueueApi
+  clock?: Clock
+  network: Network
+  concurrency?: number
+  /** Least time between two progress notifications (ms). */
+  progressIntervalMs?: number
+}
+
+const realClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
+}
+
+function asQueueError(e: unknown): QueueError {
+  if (e instanceof QueueError) return e
+  return new QueueError('server', e instanceof Error ? e.message : String(e))
+}
+
+export class Scheduler {
+  private batches = new Map<string, QBatch>()
+  private files = new Map<string, QFile>()
+  private running = new Map<string, UploadHandle>()
+  private creating = false
+  private sending = new Set<string>()
+  private agentReachable = true
+  private authRequired = false
+  private started = false
+  private wakeTimer: unknown = null
+  private probeTimer: unknown = null
+  private unsubscribeNetwork: (() => void) | null = null
+  private listeners = new Set<(s: QueueSnapshot) => void>()
+  private snapshot: QueueSnapshot
+  private lastProgressEmit = 0
+  private writes: Promise<void> = Promise.resolve()
+  private readonly clock: Clock
+  private readonly concurrency: number
+  private readonly progressIntervalMs: number
+
+  constructor(private readonly deps: SchedulerDeps) {
+    this.clock = deps.clock ?? realClock
+    this.concurrency = deps.concurrency ?? 2
+    this.progressIntervalMs = deps.progressIntervalMs ?? 200
+    this.snapshot = this.makeSnapshot()
+  }
+
+  // ---- public API ----
+
+  async start(): Promise<void> {
+    if (this.started) return
+    this.started = true
+    const { batches, files } = await this.deps.store.load()
+    for (const b of batches) this.batches.set(b.id, { ...b })
+    for (const f of files) {
+      // An upload cut by a reload or a closed tab resumes from its uploadUrl.
+      this.files.set(f.id, f.state === 'uploading' ? { ...f, state: 'queued' } : { ...f })
+    }
+    this.unsubscribeNetwork = this.deps.network.subscribe(() => this.onNetworkChange())
+    this.emit()
+    this.pump()
+  }
+
+  stop(): void {
+    this.started = false
+    this.unsubscribeNetwork?.()
+    this.unsubscribeNetwork = null
+    for (const h of this.running.values()) h.abort()
+    this.running.clear()
+    this.clearTimer('wake')
+    this.clearTimer('probe')
+  }
+
+  subscribe(listener: (s: QueueSnapshot) => void): () => void {
+    this.listeners.add(listener)
+    return () => this.listeners.delete(listener)
+  }
+
+  getSnapshot = (): QueueSnapshot => this.snapshot
+
+  /** Queue a new batch (one study) with its files; persisted before this resolves. */
+  async add(batch: QBatch, files: Array<{ file: QFile; blob: Blob }>): Promise<void> {
+    await this.deps.store.addBatch(batch, files)
+    this.batches.set(batch.id, { ...batch })
+    for (const { file } of files) this.files.set(file.id, { ...file })
+    this.emit()
+    this.pump()
+  }
+
+  /** After a new sign-in: lift the auth pause and go on. */
+  setAuthenticated(): void {
+    this.authRequired = false
+    this.emit()
+    this.pump()
+  }
+
+  /** Retry failed files (and a failed batch creation) of a batch now. */
+  retry(batchId: string): void {
+    const b = this.batches.get(batchId)
+    if (!b) return
+    const now = this.clock.now()
+    if (b.state === 'failed') this.updateBatch(b.id, { state: b.serverId ? 'open' : 'pending', nextAttemptAt: now, error: null })
+    for (const f of this.files.values()) {
+      if (f.batchId === batchId && (f.state === 'failed' || f.state === 'queued')) {
+        this.updateFile(f.id, { state: 'queued', nextAttemptAt: now, error: null })
+      }
+    }
+    this.agentReachable = true
+    this.pump()
+  }
+
+  /** Remove a batch from this device (and stop its uploads). */
+  async remove(batchId: string): Promise<void> {
+    for (const f of [...this.files.values()]) {
+      if (f.batchId !== batchId) continue
+      this.running.get(f.id)?.abort()
+      this.running.delete(f.id)
+      this.files.delete(f.id)
+    }
+    this.batches.delete(batchId)
+    this.persist(() => this.deps.store.removeBatch(batchId))
+    this.emit()
+    await this.writes
+    this.pump()
+  }
+
+  /** Wait until queued store writes are done (tests, and before a page unload). */
+  async flush(): Promise<void> {
+    await this.writes
+  }
+
+  /** Something happened outside (e.g. the app heard from the agent): try now. */
+  kick(): void {
+    this.pump()
+  }
+
+  // ---- internals ----
+
+  private canWork(): boolean {
+    return this.started && this.deps.network.isOnline() && this.agentReachable && !this.authRequired
+  }
+
+  private onNetworkChange(): void {
+    if (!this.deps.network.isOnline()) {
+      // Offline: stop the uploads cleanly; they resume from their uploadUrl.
+      for (const [id, h] of this.running) {
+        h.abort()
+        this.updateFile(id, { state: 'queued' }, false)
+      }
+      this.running.clear()
+      this.emit()
+      return
+    }
+    this.agentReachable = true // worth a try at once
+    this.emit()
+    this.pump()
+  }
+
+  private pump(): void {
+    if (!this.started) return
+    this.clearTimer('wake')
+    if (!this.canWork()) {
+      if (!this.authRequired && this.deps.network.isOnline() && !this.agentReachable) this.scheduleProbe()
+      return
+    }
+    const now = this.clock.now()
+    const batches = [...this.batches.values()]
+    const files = [...this.files.values()]
+
+    if (!this.creating) {
+      const next = batchesToCreate(batches, now)[0]
+      if (next) void this.createBatch(next)
+    }
+    for (const b of batches) {
+      if (!this.sending.has(b.id) && b.nextAttemptAt <= now && batchReadyToSend(b, files)) void this.sendBatch(b)
+    }
+    for (const f of filesToStart(batches, files, new Set(this.running.keys()), now, this.concurrency)) {
+      this.startUpload(f)
+    }
+    const wake = nextWakeUp([...this.batches.values()], [...this.files.values()], now)
+    if (wake !== null) this.wakeTimer = this.clock.setTimeout(() => this.pump(), wake - now)
+  }
+
+  private async createBatch(b: QBatch): Promise<void> {
+    this.creating = true
+    try {
+      const serverId = await this.deps.api.createBatch(b)
+      this.agentReachable = true
+      this.updateBatch(b.id, { serverId, state: 'open', error: null, attempts: 0, nextAttemptAt: 0 })
+    } catch (e) {
+      const err = asQueueError(e)
+      if (!this.batches.has(b.id)) return
+      if (err.kind === 'rejected') {
+        this.updateBatch(b.id, { state: 'failed', error: err.message })
+      } else {
+        const attempts = b.attempts + 1
+        this.updateBatch(b.id, {
+          attempts,
+          nextAttemptAt: this.clock.now() + backoffDelay(attempts),
+          error: err.kind === 'network' ? null : err.message,
+        })
+        this.onFailure(err)
+      }
+    } finally {
+      this.creating = false
+      this.pump()
+    }
+  }
+
+  private async sendBatch(b: QBatch): Promise<void> {
+    this.sending.add(b.id)
+    try {
+      await this.deps.api.sendBatch(b.serverId!)
+      this.agentReachable = true
+      this.updateBatch(b.id, { state: 'sent', sentAt: this.clock.now(), error: null })
+    } catch (e) {
+      const err = asQueueError(e)
+      if (err.kind === 'rejected') {
+        // e.g. already sent: the agent has it all, nothing more to do here.
+        this.updateBatch(b.id, { state: 'sent', sentAt: this.clock.now(), error: null })
+      } else {
+        // Do not spin on a failing /send: try again after a backoff.
+        const attempts = b.attempts + 1
+        this.updateBatch(b.id, { attempts, nextAttemptAt: this.clock.now() + backoffDelay(attempts) })
+        this.onFailure(err)
+      }
+    } finally {
+      this.sending.delete(b.id)
+      this.pump()
+    }
+  }
+
+  private startUpload(f: QFile): void {
+    const batch = this.batches.get(f.batchId)!
+    this.updateFile(f.id, { state: 'uploading', error: null }, false)
+    const handle = this.deps.uploader.start(this.files.get(f.id)!, batch, {
+      onProgress: (bytesSent) => {
+        const cur = this.files.get(f.id)
+        if (!cur || !this.running.has(f.id)) return
+        this.files.set(f.id, { ...cur, bytesSent })
+        this.emitProgress()
+      },
+      onChunkComplete: (bytesAccepted) => {
+        const cur = this.files.get(f.id)
+        if (!cur || !this.running.has(f.id)) return
+        this.updateFile(f.id, { bytesSent: bytesAccepted }, false)
+        this.emitProgress()
+      },
+      onUploadUrl: (url) => {
+        if (!this.files.has(f.id)) return
+        this.updateFile(f.id, { uploadUrl: url })
+      },
+    })
+    this.running.set(f.id, handle)
+    this.emit()
+    handle.promise.then(
+      () => this.uploadDone(f.id, handle),
+      (e) => this.uploadFailed(f.id, handle, asQueueError(e)),
+    )
+  }
+
+  private uploadDone(id: string, handle: UploadHandle): void {
+    if (this.running.get(id) !== handle) return // aborted meanwhile
+    this.running.delete(id)
+    const cur = this.files.get(id)
+    if (!cur) return
+    this.agentReachable = true
+    const done: QFile = { ...cur, state: 'uploaded', bytesSent: cur.size, error: null, attempts: 0 }
+    this.files.set(id, done)
+    this.persist(() => this.deps.store.fileUploaded(done))
+    this.emit()
+    this.pump()
+  }
+
+  private uploadFailed(id: string, handle: UploadHandle, err: QueueError): void {
+    if (this.running.get(id) !== handle) return
+    this.running.delete(id)
+    const cur = this.files.get(id)
+    if (!cur) return
+    if (err.kind === 'rejected') {
+      // The agent looked at the file and said no (e.g. not DICOM): keep its reason.
+      this.updateFile(id, { state: err.code === 'refused' || err.status === 415 ? 'refused' : 'failed', error: err.message })
+    } else {
+      const attempts = cur.attempts + 1
+      this.updateFile(id, {
+        state: 'queued',
+        attempts,
+        nextAttemptAt: this.clock.now() + backoffDelay(attempts),
+        error: err.kind === 'network' ? null : err.message,
+      })
+      this.onFailure(err)
+    }
+    this.pump()
+  }
+
+  private onFailure(err: QueueError): void {
+    if (err.kind === 'auth') {
+      this.authRequired = true
+      for (const [id, h] of this.running) {
+        h.abort()
+        this.updateFile(id, { state: 'queued' }, false)
+      }
+      this.running.clear()
+    } else if (err.kind === 'network') {
+      this.agentReachable = false
+    }
+    this.emit()
+  }
+
+  private scheduleProbe(): void {
+    if (this.probeTimer !== null) return
+    this.probeTimer = this.clock.setTimeout(async () => {
+      this.probeTimer = null
+      if (!this.started || this.agentReachable) return
+      let ok = false
+      try {
+        ok = await this.deps.api.probe()
+      } catch {
+        ok = false
+      }
+      if (ok) {
+        this.agentReachable = true
+        this.emit()
+      }
+      this.pump()
+    }, PROBE_INTERVAL_MS)
+  }
+
+  private clearTimer(which: 'wake' | 'probe'): void {
+    const h = which === 'wake' ? this.wakeTimer : this.probeTimer
+    if (h !== null) this.clock.clearTimeout(h)
+    if (which === 'wake') this.wakeTimer = null
+    else this.probeTimer = null
+  }
+
+  private updateBatch(id: string, patch: Partial<QBatch>): void {
+    const cur = this.batches.get(id)
+    if (!cur) return
+    const next = { ...cur, ...patch }
+    this.batches.set(id, next)
+    this.persist(() => this.deps.store.saveBatch(next))
+    this.emit()
+  }
+
+  private updateFile(id: string, patch: Partial<QFile>, emit = true): void {
+    const cur = this.files.get(id)
+    if (!cur) return
+    const next = { ...cur, ...patch }
+    this.files.set(id, next)
+    this.persist(() => this.deps.store.saveFile(next))
+    if (emit) this.emit()
+  }
+
+  private persist(write: () => Promise<void>): void {
+    this.writes = this.writes.then(write).catch((e) => {
+      console.error('queue: could not save', e)
+    })
+  }
+
+  private emitProgress(): void {
+    const now = this.clock.now()
+    if (now - this.lastProgressEmit < this.progressIntervalMs) return
+    this.lastProgressEmit = now
+    this.emit()
+  }
+
+  private makeSnapshot(): QueueSnapshot {
+    const batches = [...this.batches.values()]
+    const files = [...this.files.values()]
+    return {
+      batches,
+      files,
+      online: this.deps.network.isOnline(),
+      agentReachable: this.agentReachable,
+      authRequired: this.authRequired,
+      waiting: waitingOnDevice(batches, files),
+    }
+  }
+
+  private emit(): void {
+    this.snapshot = this.makeSnapshot()
+    for (const l of this.listeners) l(this.snapshot)
+  }
+}

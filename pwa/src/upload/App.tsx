@@ -1,0 +1,124 @@
+import { useEffect, useState, useSyncExternalStore } from 'react'
+import { formatAgo } from '../lib/format'
+import { agent, ApiError } from './api'
+import { queue } from './engine'
+import { useAgentInfo, useServerBatches } from './hooks'
+import { Home } from './Home'
+import { promptInstall, useCanInstall } from './install'
+import { Login } from './Login'
+import { NewUpload } from './NewUpload'
+import { session, useSession } from './session'
+import { StudyPage } from './StudyPage'
+
+function useHash(): string {
+  return useSyncExternalStore(
+    (l) => {
+      window.addEventListener('hashchange', l)
+      return () => window.removeEventListener('hashchange', l)
+    },
+    () => window.location.hash || '#/',
+  )
+}
+
+function HubBadge({ reachable, hub }: { reachable: boolean | null; hub?: { reachable: boolean; last_contact_at: number | null } }) {
+  let text: string
+  let cls: string
+  if (reachable === false) {
+    text = 'Agent unreachable'
+    cls = 'bg-amber-100 text-amber-950 border-amber-400'
+  } else if (!hub) {
+    text = 'Checking…'
+    cls = 'bg-slate-100 text-slate-800 border-slate-300'
+  } else if (hub.reachable) {
+    text = 'Hub online'
+    cls = 'bg-emerald-50 text-emerald-900 border-emerald-400'
+  } else {
+    text = `Hub offline${hub.last_contact_at ? ` · last contact ${formatAgo(hub.last_contact_at * 1000)}` : ''}`
+    cls = 'bg-amber-100 text-amber-950 border-amber-400'
+  }
+  return (
+    <span
+      data-testid="hub-status"
+      data-reachable={reachable === false ? 'agent-unreachable' : hub ? String(hub.reachable) : 'unknown'}
+      role="status"
+      className={`inline-flex items-center gap-1.5 rounded-full border px-2.5 py-1 text-xs font-medium ${cls}`}
+    >
+      <span aria-hidden="true" className={`h-2 w-2 rounded-full ${hub?.reachable && reachable !== false ? 'bg-emerald-600' : 'bg-amber-600'}`} />
+      {text}
+    </span>
+  )
+}
+
+export function App() {
+  const s = useSession()
+  const hash = useHash()
+  const { info, reachable } = useAgentInfo()
+  const canInstall = useCanInstall()
+  const server = useServerBatches(!!s)
+  const [checked, setChecked] = useState(false)
+
+  useEffect(() => {
+    void queue.start()
+  }, [])
+
+  // Check the stored session once: a 401 sends the user back to sign in; no network keeps it.
+  useEffect(() => {
+    if (!s || checked) return
+    setChecked(true)
+    agent
+      .me()
+      .then((me) => session.update({ ...me }))
+      .catch((e) => {
+        if (e instanceof ApiError && e.status === 401) session.expire()
+      })
+  }, [s, checked])
+
+  let page
+  if (!s) page = <Login />
+  else if (hash.startsWith('#/new')) page = <NewUpload onDone={() => (window.location.hash = '#/')} />
+  else if (hash.startsWith('#/study/')) page = <StudyPage localId={decodeURIComponent(hash.slice('#/study/'.length))} />
+  else if (hash.startsWith('#/batch/')) page = <StudyPage serverId={decodeURIComponent(hash.slice('#/batch/'.length))} />
+  else page = <Home server={server} agentReachable={reachable} />
+
+  return (
+    <div className="min-h-dvh">
+      <a href="#main" className="sr-only focus:not-sr-only focus:absolute focus:left-2 focus:top-2 focus:z-50 focus:rounded focus:bg-white focus:p-2">
+        Skip to content
+      </a>
+      <header className="border-b border-slate-200 bg-white">
+        <div className="mx-auto flex max-w-3xl flex-wrap items-center justify-between gap-2 px-4 py-3">
+          <div className="min-w-0">
+            <h1 className="text-lg font-bold text-brand-800">
+              <a href="#/">RelayPACS</a>
+            </h1>
+            <p className="truncate text-sm text-slate-700" data-testid="facility">
+              {info?.facility ?? 'Facility not set'}
+            </p>
+          </div>
+          <div className="flex flex-wrap items-center gap-2">
+            <HubBadge reachable={reachable} hub={info?.hub} />
+            {canInstall && (
+              <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void promptInstall()}>
+                Install app
+              </button>
+            )}
+            {s && (
+              <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void session.signOut()}>
+                Sign out
+              </button>
+            )}
+          </div>
+        </div>
+      </header>
+      <main id="main" className="mx-auto flex max-w-3xl flex-col gap-4 px-4 py-4">
+        {s?.offline && (
+          <p className="rounded-lg bg-slate-100 px-3 py-2 text-sm text-slate-800" data-testid="offline-login-note">
+            Signed in offline: the hub is unreachable, uploads will wait at the agent.
+          </p>
+        )}
+        {s && <p className="sr-only">Signed in as {s.username}</p>}
+        {page}
+      </main>
+    </div>
+  )
+}

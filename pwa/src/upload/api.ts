@@ -1,0 +1,165 @@
+/** The agent's API (same origin as the upload app). */
+import { QueueError } from '../queue/types'
+
+export interface Session {
+  token: string
+  username: string
+  role: string
+  facilities: string[]
+  expires_at: number // unix s
+  offline: boolean
+}
+
+export interface AgentInfo {
+  product: string
+  facility: string | null
+  version: string
+  hub: { reachable: boolean; last_contact_at: number | null }
+}
+
+export type Stage = 'agent' | 'sending' | 'hub' | 'pacs'
+
+export interface ServerBatch {
+  id: string
+  service_level: 'stat' | 'routine'
+  clinical_history: string
+  referring_clinician: string
+  label: string
+  created_by: string
+  created_at: number | string
+  sent_at: number | string | null
+  expected_files: number
+  files: { received: number; accepted: number; duplicate: number; quarantined: number }
+  refused: Array<{ filename: string; reason: string; message: string }>
+  studies: Array<{
+    study_instance_uid: string
+    stage: Stage
+    instances: number
+    bytes_total: number
+    bytes_sent: number
+    percent: number
+    last_error: string | null
+  }>
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    readonly detail: string,
+    readonly retryAfter: number | null = null,
+  ) {
+    super(detail)
+  }
+}
+
+export const API = '/api/v1'
+
+/** Absolute URL of an API path, from the page's origin (tus needs absolute URLs). */
+export function apiUrl(path: string): string {
+  return new URL(`${API}${path}`, window.location.href).href
+}
+
+let token: string | null = null
+let onUnauthorized: (() => void) | null = null
+
+export function setToken(t: string | null): void {
+  token = t
+}
+export function getToken(): string | null {
+  return token
+}
+export function setUnauthorizedHandler(fn: (() => void) | null): void {
+  onUnauthorized = fn
+}
+
+const PLAIN: Record<string, string> = {
+  invalid_credentials: 'The username or password is wrong.',
+  totp_required: 'Enter the 6-digit code from your authenticator app.',
+  locked: 'This account is locked for a while after too many failed attempts.',
+  rate_limited: 'Too many attempts. Wait a minute and try again.',
+  no_verifiers:
+    'Nobody can sign in yet: this agent has never reached the hub. Connect it to the network once, then try again.',
+}
+
+export function plainMessage(e: unknown): string {
+  if (e instanceof ApiError) {
+    if (e.code === 'locked' && e.retryAfter) {
+      const min = Math.ceil(e.retryAfter / 60)
+      return `This account is locked after too many failed attempts. Try again in ${min} min.`
+    }
+    return e.detail || PLAIN[e.code] || `The agent answered with an error (${e.status}).`
+  }
+  if (e instanceof QueueError && e.kind === 'network') return 'The agent cannot be reached. Check the Wi-Fi and try again.'
+  return e instanceof Error ? e.message : String(e)
+}
+
+async function parseError(res: Response): Promise<ApiError> {
+  let code = `http_${res.status}`
+  let detail = ''
+  try {
+    const body = await res.json()
+    const inner = body && typeof body.detail === 'object' && body.detail !== null ? body.detail : body
+    if (typeof inner.code === 'string') code = inner.code
+    if (typeof inner.detail === 'string') detail = inner.detail
+    else if (typeof body.detail === 'string') detail = body.detail
+  } catch {
+    // not JSON
+  }
+  const ra = res.headers.get('Retry-After')
+  const retryAfter = ra !== null && /^\d+$/.test(ra) ? Number(ra) : null
+  return new ApiError(res.status, code, detail || PLAIN[code] || res.statusText || `HTTP ${res.status}`, retryAfter)
+}
+
+export async function request<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+  const headers: Record<string, string> = { Accept: 'application/json' }
+  if (body !== undefined) headers['Content-Type'] = 'application/json'
+  if (auth && token) headers.Authorization = `Bearer ${token}`
+  let res: Response
+  try {
+    res = await fetch(`${API}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    })
+  } catch (e) {
+    throw new QueueError('network', e instanceof Error ? e.message : 'network error')
+  }
+  if (!res.ok) {
+    const err = await parseError(res)
+    if (res.status === 401 && auth && token) onUnauthorized?.()
+    throw err
+  }
+  if (res.status === 204) return undefined as T
+  return (await res.json()) as T
+}
+
+/** Map an API failure onto what the queue should do with it. */
+export function toQueueError(e: unknown): QueueError {
+  if (e instanceof QueueError) return e
+  if (e instanceof ApiError) {
+    if (e.status === 401) return new QueueError('auth', e.detail, 401, e.code)
+    if (e.status === 408 || e.status === 429 || e.status >= 500) return new QueueError('server', e.detail, e.status, e.code)
+    return new QueueError('rejected', e.detail, e.status, e.code)
+  }
+  return new QueueError('server', e instanceof Error ? e.message : String(e))
+}
+
+export const agent = {
+  login: (username: string, password: string, totp_code?: string) =>
+    request<Session>('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) }, false),
+  me: () => request<Omit<Session, 'token'>>('GET', '/auth/me'),
+  logout: () => request<void>('POST', '/auth/logout'),
+  info: () => request<AgentInfo>('GET', '/info', undefined, false),
+  createBatch: (b: {
+    service_level: 'stat' | 'routine'
+    clinical_history: string
+    referring_clinician: string
+    expected_files: number
+    label: string
+  }) => request<ServerBatch>('POST', '/batches', b),
+  sendBatch: (id: string) => request<unknown>('POST', `/batches/${encodeURIComponent(id)}/send`),
+  batch: (id: string) => request<ServerBatch>('GET', `/batches/${encodeURIComponent(id)}`),
+  batches: () => request<{ batches: ServerBatch[] }>('GET', '/batches'),
+}

@@ -1,0 +1,32 @@
+import { describe, expect, it } from 'vitest'
+import type { QBatch, QFile } from '../queue/types'
+import type { ServerBatch } from './api'
+import { studyStatus } from './status'
+
+const local = (o: Partial<QBatch> = {}) => ({ id: 'b', serverId: 's', state: 'sent', ...o }) as QBatch
+const file = (o: Partial<QFile> = {}) => ({ id: 'f', batchId: 'b', size: 100, bytesSent: 0, state: 'uploaded', error: null, ...o }) as QFile
+const server = (stages: string[]): ServerBatch =>
+  ({
+    id: 's',
+    refused: [],
+    files: { received: 1, accepted: 1, duplicate: 0, quarantined: 0 },
+    studies: stages.map((stage, i) => ({ study_instance_uid: `${i}`, stage, instances: 1, bytes_total: 100, bytes_sent: 40, percent: 40, last_error: null })),
+  }) as unknown as ServerBatch
+
+describe('studyStatus', () => {
+  it('is on this device until every file is at the agent', () => {
+    expect(studyStatus(local({ serverId: null, state: 'pending' }), [file({ state: 'queued' })], undefined).stage).toBe('device')
+    const st = studyStatus(local({ state: 'open' }), [file({ state: 'uploading', bytesSent: 50 }), file({ id: 'g' })], server(['hub']))
+    expect(st).toMatchObject({ stage: 'device', percent: 75 })
+  })
+  it('shows the least advanced study of the batch', () => {
+    expect(studyStatus(local(), [file()], server(['pacs', 'sending'])).stage).toBe('sending')
+    expect(studyStatus(local(), [file()], server(['pacs', 'pacs']))).toMatchObject({ stage: 'pacs', percent: 100 })
+    expect(studyStatus(local(), [file()], undefined).stage).toBe('agent')
+  })
+  it('lists refused files from both sides', () => {
+    const s = { ...server(['agent']), refused: [{ filename: 'x.txt', reason: 'not_dicom', message: 'not DICOM' }] }
+    const st = studyStatus(local(), [file(), file({ id: 'r', name: 'y.dcm', state: 'refused', error: 'bad' } as Partial<QFile>)], s)
+    expect(st.refused.map((r) => r.name).sort()).toEqual(['x.txt', 'y.dcm'])
+  })
+})

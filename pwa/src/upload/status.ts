@@ -1,0 +1,105 @@
+/** What to show for a study: its stage and progress, from local queue state and the agent's view. */
+import type { QBatch, QFile } from '../queue/types'
+import type { ServerBatch, Stage } from './api'
+
+export type ShownStage = 'device' | Stage
+
+export const STAGE_ORDER: ShownStage[] = ['device', 'agent', 'sending', 'hub', 'pacs']
+
+export const STAGE_LABEL: Record<ShownStage, string> = {
+  device: 'On this device',
+  agent: 'At the agent',
+  sending: 'At the agent, sending to the hub',
+  hub: 'At the hub',
+  pacs: 'In the PACS',
+}
+
+/** The four steps shown to the user (sending is part of "at the agent"). */
+export const STEPS: Array<{ stage: ShownStage; label: string }> = [
+  { stage: 'device', label: 'On this device' },
+  { stage: 'agent', label: 'At the agent' },
+  { stage: 'hub', label: 'At the hub' },
+  { stage: 'pacs', label: 'In the PACS' },
+]
+
+export interface StudyStatus {
+  stage: ShownStage
+  /** 0..100 */
+  percent: number
+  bytesDone: number
+  bytesTotal: number
+  progressLabel: string
+  problems: string[]
+  refused: Array<{ name: string; message: string }>
+  waitingFiles: number
+}
+
+export function stageOf(local: QBatch | undefined, files: QFile[], server: ServerBatch | undefined): ShownStage {
+  if (local) {
+    if (local.serverId === null || local.state === 'pending' || local.state === 'failed') return 'device'
+    if (files.some((f) => f.state === 'queued' || f.state === 'uploading' || f.state === 'failed')) return 'device'
+  }
+  if (!server || server.studies.length === 0) return 'agent'
+  let min = STAGE_ORDER.length - 1
+  for (const s of server.studies) {
+    const i = STAGE_ORDER.indexOf(s.stage)
+    if (i >= 0 && i < min) min = i
+  }
+  return STAGE_ORDER[min]
+}
+
+export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server: ServerBatch | undefined): StudyStatus {
+  const files = local ? allFiles.filter((f) => f.batchId === local.id) : []
+  const stage = stageOf(local, files, server)
+  const problems: string[] = []
+  const refused: Array<{ name: string; message: string }> = []
+  for (const f of files) {
+    if (f.state === 'refused') refused.push({ name: f.name, message: f.error ?? 'The agent refused this file.' })
+  }
+  for (const r of server?.refused ?? []) {
+    if (!refused.some((x) => x.name === r.filename)) refused.push({ name: r.filename, message: r.message || r.reason })
+  }
+  if (local?.state === 'failed' && local.error) {
+    problems.push(`The agent did not accept this study: ${local.error} Tap “Try again”, or remove it and start over.`)
+  }
+  const failed = files.filter((f) => f.state === 'failed')
+  if (failed.length) {
+    problems.push(
+      `${failed.length} file${failed.length === 1 ? '' : 's'} could not be sent (${failed[0].error ?? 'error'}). Tap “Try again”.`,
+    )
+  }
+  const retrying = files.filter((f) => f.state === 'queued' && f.error)
+  if (retrying.length) problems.push(`Retrying: ${retrying[0].error}`)
+  for (const s of server?.studies ?? []) {
+    if (s.last_error && s.stage !== 'pacs') problems.push(`Delivery is retrying: ${s.last_error}`)
+  }
+  const waitingFiles = files.filter((f) => f.state === 'queued' || f.state === 'uploading' || f.state === 'failed').length
+
+  let bytesDone = 0
+  let bytesTotal = 0
+  let progressLabel = ''
+  if (stage === 'device') {
+    for (const f of files) {
+      if (f.state === 'refused') continue
+      bytesTotal += f.size
+      bytesDone += f.state === 'uploaded' ? f.size : Math.min(f.bytesSent, f.size)
+    }
+    if (!local?.serverId && bytesDone === 0) progressLabel = 'Waiting to reach the agent'
+    else progressLabel = 'Uploading to the agent'
+  } else if (stage === 'agent' || stage === 'sending') {
+    for (const s of server?.studies ?? []) {
+      bytesTotal += s.bytes_total
+      bytesDone += s.bytes_sent
+    }
+    progressLabel = stage === 'agent' ? 'At the agent, waiting to send to the hub' : 'Sending to the hub'
+  } else {
+    for (const s of server?.studies ?? []) {
+      bytesTotal += s.bytes_total
+      bytesDone += s.bytes_total
+    }
+    progressLabel = stage === 'hub' ? 'At the hub, on its way to the PACS' : 'In the PACS'
+  }
+  let percent = bytesTotal > 0 ? Math.floor((bytesDone / bytesTotal) * 100) : 0
+  if (stage === 'hub' || stage === 'pacs') percent = 100
+  return { stage, percent, bytesDone, bytesTotal, progressLabel, problems, refused, waitingFiles }
+}
