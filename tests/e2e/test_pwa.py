@@ -275,9 +275,7 @@ def test_study_uploaded_with_metadata_is_seen_in_the_pacs(
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_test_id("dash-tab-studies").click()
-    row = page.locator(
-        f'[data-testid="dash-study-row"] td[title="{study.study_instance_uid}"]'
-    )
+    row = page.locator(f'[data-testid="dash-study-row"] td[title="{study.study_instance_uid}"]')
     row.wait_for(timeout=20_000)
     delivered = page.locator('[data-testid="dash-study-row"][data-state="delivered"]')
     assert delivered.count() >= 1
