@@ -309,6 +309,8 @@ async def test_study_list_states_order_filters_and_scope(
             "delivered_at",
             "time_to_pacs_seconds",
             "destinations",
+            "clinical_history",
+            "referring_clinician",
         }
         assert delivered["facility"] == "fac-a"
         assert delivered["time_to_pacs_seconds"] == 60.0
@@ -520,7 +522,9 @@ async def test_a_device_committed_study_is_listed_with_its_facility(tmp_path: Pa
                         "sop_instance_uid": ds.SOPInstanceUID,
                         "sha256": hashlib.sha256(data).hexdigest(),
                     }
-                ]
+                ],
+                "clinical_history": "fall from height, query skull fracture",
+                "referring_clinician": "Dr Ama Mensah",
             },
             headers=device,
         )
@@ -530,6 +534,9 @@ async def test_a_device_committed_study_is_listed_with_its_facility(tmp_path: Pa
             ("committed", "fac-a", 1)
         ]
         assert listed[0]["committed_at"] is not None
+        # What the sender wrote reaches the reader with the study.
+        assert listed[0]["clinical_history"] == "fall from height, query skull fracture"
+        assert listed[0]["referring_clinician"] == "Dr Ama Mensah"
 
 
 def test_percentile_interpolates_between_ranks() -> None:

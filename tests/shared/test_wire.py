@@ -91,6 +91,8 @@ def test_a_commit_request_carries_its_manifest() -> None:
         "instances": [{"sop_instance_uid": SOP, "sha256": EMPTY_SHA256}],
         "facility": None,
         "received_at": None,
+        "clinical_history": None,
+        "referring_clinician": None,
     }
 
 

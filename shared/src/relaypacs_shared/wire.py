@@ -84,6 +84,9 @@ class CommitRequest(BaseModel):
     # Where and when the study reached the agent: for routing rules and time to PACS.
     facility: str | None = Field(default=None, max_length=128)
     received_at: datetime | None = None
+    # What the person who sent the study wrote for the radiologist (the PWA's form).
+    clinical_history: str | None = Field(default=None, max_length=4000)
+    referring_clinician: str | None = Field(default=None, max_length=200)
 
 
 class ManifestAnswer(BaseModel):

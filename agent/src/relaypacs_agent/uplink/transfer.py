@@ -541,6 +541,8 @@ class TransferSender:
             ],
             facility=metadata.get("facility") or None,
             received_at=datetime.fromtimestamp(study["first_received_at"], tz=UTC),
+            clinical_history=metadata.get("clinical_history") or None,
+            referring_clinician=metadata.get("referring_clinician") or None,
         )
         status = self.client.commit(uid, request)
         if self.store.mark_committed(uid, study["last_instance_at"], status.model_dump_json()):

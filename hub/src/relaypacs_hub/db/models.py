@@ -43,6 +43,9 @@ class Study(Base):
     commits: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     committed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Written by the sender for the radiologist (clinical data: shown to readers, never logged).
+    clinical_history: Mapped[str | None] = mapped_column(Text, nullable=True)
+    referring_clinician: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class Instance(Base):

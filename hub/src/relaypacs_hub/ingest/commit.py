@@ -115,6 +115,11 @@ async def commit_study(
         )
         study.committed_at = stamp
         study.service_level = level
+        # A follow-up commit without them keeps what the first one said.
+        if request.clinical_history:
+            study.clinical_history = request.clinical_history
+        if request.referring_clinician:
+            study.referring_clinician = request.referring_clinician
         await _record_route(
             session, study_uid, decision, version, facility, _naive_utc(agent_received_at), stamp
         )

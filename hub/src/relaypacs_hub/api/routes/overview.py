@@ -69,6 +69,10 @@ class StudySummary(BaseModel):
         description="The longest time to PACS over the destinations that have it; else null."
     )
     destinations: list[DestinationState]
+    clinical_history: str | None = Field(
+        default=None, description="What the sender wrote for the radiologist."
+    )
+    referring_clinician: str | None = None
 
 
 class StudyPage(BaseModel):
@@ -202,6 +206,8 @@ async def list_studies(
                 committed_at=aware_utc(study.committed_at),
                 delivered_at=aware_utc(last_completed) if derived == "delivered" else None,
                 time_to_pacs_seconds=ttp,
+                clinical_history=study.clinical_history,
+                referring_clinician=study.referring_clinician,
                 destinations=[
                     DestinationState(
                         name=j.destination,
