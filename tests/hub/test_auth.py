@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -226,7 +227,15 @@ async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) 
 
     r = await login(client, "alice")
     assert r.status_code == 401 and r.json()["code"] == "totp_required"
-    await tokens(client, "alice", totp_code=otp.now())
+    # The code that confirmed enrollment is used up; the next step's code (one step ahead is
+    # accepted for a fast phone clock) works once.
+    confirmed_with = otp.now()
+    r = await login(client, "alice", totp_code=confirmed_with)
+    assert r.status_code == 401
+    next_code = otp.at(int(time.time()) + 30)
+    await tokens(client, "alice", totp_code=next_code)
+    r = await login(client, "alice", totp_code=next_code)
+    assert r.status_code == 401, "a TOTP code must not work twice"
     await tokens(client, "alice", recovery_code=codes[0])
     r = await login(client, "alice", recovery_code=codes[0])
     assert r.status_code == 401
@@ -246,7 +255,7 @@ async def test_required_totp_role_cannot_work_before_enrolling(hub: Hub) -> None
     assert r.status_code == 200
     r = await login(client, "rita")
     assert r.status_code == 401 and r.json()["code"] == "totp_required"
-    full = await tokens(client, "rita", totp_code=otp.now())
+    full = await tokens(client, "rita", totp_code=otp.at(int(time.time()) + 30))
     assert full["scope"] == "full"
     r = await client.get("/api/v1/studies/1.2.3", headers=bearer(full["access_token"]))
     assert r.status_code == 404

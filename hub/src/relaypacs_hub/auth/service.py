@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.audit import audit
@@ -160,8 +160,19 @@ class AuthService:
     async def _second_factor(
         self, session: AsyncSession, user: User, code: str | None, recovery: str | None
     ) -> bool:
-        if code and user.totp_secret and totp.verify_code(user.totp_secret, code):
-            return True
+        step = totp.matching_step(user.totp_secret, code) if code and user.totp_secret else None
+        if step is not None:
+            # Atomic: of two logins racing with the same code, one wins.
+            used = await session.execute(
+                update(User)
+                .where(User.id == user.id)
+                .where(or_(User.totp_last_step.is_(None), User.totp_last_step < step))
+                .values(totp_last_step=step)
+            )
+            if int(getattr(used, "rowcount", 0) or 0) == 1:
+                return True
+            await audit(session, user.username, "totp_code_replayed", user.username,
+                        "minor_failure")  # fmt: skip
         if recovery:
             left = totp.consume_recovery_code(json.loads(user.recovery_codes_json), recovery)
             if left is not None:
@@ -244,7 +255,10 @@ class AuthService:
             user = await self._user(session, username)
             if user.totp_enabled or not user.totp_secret:
                 raise AuthError(409, "totp_not_pending", "start with /auth/totp/enroll")
-            failed = not totp.verify_code(user.totp_secret, code)
+            step = totp.matching_step(user.totp_secret, code)
+            failed = step is None
+            if step is not None:
+                user.totp_last_step = step  # the confirming code cannot log in afterwards
         if failed:
             await audit(self.sessionmaker, username, "totp_confirm", username, "minor_failure")
             raise AuthError(400, "invalid_totp_code", "the code does not match")

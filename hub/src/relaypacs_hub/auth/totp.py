@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import UTC, datetime
 
 import pyotp
 
@@ -22,6 +23,22 @@ def provisioning_uri(secret: str, username: str) -> str:
 def verify_code(secret: str, code: str) -> bool:
     # One step either side forgives a phone clock 30 s off.
     return pyotp.TOTP(secret).verify(code.strip(), valid_window=1)
+
+
+def matching_step(secret: str, code: str, now: datetime | None = None) -> int | None:
+    """The time step (RFC 6238 T) whose code ``code`` is, within one step of now; else None.
+
+    A login records the step it used, and a later login must use a later one: a code seen over
+    someone's shoulder, or replayed from a log, opens nothing once used."""
+    code = code.strip().replace(" ", "")
+    if not code.isdigit():
+        return None
+    t = pyotp.TOTP(secret)
+    current = t.timecode(now or datetime.now(UTC))
+    for step in (current, current - 1, current + 1):
+        if hmac.compare_digest(t.generate_otp(step), code):
+            return step
+    return None
 
 
 def new_recovery_codes(n: int = 10) -> list[str]:

@@ -213,6 +213,8 @@ class User(Base):
     # Set at enrollment, trusted only once confirmed with a code (totp_enabled).
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The RFC 6238 time step of the last code accepted: a code works once.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     recovery_codes_json: Mapped[str] = mapped_column(Text, default="[]")  # sha256 of unused codes
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
