@@ -77,6 +77,14 @@ def test_enroll_renew_then_deliver_with_the_device_credential(tmp_path: Path) ->
             headers={"Authorization": f"Bearer rpd_{first['device_id']}.{first['secret']}"},
         )
         assert old.status_code == 401
+        # The agent's own audit chain records both changes of its identity, never the secret.
+        verify = _cli(agent.env, "audit", "verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        exported = _cli(agent.env, "audit", "export").stdout
+        actions = [json.loads(line)["action"] for line in exported.splitlines() if line.strip()]
+        assert actions.count("device.enrolled") == 1
+        assert actions.count("device.credential_renewed") == 1
+        assert first["secret"] not in exported and renewed["secret"] not in exported
 
         st = generate_study(tmp_path / "src", instances=3, seed=31, rows=64, columns=64)
         agent.start()

@@ -262,6 +262,7 @@ def enroll(
     )
     path = credential_path(settings.data_dir)
     write_credential(path, Credential(hub_url, body["device_id"], body["facility"], body["secret"]))
+    _audit_local("device.enrolled", body["device_id"], facility=body["facility"], hub=hub_url)
     typer.echo(f"enrolled as device {body['device_id']} of facility {body['facility']}")
     typer.echo(f"credential written to {path}")
     if hub_url.rstrip("/") != settings.hub_url.rstrip("/"):
@@ -298,7 +299,24 @@ def renew_credential() -> None:
         headers={"Authorization": f"Bearer {cred.bearer}"},
     )
     write_credential(path, Credential(url, cred.device_id, cred.facility, body["secret"]))
+    _audit_local("device.credential_renewed", cred.device_id, facility=cred.facility)
     typer.echo(f"credential of device {cred.device_id} renewed")
+
+
+def _audit_local(action: str, target: str, **details: Any) -> None:
+    """Record a change of this agent's identity in its own hash-chained audit log."""
+    import getpass
+
+    from relaypacs_agent import audit
+    from relaypacs_agent.store.db import Store
+
+    settings = AgentSettings()
+    store = Store(settings.db_path)
+    try:
+        with store.tx() as conn:
+            audit.append(conn, f"cli:{getpass.getuser()}", action, target, **details)
+    finally:
+        store.close()
 
 
 # -- quarantine -------------------------------------------------------------------------------
