@@ -376,3 +376,61 @@ def test_lan_login_and_upload_with_the_hub_down_delivered_when_it_returns(
     page.locator('[data-testid="study-card"][data-stage="pacs"]').first.wait_for(timeout=120_000)
     _delivered(stack, study)
     ctx.close()
+
+
+def test_shared_device_keeps_each_users_queue_to_themselves(
+    stack: Stack, browser: Any, tmp_path: Path
+) -> None:
+    study = _study(tmp_path, "ct", 3, seed=705)
+    patient = "PATIENT0705"  # in the generated patient name; the ID is SYNTHETIC-000705
+    ctx = browser.new_context(viewport=PHONE)
+    page = ctx.new_page()
+    # The nurse queues a study while the tablet is offline, then signs out.
+    _login(page, stack.web_url, "nurse")
+    page.get_by_test_id("new-upload").wait_for()
+    _pick_and_describe(page, study.files)
+    ctx.set_offline(True)
+    page.get_by_role("button", name="Send").click()
+    page.locator('[data-testid="study-card"][data-stage="device"]').first.wait_for(timeout=20_000)
+    assert patient in page.content()
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for(timeout=10_000)
+    assert patient not in page.content() and "000705" not in page.content()
+    ctx.set_offline(False)
+
+    # The radiographer signs in on the same tablet: a count, never the nurse's study.
+    _login(page, stack.web_url, "tech")
+    others = page.get_by_test_id("others-waiting")
+    others.wait_for(timeout=20_000)
+    assert others.inner_text() == (
+        "1 study of another user is waiting on this device; it continues when that user signs in."
+    )
+    time.sleep(2)  # give the queue time to (wrongly) pick it up
+    html = page.content()
+    assert patient not in html and "000705" not in html
+    assert page.locator('[data-testid="study-card"][data-stage="device"]').count() == 0
+    with stack.agent_db() as db:
+        n = db.execute(
+            "SELECT COUNT(*) FROM instances WHERE study_instance_uid = ?",
+            (study.study_instance_uid,),
+        ).fetchone()[0]
+    assert n == 0, "another user's files were uploaded"
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for(timeout=10_000)
+
+    # The nurse signs in again: nothing was lost, the study goes on to the PACS.
+    _login(page, stack.web_url, "nurse")
+    page.get_by_test_id("new-upload").wait_for()
+    assert page.get_by_test_id("others-waiting").count() == 0
+    in_pacs = page.locator('[data-testid="study-card"]:not([data-stage="pacs"])')
+    wait_for(
+        lambda: (
+            set(study.sop_instance_uids) <= set(archive_files(stack.archive))
+            and in_pacs.count() == 0
+        ),
+        120,
+        "the nurse's study to reach the PACS",
+    )
+    _delivered(stack, study)
+    _no_duplicates(stack, study)
+    ctx.close()

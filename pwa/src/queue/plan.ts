@@ -1,5 +1,5 @@
 /** Pure decisions of the upload queue: what goes next, how long to wait. No I/O here. */
-import type { QBatch, QFile } from './types'
+import { UNOWNED, type QBatch, type QFile } from './types'
 
 export const BACKOFF_MS = [1_000, 3_000, 10_000, 30_000, 60_000, 120_000]
 
@@ -14,16 +14,41 @@ export function compareBatches(a: QBatch, b: QBatch): number {
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0
 }
 
-/** Batches that still need the agent to create them, in the order to create them. */
-export function batchesToCreate(batches: QBatch[], now: number): QBatch[] {
+/**
+ * Shared devices: a record belongs to `owner` only when it says so. Nobody owns unowned records
+ * (they are claimed first, see claimUnowned), and no owner (signed out) owns nothing.
+ */
+export function isOwnedBy(rec: { owner: string }, owner: string | null): boolean {
+  return owner !== null && owner !== UNOWNED && rec.owner === owner
+}
+
+/** The owner's batches, and the owner's files of those batches: all the owner may see or send. */
+export function ownedBy(batches: QBatch[], files: QFile[], owner: string | null): { batches: QBatch[]; files: QFile[] } {
+  const mine = batches.filter((b) => isOwnedBy(b, owner))
+  const ids = new Set(mine.map((b) => b.id))
+  return { batches: mine, files: files.filter((f) => ids.has(f.batchId) && isOwnedBy(f, owner)) }
+}
+
+/** Records kept from before owners existed, given to `owner` (the first user to sign in after). */
+export function claimUnowned(batches: QBatch[], files: QFile[], owner: string): { batches: QBatch[]; files: QFile[] } {
+  if (owner === UNOWNED) return { batches: [], files: [] }
+  return {
+    batches: batches.filter((b) => !b.owner).map((b) => ({ ...b, owner })),
+    files: files.filter((f) => !f.owner).map((f) => ({ ...f, owner })),
+  }
+}
+
+/** Batches of `owner` that still need the agent to create them, in the order to create them. */
+export function batchesToCreate(batches: QBatch[], now: number, owner: string | null): QBatch[] {
   return batches
-    .filter((b) => b.state === 'pending' && b.serverId === null && b.nextAttemptAt <= now)
+    .filter((b) => isOwnedBy(b, owner) && b.state === 'pending' && b.serverId === null && b.nextAttemptAt <= now)
     .sort(compareBatches)
 }
 
 /**
- * Files to start now: at most `concurrency - running.size`, STAT batches first then oldest,
- * never a file already running, uploaded, refused or failed, never before its retry time.
+ * Files of `owner` to start now: at most `concurrency - running.size`, STAT batches first then
+ * oldest, never a file already running, uploaded, refused or failed, never before its retry time,
+ * never a file (or a file of a batch) of someone else.
  */
 export function filesToStart(
   batches: QBatch[],
@@ -31,6 +56,7 @@ export function filesToStart(
   running: ReadonlySet<string>,
   now: number,
   concurrency: number,
+  owner: string | null,
 ): QFile[] {
   const free = concurrency - running.size
   if (free <= 0) return []
@@ -39,6 +65,8 @@ export function filesToStart(
     const b = byId.get(f.batchId)
     return (
       b !== undefined &&
+      isOwnedBy(b, owner) &&
+      isOwnedBy(f, owner) &&
       b.serverId !== null &&
       b.state === 'open' &&
       f.state === 'queued' &&
@@ -57,8 +85,9 @@ export function batchReadyToSend(batch: QBatch, files: QFile[]): boolean {
   return mine.length > 0 && mine.every((f) => f.state === 'uploaded' || f.state === 'refused')
 }
 
-/** The earliest time something that is waiting (on backoff) becomes due, or null. */
-export function nextWakeUp(batches: QBatch[], files: QFile[], now: number): number | null {
+/** The earliest time something of `owner` that is waiting (on backoff) becomes due, or null. */
+export function nextWakeUp(allBatches: QBatch[], allFiles: QFile[], now: number, owner: string | null): number | null {
+  const { batches, files } = ownedBy(allBatches, allFiles, owner)
   let t: number | null = null
   const consider = (at: number) => {
     if (at > now && (t === null || at < t)) t = at
@@ -89,4 +118,32 @@ export function waitingOnDevice(batches: QBatch[], files: QFile[]): WaitingSumma
   }
   for (const b of batches) if (b.state === 'pending') ids.add(b.id)
   return { studies: ids.size, files: n, bytes }
+}
+
+export interface OthersWaiting {
+  /** Studies of other users not yet fully handed to the agent. */
+  studies: number
+  /** How many other users they belong to. */
+  users: number
+}
+
+/**
+ * Work of other users still on this device (it goes on when they sign in). Counts only: nothing
+ * about the studies themselves may be shown to whoever is signed in now.
+ */
+export function othersWaiting(batches: QBatch[], files: QFile[], owner: string | null): OthersWaiting {
+  const unfinished = new Set<string>()
+  for (const f of files) {
+    if (f.state === 'queued' || f.state === 'uploading' || f.state === 'failed') unfinished.add(f.batchId)
+  }
+  const users = new Set<string>()
+  let studies = 0
+  for (const b of batches) {
+    if (b.owner === owner && owner !== null && owner !== UNOWNED) continue
+    if (b.state === 'pending' || b.state === 'open' || b.state === 'failed' || unfinished.has(b.id)) {
+      studies++
+      users.add(b.owner)
+    }
+  }
+  return { studies, users: users.size }
 }

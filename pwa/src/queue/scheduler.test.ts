@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
-import { batchesToCreate, filesToStart, waitingOnDevice } from './plan'
+import { batchesToCreate, claimUnowned, filesToStart, nextWakeUp, othersWaiting, ownedBy, waitingOnDevice } from './plan'
 import { PROBE_INTERVAL_MS, Scheduler } from './scheduler'
 import {
   QueueError,
@@ -110,6 +110,7 @@ class FakeNetwork {
 function batch(id: string, o: Partial<QBatch> = {}): QBatch {
   return {
     id,
+    owner: 'nurse',
     serverId: null,
     serviceLevel: 'routine',
     clinicalHistory: '',
@@ -142,6 +143,7 @@ function file(id: string, batchId: string, order = 0, o: Partial<QFile> = {}): Q
   return {
     id,
     batchId,
+    owner: 'nurse',
     order,
     name: id,
     size: 100,
@@ -167,13 +169,14 @@ async function settle() {
   await vi.advanceTimersByTimeAsync(0)
 }
 
-function setup(opts: { online?: boolean } = {}) {
+function setup(opts: { online?: boolean; owner?: string | null } = {}) {
   const store = new MemoryStore()
   const uploader = new FakeUploader()
   const api = new FakeApi()
   const network = new FakeNetwork()
   network.online = opts.online ?? true
   const q = new Scheduler({ store, uploader, api, network, clock, concurrency: 2 })
+  q.setOwner(opts.owner === undefined ? 'nurse' : opts.owner)
   return { store, uploader, api, network, q }
 }
 
@@ -195,10 +198,10 @@ describe('plan', () => {
       batch('s-old', { createdAt: 5, state: 'open', serverId: 's3', serviceLevel: 'stat' }),
     ]
     const fs = [file('a', 'r-old'), file('b', 's-new'), file('c', 's-old')]
-    expect(filesToStart(bs, fs, new Set(), 0, 3).map((f) => f.id)).toEqual(['c', 'b', 'a'])
-    expect(filesToStart(bs, fs, new Set(['x']), 0, 2).map((f) => f.id)).toEqual(['c'])
+    expect(filesToStart(bs, fs, new Set(), 0, 3, 'nurse').map((f) => f.id)).toEqual(['c', 'b', 'a'])
+    expect(filesToStart(bs, fs, new Set(['x']), 0, 2, 'nurse').map((f) => f.id)).toEqual(['c'])
     const pending = bs.map((b) => ({ ...b, state: 'pending' as const, serverId: null }))
-    expect(batchesToCreate(pending, 0).map((b) => b.id)).toEqual(['s-old', 's-new', 'r-old'])
+    expect(batchesToCreate(pending, 0, 'nurse').map((b) => b.id)).toEqual(['s-old', 's-new', 'r-old'])
   })
 
   it('summarises what waits on the device', () => {
@@ -425,5 +428,175 @@ describe('Scheduler', () => {
     q.retry('b')
     await settle()
     expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'open', serverId: 'srv-b' })
+  })
+})
+
+// ---- shared devices: one user's work is never shown to, nor sent by, another ----
+
+describe('owners (pure)', () => {
+  const bs = [
+    batch('mine', { state: 'open', serverId: 's1', createdAt: 5 }),
+    batch('theirs', { owner: 'tech', state: 'open', serverId: 's2', createdAt: 1, serviceLevel: 'stat' }),
+    batch('old', { owner: '', state: 'open', serverId: 's3', createdAt: 0, serviceLevel: 'stat' }),
+  ]
+  const fs = [
+    file('m0', 'mine', 0),
+    file('t0', 'theirs', 0, { owner: 'tech' }),
+    file('o0', 'old', 0, { owner: '' }),
+    // a file claiming to be mine in someone else's batch is still not picked
+    file('x0', 'theirs', 1),
+  ]
+
+  it('filesToStart picks only the owner\'s files, even when others\' are more urgent', () => {
+    expect(filesToStart(bs, fs, new Set(), 0, 10, 'nurse').map((f) => f.id)).toEqual(['m0'])
+    expect(filesToStart(bs, fs, new Set(), 0, 10, 'tech').map((f) => f.id)).toEqual(['t0'])
+  })
+
+  it('nobody signed in, or the unowned name, picks nothing', () => {
+    expect(filesToStart(bs, fs, new Set(), 0, 10, null)).toEqual([])
+    expect(filesToStart(bs, fs, new Set(), 0, 10, '')).toEqual([])
+    const pending = bs.map((b) => ({ ...b, state: 'pending' as const, serverId: null }))
+    expect(batchesToCreate(pending, 0, null)).toEqual([])
+    expect(batchesToCreate(pending, 0, '')).toEqual([])
+  })
+
+  it('batchesToCreate creates only the owner\'s batches', () => {
+    const pending = bs.map((b) => ({ ...b, state: 'pending' as const, serverId: null }))
+    expect(batchesToCreate(pending, 0, 'nurse').map((b) => b.id)).toEqual(['mine'])
+    expect(batchesToCreate(pending, 0, 'tech').map((b) => b.id)).toEqual(['theirs'])
+  })
+
+  it('ownedBy keeps the owner\'s batches and their own files only', () => {
+    const v = ownedBy(bs, fs, 'nurse')
+    expect(v.batches.map((b) => b.id)).toEqual(['mine'])
+    expect(v.files.map((f) => f.id)).toEqual(['m0'])
+    expect(ownedBy(bs, fs, null)).toEqual({ batches: [], files: [] })
+  })
+
+  it('nextWakeUp ignores the backoff of other owners', () => {
+    const later = [batch('t', { owner: 'tech', nextAttemptAt: 50 }), batch('m', { nextAttemptAt: 90 })]
+    expect(nextWakeUp(later, [], 10, 'nurse')).toBe(90)
+    expect(nextWakeUp(later, [], 10, null)).toBeNull()
+  })
+
+  it('counts other users\' unfinished studies, not finished ones', () => {
+    const all = [
+      ...bs,
+      batch('done', { owner: 'tech', state: 'sent', serverId: 's4' }),
+      batch('p', { owner: 'boss' }),
+    ]
+    expect(othersWaiting(all, fs, 'nurse')).toEqual({ studies: 3, users: 3 })
+    expect(othersWaiting(all.filter((b) => b.owner !== ''), fs, 'nurse')).toEqual({ studies: 2, users: 2 })
+    expect(othersWaiting([batch('mine')], [], 'nurse')).toEqual({ studies: 0, users: 0 })
+  })
+
+  it('claimUnowned gives only unowned records to the user', () => {
+    const c = claimUnowned(bs, fs, 'nurse')
+    expect(c.batches.map((b) => [b.id, b.owner])).toEqual([['old', 'nurse']])
+    expect(c.files.map((f) => [f.id, f.owner])).toEqual([['o0', 'nurse']])
+    expect(claimUnowned(bs, fs, '')).toEqual({ batches: [], files: [] })
+  })
+})
+
+describe('Scheduler owners', () => {
+  async function twoUsers(owner: string | null) {
+    const t = setup({ owner })
+    await t.store.addBatch(batch('n', { createdAt: 2 }), [{ file: file('n0', 'n'), blob: new Blob(['x']) }])
+    await t.store.addBatch(batch('t', { owner: 'tech', createdAt: 1, serviceLevel: 'stat' }), [
+      { file: file('t0', 't', 0, { owner: 'tech' }), blob: new Blob(['x']) },
+    ])
+    await t.q.start()
+    await settle()
+    return t
+  }
+
+  it('creates and uploads only the signed-in user\'s work, and shows only theirs', async () => {
+    const { api, uploader, q } = await twoUsers('nurse')
+    expect(api.created).toEqual(['n'])
+    expect(uploader.names()).toEqual(['n0'])
+    const snap = q.getSnapshot()
+    expect(snap.batches.map((b) => b.id)).toEqual(['n'])
+    expect(snap.files.map((f) => f.id)).toEqual(['n0'])
+    expect(snap.others).toEqual({ studies: 1, users: 1 })
+    expect(JSON.stringify(snap)).not.toContain('"t0"')
+  })
+
+  it('signed out: nothing runs, nothing is shown, nothing is lost', async () => {
+    const { api, uploader, store, q } = await twoUsers(null)
+    expect(api.created).toEqual([])
+    expect(uploader.started).toHaveLength(0)
+    expect(q.getSnapshot().batches).toEqual([])
+    expect(store.batches.size).toBe(2)
+    await expect(q.add(batch('z', { owner: '' }), [])).rejects.toThrow()
+  })
+
+  it('signing out stops the uploads; the next user sends only theirs; the first resumes later', async () => {
+    const { api, uploader, store, q } = await twoUsers('nurse')
+    const first = uploader.started[0]
+    first.cb.onUploadUrl('http://agent/api/v1/uploads/n0')
+    q.setOwner(null)
+    await settle()
+    expect(first.aborted).toBe(true)
+    expect(store.files.get('n0')).toMatchObject({ state: 'queued', uploadUrl: 'http://agent/api/v1/uploads/n0' })
+    first.resolve() // an aborted upload finishing late changes nothing
+    await settle()
+    expect(store.files.get('n0')!.state).toBe('queued')
+
+    q.setOwner('tech')
+    await settle()
+    expect(api.created).toEqual(['n', 't'])
+    expect(uploader.names()).toEqual(['n0', 't0'])
+    expect(q.getSnapshot().batches.map((b) => b.id)).toEqual(['t'])
+    uploader.started[1].resolve()
+    await settle()
+    expect(api.sent).toEqual(['srv-t'])
+
+    q.setOwner('nurse')
+    await settle()
+    expect(uploader.names()).toEqual(['n0', 't0', 'n0'])
+    expect(uploader.started[2].file.uploadUrl).toBe('http://agent/api/v1/uploads/n0')
+  })
+
+  it('a 401 for someone signed out does not stop the next user', async () => {
+    const { uploader, q } = await twoUsers('nurse')
+    q.setOwner('tech')
+    await settle()
+    // the nurse's aborted upload rejects late with 401: ignored (it was aborted)
+    uploader.started[0].reject(new QueueError('auth', 'gone', 401))
+    await settle()
+    expect(q.getSnapshot().authRequired).toBe(false)
+    expect(uploader.names()).toContain('t0')
+  })
+
+  it('records from before owners existed go to the first user who signs in', async () => {
+    const t = setup({ owner: null })
+    await t.store.addBatch(batch('old', { owner: '' }), [{ file: file('o0', 'old', 0, { owner: '' }), blob: new Blob(['x']) }])
+    await t.q.start()
+    await settle()
+    expect(t.api.created).toEqual([])
+    t.q.setOwner('tech')
+    await settle()
+    expect(t.store.batches.get('old')!.owner).toBe('tech')
+    expect(t.store.files.get('o0')!.owner).toBe('tech')
+    expect(t.api.created).toEqual(['old'])
+    t.q.setOwner('nurse')
+    await settle()
+    expect(t.q.getSnapshot().batches).toEqual([])
+    expect(t.q.getSnapshot().others).toEqual({ studies: 1, users: 1 })
+  })
+
+  it('add() stamps the signed-in user on the batch and its files', async () => {
+    const { store, q } = setup({ owner: 'tech' })
+    await q.start()
+    await q.add(batch('b', { owner: '' }), [{ file: file('f', 'b', 0, { owner: '' }), blob: new Blob(['x']) }])
+    expect(store.batches.get('b')!.owner).toBe('tech')
+    expect(store.files.get('f')!.owner).toBe('tech')
+  })
+
+  it('retry and remove ignore other users\' batches', async () => {
+    const { store, q } = await twoUsers('nurse')
+    await q.remove('t')
+    q.retry('t')
+    expect(store.batches.has('t')).toBe(true)
   })
 })

@@ -8,9 +8,14 @@ import {
   backoffDelay,
   batchReadyToSend,
   batchesToCreate,
+  claimUnowned,
   filesToStart,
+  isOwnedBy,
   nextWakeUp,
+  othersWaiting,
+  ownedBy,
   waitingOnDevice,
+  type OthersWaiting,
   type WaitingSummary,
 } from './plan'
 import {
@@ -27,13 +32,18 @@ import {
 
 export const PROBE_INTERVAL_MS = 5_000
 
+/** What the signed-in user may see: only their own batches and files. */
 export interface QueueSnapshot {
+  /** The signed-in user whose work this is (null: signed out, nothing is shown or sent). */
+  owner: string | null
   batches: QBatch[]
   files: QFile[]
   online: boolean
   agentReachable: boolean
   authRequired: boolean
   waiting: WaitingSummary
+  /** Counts only (no patient data) of other users' work still on this device. */
+  others: OthersWaiting
 }
 
 export interface SchedulerDeps {
@@ -67,6 +77,9 @@ export class Scheduler {
   private agentReachable = true
   private authRequired = false
   private started = false
+  private loaded = false
+  /** Whose work runs: the signed-in user; null = nobody (signed out), nothing runs. */
+  private owner: string | null = null
   private wakeTimer: unknown = null
   private probeTimer: unknown = null
   private unsubscribeNetwork: (() => void) | null = null
@@ -96,6 +109,8 @@ export class Scheduler {
       // An upload cut by a reload or a closed tab resumes from its uploadUrl.
       this.files.set(f.id, f.state === 'uploading' ? { ...f, state: 'queued' } : { ...f })
     }
+    this.loaded = true
+    this.claimUnowned()
     this.unsubscribeNetwork = this.deps.network.subscribe(() => this.onNetworkChange())
     this.emit()
     this.pump()
@@ -118,11 +133,39 @@ export class Scheduler {
 
   getSnapshot = (): QueueSnapshot => this.snapshot
 
-  /** Queue a new batch (one study) with its files; persisted before this resolves. */
+  /**
+   * Queue a new batch (one study) with its files for the signed-in user; persisted before this
+   * resolves. Refused when nobody is signed in: every record must have an owner.
+   */
   async add(batch: QBatch, files: Array<{ file: QFile; blob: Blob }>): Promise<void> {
-    await this.deps.store.addBatch(batch, files)
-    this.batches.set(batch.id, { ...batch })
-    for (const { file } of files) this.files.set(file.id, { ...file })
+    const owner = batch.owner || this.owner
+    if (!owner) throw new Error('Sign in to queue a study.')
+    const b: QBatch = { ...batch, owner }
+    const fs = files.map(({ file, blob }) => ({ file: { ...file, owner }, blob }))
+    await this.deps.store.addBatch(b, fs)
+    this.batches.set(b.id, b)
+    for (const { file } of fs) this.files.set(file.id, file)
+    this.emit()
+    this.pump()
+  }
+
+  /**
+   * Who is signed in (null: signed out). Only their batches are shown and sent, with their token;
+   * everyone else's stay on the device untouched until they sign in. A change stops the uploads
+   * running for the previous user (they resume later from their uploadUrl).
+   */
+  setOwner(owner: string | null): void {
+    const next = owner || null
+    if (next === this.owner) return
+    for (const [id, h] of this.running) {
+      h.abort()
+      this.updateFile(id, { state: 'queued' }, false)
+    }
+    this.running.clear()
+    this.clearTimer('wake')
+    this.owner = next
+    this.authRequired = false
+    this.claimUnowned()
     this.emit()
     this.pump()
   }
@@ -134,10 +177,10 @@ export class Scheduler {
     this.pump()
   }
 
-  /** Retry failed files (and a failed batch creation) of a batch now. */
+  /** Retry failed files (and a failed batch creation) of a batch of the signed-in user now. */
   retry(batchId: string): void {
     const b = this.batches.get(batchId)
-    if (!b) return
+    if (!b || !isOwnedBy(b, this.owner)) return
     const now = this.clock.now()
     if (b.state === 'failed') this.updateBatch(b.id, { state: b.serverId ? 'open' : 'pending', nextAttemptAt: now, error: null })
     for (const f of this.files.values()) {
@@ -151,6 +194,8 @@ export class Scheduler {
 
   /** Remove a batch from this device (and stop its uploads). */
   async remove(batchId: string): Promise<void> {
+    const b = this.batches.get(batchId)
+    if (b && !isOwnedBy(b, this.owner)) return // only its owner may drop it
     for (const f of [...this.files.values()]) {
       if (f.batchId !== batchId) continue
       this.running.get(f.id)?.abort()
@@ -177,7 +222,15 @@ export class Scheduler {
   // ---- internals ----
 
   private canWork(): boolean {
-    return this.started && this.deps.network.isOnline() && this.agentReachable && !this.authRequired
+    return this.started && this.owner !== null && this.deps.network.isOnline() && this.agentReachable && !this.authRequired
+  }
+
+  /** Records from before owners were kept go to the first user signed in after the upgrade. */
+  private claimUnowned(): void {
+    if (!this.loaded || this.owner === null) return
+    const claimed = claimUnowned([...this.batches.values()], [...this.files.values()], this.owner)
+    for (const b of claimed.batches) this.updateBatch(b.id, { owner: b.owner })
+    for (const f of claimed.files) this.updateFile(f.id, { owner: f.owner }, false)
   }
 
   private onNetworkChange(): void {
@@ -200,24 +253,24 @@ export class Scheduler {
     if (!this.started) return
     this.clearTimer('wake')
     if (!this.canWork()) {
-      if (!this.authRequired && this.deps.network.isOnline() && !this.agentReachable) this.scheduleProbe()
+      if (this.owner !== null && !this.authRequired && this.deps.network.isOnline() && !this.agentReachable) this.scheduleProbe()
       return
     }
     const now = this.clock.now()
-    const batches = [...this.batches.values()]
-    const files = [...this.files.values()]
+    const owner = this.owner
+    const { batches, files } = ownedBy([...this.batches.values()], [...this.files.values()], owner)
 
     if (!this.creating) {
-      const next = batchesToCreate(batches, now)[0]
+      const next = batchesToCreate(batches, now, owner)[0]
       if (next) void this.createBatch(next)
     }
     for (const b of batches) {
       if (!this.sending.has(b.id) && b.nextAttemptAt <= now && batchReadyToSend(b, files)) void this.sendBatch(b)
     }
-    for (const f of filesToStart(batches, files, new Set(this.running.keys()), now, this.concurrency)) {
+    for (const f of filesToStart(batches, files, new Set(this.running.keys()), now, this.concurrency, owner)) {
       this.startUpload(f)
     }
-    const wake = nextWakeUp([...this.batches.values()], [...this.files.values()], now)
+    const wake = nextWakeUp([...this.batches.values()], [...this.files.values()], now, owner)
     if (wake !== null) this.wakeTimer = this.clock.setTimeout(() => this.pump(), wake - now)
   }
 
@@ -239,7 +292,7 @@ export class Scheduler {
           nextAttemptAt: this.clock.now() + backoffDelay(attempts),
           error: err.kind === 'network' ? null : err.message,
         })
-        this.onFailure(err)
+        this.onFailure(err, b.owner)
       }
     } finally {
       this.creating = false
@@ -262,7 +315,7 @@ export class Scheduler {
         // Do not spin on a failing /send: try again after a backoff.
         const attempts = b.attempts + 1
         this.updateBatch(b.id, { attempts, nextAttemptAt: this.clock.now() + backoffDelay(attempts) })
-        this.onFailure(err)
+        this.onFailure(err, b.owner)
       }
     } finally {
       this.sending.delete(b.id)
@@ -328,13 +381,15 @@ export class Scheduler {
         nextAttemptAt: this.clock.now() + backoffDelay(attempts),
         error: err.kind === 'network' ? null : err.message,
       })
-      this.onFailure(err)
+      this.onFailure(err, cur.owner)
     }
     this.pump()
   }
 
-  private onFailure(err: QueueError): void {
+  /** `owner`: whose request failed (a 401 of someone who has signed out is not the current user's). */
+  private onFailure(err: QueueError, owner: string): void {
     if (err.kind === 'auth') {
+      if (owner !== this.owner) return
       this.authRequired = true
       for (const [id, h] of this.running) {
         h.abort()
@@ -351,7 +406,7 @@ export class Scheduler {
     if (this.probeTimer !== null) return
     this.probeTimer = this.clock.setTimeout(async () => {
       this.probeTimer = null
-      if (!this.started || this.agentReachable) return
+      if (!this.started || this.agentReachable || this.owner === null) return
       let ok = false
       try {
         ok = await this.deps.api.probe()
@@ -405,15 +460,17 @@ export class Scheduler {
   }
 
   private makeSnapshot(): QueueSnapshot {
-    const batches = [...this.batches.values()]
-    const files = [...this.files.values()]
+    const all = { batches: [...this.batches.values()], files: [...this.files.values()] }
+    const { batches, files } = ownedBy(all.batches, all.files, this.owner)
     return {
+      owner: this.owner,
       batches,
       files,
       online: this.deps.network.isOnline(),
       agentReachable: this.agentReachable,
       authRequired: this.authRequired,
       waiting: waitingOnDevice(batches, files),
+      others: othersWaiting(all.batches, all.files, this.owner),
     }
   }
 

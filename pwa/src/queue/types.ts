@@ -24,8 +24,13 @@ export interface StudySummary {
   bytes: number
 }
 
+/** Owner of records made before owners were kept: claimed by the first user who signs in. */
+export const UNOWNED = ''
+
 export interface QBatch {
   id: string // local id
+  /** Username of who queued it on this device; only that user sees it and only their token sends it. */
+  owner: string
   serverId: string | null
   serviceLevel: ServiceLevel
   clinicalHistory: string
@@ -44,6 +49,8 @@ export interface QBatch {
 export interface QFile {
   id: string
   batchId: string // local batch id
+  /** Same as its batch's owner. */
+  owner: string
   order: number
   name: string
   size: number

@@ -8,6 +8,7 @@ import { promptInstall, useCanInstall } from './install'
 import { Login } from './Login'
 import { NewUpload } from './NewUpload'
 import { session, useSession } from './session'
+import { hubBadge } from './status'
 import { StudyPage } from './StudyPage'
 
 function useHash(): string {
@@ -20,31 +21,34 @@ function useHash(): string {
   )
 }
 
-function HubBadge({ reachable, hub }: { reachable: boolean | null; hub?: { reachable: boolean; last_contact_at: number | null } }) {
-  let text: string
-  let cls: string
-  if (reachable === false) {
-    text = 'Agent unreachable'
-    cls = 'bg-amber-100 text-amber-950 border-amber-400'
-  } else if (!hub) {
-    text = 'Checking…'
-    cls = 'bg-slate-100 text-slate-800 border-slate-300'
-  } else if (hub.reachable) {
-    text = 'Hub online'
-    cls = 'bg-emerald-50 text-emerald-900 border-emerald-400'
-  } else {
-    text = `Hub offline${hub.last_contact_at ? ` · last contact ${formatAgo(hub.last_contact_at * 1000)}` : ''}`
-    cls = 'bg-amber-100 text-amber-950 border-amber-400'
-  }
+function HubBadge({ online, reachable, hub }: { online: boolean; reachable: boolean | null; hub: { reachable: boolean; last_contact_at: number | null } | null }) {
+  const st = hubBadge(online, reachable, hub)
+  const cls =
+    st.kind === 'hub-online'
+      ? 'bg-emerald-50 text-emerald-900 border-emerald-400'
+      : st.kind === 'checking'
+        ? 'bg-slate-100 text-slate-800 border-slate-300'
+        : 'bg-amber-100 text-amber-950 border-amber-400'
+  const title =
+    st.kind === 'hub-offline' && hub?.last_contact_at
+      ? `Last contact with the hub ${formatAgo(hub.last_contact_at * 1000)}`
+      : st.kind === 'agent-unreachable'
+        ? online
+          ? 'The agent on this network does not answer. Uploads wait on this device.'
+          : 'This device is offline. Uploads wait on this device.'
+        : undefined
   return (
     <span
       data-testid="hub-status"
-      data-reachable={reachable === false ? 'agent-unreachable' : hub ? String(hub.reachable) : 'unknown'}
+      data-reachable={st.hubReachable === null ? 'unknown' : String(st.hubReachable)}
+      data-agent-reachable={st.agentReachable === null ? 'unknown' : String(st.agentReachable)}
+      data-state={st.kind}
       role="status"
+      title={title}
       className={`inline-flex items-center gap-1.5 rounded-full border px-2.5 py-1 text-xs font-medium ${cls}`}
     >
-      <span aria-hidden="true" className={`h-2 w-2 rounded-full ${hub?.reachable && reachable !== false ? 'bg-emerald-600' : 'bg-amber-600'}`} />
-      {text}
+      <span aria-hidden="true" className={`h-2 w-2 rounded-full ${st.kind === 'hub-online' ? 'bg-emerald-600' : st.kind === 'checking' ? 'bg-slate-500' : 'bg-amber-600'}`} />
+      {st.text}
     </span>
   )
 }
@@ -52,9 +56,9 @@ function HubBadge({ reachable, hub }: { reachable: boolean | null; hub?: { reach
 export function App() {
   const s = useSession()
   const hash = useHash()
-  const { info, reachable } = useAgentInfo()
+  const { info, reachable, hub, online } = useAgentInfo()
   const canInstall = useCanInstall()
-  const server = useServerBatches(!!s)
+  const server = useServerBatches(s?.username ?? null)
   const [checked, setChecked] = useState(false)
 
   useEffect(() => {
@@ -96,7 +100,7 @@ export function App() {
             </p>
           </div>
           <div className="flex flex-wrap items-center gap-2">
-            <HubBadge reachable={reachable} hub={info?.hub} />
+            <HubBadge online={online} reachable={reachable} hub={hub} />
             {canInstall && (
               <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void promptInstall()}>
                 Install app

@@ -21,6 +21,21 @@ export function WaitingBanner({ agentReachable }: { agentReachable: boolean | nu
   )
 }
 
+/** Other users' work on this shared device: counts only, never anything about the studies. */
+export function OthersWaiting() {
+  const { others } = useQueue()
+  if (others.studies === 0) return null
+  const one = others.studies === 1
+  const whose = others.users > 1 ? 'other users' : 'another user'
+  const who = others.users > 1 ? 'those users sign' : 'that user signs'
+  return (
+    <p className="rounded-lg bg-slate-100 px-3 py-2 text-sm text-slate-800" data-testid="others-waiting" role="status">
+      {plural(others.studies, 'study', 'studies')} of {whose} {one ? 'is' : 'are'} waiting on this device; {one ? 'it continues' : 'they continue'} when{' '}
+      {who} in.
+    </p>
+  )
+}
+
 export function Home({ server, agentReachable }: { server: Map<string, ServerBatch>; agentReachable: boolean | null }) {
   const snap = useQueue()
   const locals = [...snap.batches].sort((a, b) => b.createdAt - a.createdAt)
@@ -38,6 +53,7 @@ export function Home({ server, agentReachable }: { server: Map<string, ServerBat
         </a>
       </div>
       <WaitingBanner agentReachable={agentReachable} />
+      <OthersWaiting />
       {snap.authRequired && <Alert tone="warn">Your session has ended. Sign in again to continue sending.</Alert>}
       {empty && (
         <div className="card text-slate-700">

@@ -5,6 +5,7 @@ import type { QBatch, QFile, ServiceLevel } from '../queue/types'
 import { analyse, type Analysis } from './analyse'
 import { queue } from './engine'
 import { expandZips, fromDrop, fromFileList, type Picked } from './pick'
+import { session } from './session'
 import { Alert, ProgressBar } from './ui'
 
 interface Meta {
@@ -112,6 +113,8 @@ export function NewUpload({ onDone }: { onDone: () => void }) {
     setSendError(null)
     try {
       void navigator.storage?.persist?.()
+      const owner = session.get()?.username
+      if (!owner) throw new Error('You are signed out. Sign in again.')
       const now = Date.now()
       // STAT studies first so that they are queued first.
       const studies = [...analysis.studies].sort(
@@ -123,6 +126,7 @@ export function NewUpload({ onDone }: { onDone: () => void }) {
         const label = [s.summary.modality, s.summary.studyDescription, formatDicomDate(s.summary.studyDate)].filter(Boolean).join(' ')
         const batch: QBatch = {
           id: batchId,
+          owner,
           serverId: null,
           serviceLevel: m.serviceLevel,
           clinicalHistory: m.clinicalHistory.trim(),
@@ -141,6 +145,7 @@ export function NewUpload({ onDone }: { onDone: () => void }) {
           const file: QFile = {
             id: newId(),
             batchId,
+            owner,
             order,
             name: f.picked.file.name,
             size: f.picked.file.size,

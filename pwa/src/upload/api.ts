@@ -111,10 +111,12 @@ async function parseError(res: Response): Promise<ApiError> {
   return new ApiError(res.status, code, detail || PLAIN[code] || res.statusText || `HTTP ${res.status}`, retryAfter)
 }
 
-export async function request<T>(method: string, path: string, body?: unknown, auth = true): Promise<T> {
+/** `auth`: send the current token; a string: send that token (e.g. to sign out a session already forgotten). */
+export async function request<T>(method: string, path: string, body?: unknown, auth: boolean | string = true): Promise<T> {
   const headers: Record<string, string> = { Accept: 'application/json' }
   if (body !== undefined) headers['Content-Type'] = 'application/json'
-  if (auth && token) headers.Authorization = `Bearer ${token}`
+  const sent = typeof auth === 'string' ? auth : auth ? token : null
+  if (sent) headers.Authorization = `Bearer ${sent}`
   let res: Response
   try {
     res = await fetch(`${API}${path}`, {
@@ -128,7 +130,8 @@ export async function request<T>(method: string, path: string, body?: unknown, a
   }
   if (!res.ok) {
     const err = await parseError(res)
-    if (res.status === 401 && auth && token) onUnauthorized?.()
+    // Only when it is the current session that is over (not one signed out meanwhile).
+    if (res.status === 401 && sent && sent === token) onUnauthorized?.()
     throw err
   }
   if (res.status === 204) return undefined as T
@@ -150,7 +153,7 @@ export const agent = {
   login: (username: string, password: string, totp_code?: string) =>
     request<Session>('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) }, false),
   me: () => request<Omit<Session, 'token'>>('GET', '/auth/me'),
-  logout: () => request<void>('POST', '/auth/logout'),
+  logout: (t?: string) => request<void>('POST', '/auth/logout', undefined, t ?? true),
   info: () => request<AgentInfo>('GET', '/info', undefined, false),
   createBatch: (b: {
     service_level: 'stat' | 'routine'

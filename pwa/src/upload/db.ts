@@ -1,6 +1,6 @@
 /** IndexedDB (Dexie): the upload queue survives reloads, closed tabs and lost Wi-Fi. */
 import Dexie, { type EntityTable } from 'dexie'
-import type { QBatch, QFile, QueueStore } from '../queue/types'
+import { UNOWNED, type QBatch, type QFile, type QueueStore } from '../queue/types'
 
 interface BlobRow {
   id: string // file id
@@ -26,6 +26,27 @@ export class RelayDb extends Dexie {
       blobs: 'id',
       kv: 'key',
     })
+    // v2: shared devices. Every batch and file has the username of who queued it; records from
+    // v1 get '' (unowned) and go to the first user who signs in after the upgrade (see Scheduler).
+    this.version(2)
+      .stores({
+        batches: 'id, serverId, state, createdAt, owner',
+        files: 'id, batchId, state, owner',
+      })
+      .upgrade(async (tx) => {
+        await tx
+          .table('batches')
+          .toCollection()
+          .modify((b: Partial<QBatch>) => {
+            if (typeof b.owner !== 'string') b.owner = UNOWNED
+          })
+        await tx
+          .table('files')
+          .toCollection()
+          .modify((f: Partial<QFile>) => {
+            if (typeof f.owner !== 'string') f.owner = UNOWNED
+          })
+      })
   }
 }
 

@@ -3,6 +3,7 @@ import { Scheduler } from '../queue/scheduler'
 import type { Network, QueueApi } from '../queue/types'
 import { agent, toQueueError } from './api'
 import { dexieStore } from './db'
+import { session } from './session'
 import { tusUploader } from './tusUploader'
 
 const browserNetwork: Network = {
@@ -56,3 +57,10 @@ export const queue = new Scheduler({
   network: browserNetwork,
   concurrency: 2,
 })
+
+// Only the signed-in user's work runs, with their token; signing out stops it (it stays queued).
+function followSession(): void {
+  queue.setOwner(session.get()?.username ?? null)
+}
+followSession()
+session.subscribe(followSession)

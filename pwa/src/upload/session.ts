@@ -46,13 +46,19 @@ export const session = {
   update(patch: Partial<Session>) {
     if (current) set({ ...current, ...patch })
   },
+  /**
+   * Forget the session here at once (token gone, the queue stops, nothing of this user is shown),
+   * then end it at the agent. Work still queued stays on the device for the next sign-in.
+   */
   async signOut() {
-    try {
-      await agent.logout()
-    } catch {
-      // offline or already gone: forget it here anyway
-    }
+    const t = current?.token
     set(null)
+    if (!t) return
+    try {
+      await agent.logout(t)
+    } catch {
+      // offline or already gone: it is forgotten here anyway
+    }
   },
   expire() {
     set(null)

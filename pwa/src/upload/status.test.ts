@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import type { QBatch, QFile } from '../queue/types'
 import type { ServerBatch } from './api'
-import { studyStatus } from './status'
+import { hubBadge, studyStatus } from './status'
 
 const local = (o: Partial<QBatch> = {}) => ({ id: 'b', serverId: 's', state: 'sent', ...o }) as QBatch
 const file = (o: Partial<QFile> = {}) => ({ id: 'f', batchId: 'b', size: 100, bytesSent: 0, state: 'uploaded', error: null, ...o }) as QFile
@@ -28,5 +28,26 @@ describe('studyStatus', () => {
     const s = { ...server(['agent']), refused: [{ filename: 'x.txt', reason: 'not_dicom', message: 'not DICOM' }] }
     const st = studyStatus(local(), [file(), file({ id: 'r', name: 'y.dcm', state: 'refused', error: 'bad' } as Partial<QFile>)], s)
     expect(st.refused.map((r) => r.name).sort()).toEqual(['x.txt', 'y.dcm'])
+  })
+})
+
+describe('hubBadge', () => {
+  it('says the agent is unreachable while the browser is offline, whatever was known before', () => {
+    expect(hubBadge(false, true, { reachable: true })).toMatchObject({ text: 'Agent unreachable', hubReachable: false, agentReachable: false })
+    expect(hubBadge(false, null, null).kind).toBe('agent-unreachable')
+  })
+  it('says the agent is unreachable when the probe fails', () => {
+    expect(hubBadge(true, false, null)).toMatchObject({ kind: 'agent-unreachable', text: 'Agent unreachable' })
+  })
+  it('tells hub online from hub offline when the agent answers', () => {
+    expect(hubBadge(true, true, { reachable: true })).toMatchObject({ text: 'Hub online', hubReachable: true, agentReachable: true })
+    expect(hubBadge(true, true, { reachable: false })).toMatchObject({
+      text: 'Hub offline — uploads wait at the agent',
+      hubReachable: false,
+      agentReachable: true,
+    })
+  })
+  it('is only checking before the first answer', () => {
+    expect(hubBadge(true, null, null).kind).toBe('checking')
   })
 })

@@ -103,3 +103,24 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
   if (stage === 'hub' || stage === 'pacs') percent = 100
   return { stage, percent, bytesDone, bytesTotal, progressLabel, problems, refused, waitingFiles }
 }
+
+export interface HubBadgeState {
+  kind: 'checking' | 'hub-online' | 'hub-offline' | 'agent-unreachable'
+  text: string
+  /** The hub, as far as this device can tell: false too when the agent cannot be reached. */
+  hubReachable: boolean | null
+  agentReachable: boolean | null
+}
+
+/**
+ * The header badge. `online`: navigator.onLine; `agentReachable`: the latest GET /api/v1/info
+ * answered (null: not asked yet); `hub`: what that answer said about the hub.
+ */
+export function hubBadge(online: boolean, agentReachable: boolean | null, hub: { reachable: boolean } | null): HubBadgeState {
+  if (!online || agentReachable === false) {
+    return { kind: 'agent-unreachable', text: 'Agent unreachable', hubReachable: false, agentReachable: false }
+  }
+  if (agentReachable === null || !hub) return { kind: 'checking', text: 'Checking…', hubReachable: null, agentReachable }
+  if (hub.reachable) return { kind: 'hub-online', text: 'Hub online', hubReachable: true, agentReachable: true }
+  return { kind: 'hub-offline', text: 'Hub offline — uploads wait at the agent', hubReachable: false, agentReachable: true }
+}
