@@ -101,3 +101,26 @@ def test_sign_in_works_from_the_keyboard_alone(stack: Stack, browser: Any) -> No
     )
     assert style.split("|")[0] != "none" or style.split("|")[1] != "none", style
     ctx.close()
+
+
+def test_the_upload_app_is_installable(stack: Stack) -> None:
+    """What a browser needs to offer "Install app": a manifest with a name, a start URL, a
+    standalone display and 192/512 px icons that exist, and a service worker."""
+    import httpx
+
+    manifest = httpx.get(stack.web_url + "/manifest.webmanifest")
+    assert manifest.status_code == 200
+    m = manifest.json()
+    assert m["name"].startswith("RelayPACS") and m["short_name"]
+    assert m["display"] in ("standalone", "fullscreen", "minimal-ui")
+    assert m["start_url"]
+    sizes = {i["sizes"] for i in m["icons"]}
+    assert {"192x192", "512x512"} <= sizes
+    assert any("maskable" in i.get("purpose", "") for i in m["icons"])
+    for icon in m["icons"]:
+        r = httpx.get(stack.web_url + "/" + icon["src"].lstrip("./"))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/"), icon
+    sw = httpx.get(stack.web_url + "/sw.js")
+    assert sw.status_code == 200 and "javascript" in sw.headers["content-type"]
+    index = httpx.get(stack.web_url + "/").text
+    assert "manifest.webmanifest" in index

@@ -3,6 +3,7 @@ the hub's reachability fresh in another."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
@@ -36,6 +37,13 @@ def find_pwa_dir(configured: Path | None) -> Path | None:
         if (candidate / "index.html").is_file():
             return candidate
     return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _version() -> str:
@@ -109,6 +117,14 @@ class WebServer:
             lifespan="off",
             timeout_keep_alive=30,
         )
+        if not self.settings.web_tls_cert and not _loopback(self.settings.web_host):
+            # Allowed (a pilot on a closed LAN), but said loudly: passwords cross the LAN in
+            # clear and phones will not run the offline service worker over plain HTTP.
+            log.warning(
+                "web_without_tls",
+                host=self.settings.web_host,
+                advice="set RELAYPACS_AGENT_WEB_TLS_CERT and RELAYPACS_AGENT_WEB_TLS_KEY",
+            )
         self.server = uvicorn.Server(config)
         # Bind here, so a port already taken stops the agent with a clear error at start
         # instead of a web thread that quietly died.
