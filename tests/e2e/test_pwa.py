@@ -275,10 +275,17 @@ def test_study_uploaded_with_metadata_is_seen_in_the_pacs(
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_test_id("dash-tab-studies").click()
-    row = page.locator(f'[data-testid="dash-study-row"] td[title="{study.study_instance_uid}"]')
+    row = page.locator(f'[data-testid="dash-study-row"] [title="{study.study_instance_uid}"]')
     row.wait_for(timeout=20_000)
     delivered = page.locator('[data-testid="dash-study-row"][data-state="delivered"]')
     assert delivered.count() >= 1
+    # What the nurse wrote on the phone reaches the reader, with the study.
+    clinical = page.locator(
+        f'[data-testid="dash-study-row"]:has([title="{study.study_instance_uid}"]) '
+        '[data-testid="dash-clinical"]'
+    )
+    assert "query skull fracture" in clinical.inner_text()
+    assert "Dr Ama Mensah" in clinical.inner_text()
     _shot(page, "desktop-dashboard-studies")
     desk.close()
 

@@ -1,19 +1,23 @@
 import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from 'react'
 import { formatAgo, formatDuration, isoToMs } from '../lib/format'
-import { hasTokens, hub, HubError, login, logout, setSignedOutHandler, type Job, type Me, type Stats, type Study } from './api'
+import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type Stats, type Study } from './api'
+import { EnrollOnly, Security } from './Security'
+import { clip, digitsOnly } from './totp'
 
-type Tab = 'overview' | 'studies' | 'dead' | 'agents' | 'users'
+type Tab = 'overview' | 'studies' | 'dead' | 'agents' | 'users' | 'security'
 const TABS: Array<{ id: Tab; label: string; admin: boolean }> = [
   { id: 'overview', label: 'Overview', admin: false },
   { id: 'studies', label: 'Studies', admin: false },
   { id: 'dead', label: 'Dead jobs', admin: true },
   { id: 'agents', label: 'Agents', admin: true },
   { id: 'users', label: 'Users', admin: true },
+  { id: 'security', label: 'Security', admin: false },
 ]
 
 function message(e: unknown): string {
   if (e instanceof HubError) {
     if (e.status === 403) return 'Your role may not see this.'
+    if (e.code === 'account_locked') return 'Too many failed sign-ins: this account is locked for a while. Try again later.'
     return e.message
   }
   return e instanceof Error ? e.message : String(e)
@@ -57,11 +61,13 @@ function useLoad<T>(fn: () => Promise<T>, ms = 10_000): [T | null, string | null
   return [data, error, reload]
 }
 
-function LoginForm({ onDone }: { onDone: () => void }) {
+function LoginForm({ onDone }: { onDone: (scope: string) => void }) {
   const [username, setUsername] = useState('')
   const [password, setPassword] = useState('')
   const [totp, setTotp] = useState('')
+  const [recovery, setRecovery] = useState('')
   const [needTotp, setNeedTotp] = useState(false)
+  const [useRecovery, setUseRecovery] = useState(false)
   const [error, setError] = useState<string | null>(null)
   const [busy, setBusy] = useState(false)
   async function submit(e: FormEvent) {
@@ -69,11 +75,19 @@ function LoginForm({ onDone }: { onDone: () => void }) {
     setBusy(true)
     setError(null)
     try {
-      await login(username.trim(), password, needTotp ? totp : undefined)
-      onDone()
+      const second = !needTotp ? undefined : useRecovery ? { recovery_code: recovery.trim() } : { totp_code: totp }
+      onDone(await login(username.trim(), password, second))
     } catch (err) {
       if (err instanceof HubError && err.code === 'totp_required') {
-        if (needTotp) setError(err.message)
+        if (needTotp) {
+          setError(
+            useRecovery
+              ? 'That recovery code was not accepted. Each recovery code works only once; check it and try another.'
+              : 'That code was not accepted. Type the newest 6-digit code from your app; each code works only once.',
+          )
+          setTotp('')
+          setRecovery('')
+        }
         setNeedTotp(true)
       } else setError(message(err))
     } finally {
@@ -98,11 +112,53 @@ function LoginForm({ onDone }: { onDone: () => void }) {
         <input id="d-pass" className="field" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} />
       </div>
       {needTotp && (
-        <div>
-          <label className="label" htmlFor="d-totp">
-            6-digit code
-          </label>
-          <input id="d-totp" className="field" inputMode="numeric" autoComplete="one-time-code" maxLength={6} autoFocus value={totp} onChange={(e) => setTotp(e.target.value.replace(/\D/g, ''))} />
+        <div className="flex flex-col gap-2" data-testid="login-second-factor">
+          <p role="status" className="text-sm text-slate-800">
+            Two-factor sign-in is on for this account.
+          </p>
+          {useRecovery ? (
+            <div>
+              <label className="label" htmlFor="d-recovery">
+                Recovery code
+              </label>
+              <input
+                id="d-recovery"
+                className="field font-mono"
+                autoComplete="off"
+                autoCapitalize="none"
+                spellCheck={false}
+                autoFocus
+                value={recovery}
+                onChange={(e) => setRecovery(e.target.value)}
+              />
+            </div>
+          ) : (
+            <div>
+              <label className="label" htmlFor="d-totp">
+                6-digit code
+              </label>
+              <input
+                id="d-totp"
+                className="field tracking-widest"
+                inputMode="numeric"
+                autoComplete="one-time-code"
+                maxLength={6}
+                autoFocus
+                value={totp}
+                onChange={(e) => setTotp(digitsOnly(e.target.value))}
+              />
+            </div>
+          )}
+          <button
+            type="button"
+            className="self-start text-sm font-semibold text-brand-800 underline underline-offset-2 hover:text-brand-900"
+            onClick={() => {
+              setUseRecovery(!useRecovery)
+              setError(null)
+            }}
+          >
+            {useRecovery ? 'Use a code from your app instead' : 'Use a recovery code instead'}
+          </button>
         </div>
       )}
       <ErrorBox error={error} />
@@ -204,6 +260,36 @@ function Overview() {
   )
 }
 
+/** Clinical history and referring clinician under a study's UID; long history folds open. */
+function Clinical({ study }: { study: Study }) {
+  const history = study.clinical_history?.trim() || null
+  const referrer = study.referring_clinician?.trim() || null
+  if (!history && !referrer) return null
+  const short = history ? clip(history, 90) : null
+  return (
+    <div data-testid="dash-clinical" className="mt-1 flex flex-col gap-0.5 text-xs text-slate-800">
+      {history && short && !short.clipped && (
+        <p>
+          <span className="font-semibold">History:</span> {short.text}
+        </p>
+      )}
+      {history && short?.clipped && (
+        <details>
+          <summary className="cursor-pointer">
+            <span className="font-semibold">History:</span> {short.text} <span className="text-brand-800 underline">more</span>
+          </summary>
+          <p className="mt-1 whitespace-pre-wrap">{history}</p>
+        </details>
+      )}
+      {referrer && (
+        <p>
+          <span className="font-semibold">Referred by:</span> {referrer}
+        </p>
+      )}
+    </div>
+  )
+}
+
 const PAGE = 50
 function Studies() {
   const [state, setState] = useState('')
@@ -249,8 +335,11 @@ function Studies() {
       >
         {(data?.studies ?? []).map((s: Study) => (
           <tr key={s.study_instance_uid} className="border-t border-slate-200 align-top" data-testid="dash-study-row" data-state={s.state}>
-            <td className="max-w-48 truncate px-3 py-2 font-mono text-xs" title={s.study_instance_uid}>
-              {s.study_instance_uid}
+            <td className="max-w-72 px-3 py-2">
+              <div className="truncate font-mono text-xs" title={s.study_instance_uid}>
+                {s.study_instance_uid}
+              </div>
+              <Clinical study={s} />
             </td>
             <td className="px-3 py-2">{s.facility}</td>
             <td className="px-3 py-2">{s.service_level === 'stat' ? <strong className="text-red-800">STAT</strong> : 'Routine'}</td>
@@ -402,13 +491,27 @@ function Users() {
 
 export function Dashboard() {
   const [signedIn, setSignedIn] = useState(hasTokens())
+  const [scope, setScope] = useState<string | null>(tokenScope())
   const [me, setMe] = useState<Me | null>(null)
   const [tab, setTab] = useState<Tab>(() => (location.hash.slice(1) as Tab) || 'overview')
-  useEffect(() => setSignedOutHandler(() => setSignedIn(false)), [])
+  useEffect(
+    () =>
+      setSignedOutHandler(() => {
+        setSignedIn(false)
+        setScope(null)
+        setMe(null)
+      }),
+    [],
+  )
   useEffect(() => {
     if (!signedIn) return
-    hub.me().then(setMe, () => undefined)
+    hub.me().then((m) => {
+      setMe(m)
+      if (m.scope) setScope(m.scope)
+    }, () => undefined)
   }, [signedIn])
+  // A role that needs a second factor the user has not set up gets a token that can only enroll one.
+  const enrollOnly = signedIn && scope === ENROLL_SCOPE
   useEffect(() => {
     history.replaceState(null, '', `#${tab}`)
   }, [tab])
@@ -435,7 +538,7 @@ export function Dashboard() {
             </div>
           )}
         </div>
-        {signedIn && (
+        {signedIn && !enrollOnly && (
           <nav className="mx-auto max-w-6xl overflow-x-auto px-4" aria-label="Views">
             <div role="tablist" className="flex gap-1">
               {tabs.map((t) => (
@@ -458,7 +561,14 @@ export function Dashboard() {
       </header>
       <main className="mx-auto max-w-6xl px-4 py-4">
         {!signedIn ? (
-          <LoginForm onDone={() => setSignedIn(true)} />
+          <LoginForm
+            onDone={(s) => {
+              setScope(s)
+              setSignedIn(true)
+            }}
+          />
+        ) : enrollOnly ? (
+          <EnrollOnly account={me?.username ?? null} onSignInAgain={logout} />
         ) : (
           <div id="panel" role="tabpanel" aria-labelledby={`tab-${current}`}>
             {current === 'overview' && <Overview />}
@@ -466,6 +576,7 @@ export function Dashboard() {
             {current === 'dead' && isAdmin && <DeadJobs />}
             {current === 'agents' && isAdmin && <Agents />}
             {current === 'users' && isAdmin && <Users />}
+            {current === 'security' && <Security account={me?.username ?? null} />}
           </div>
         )}
       </main>

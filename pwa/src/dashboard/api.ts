@@ -2,7 +2,8 @@
 
 export interface Tokens {
   access_token: string
-  refresh_token: string
+  /** null for the enroll-only token a role that needs TOTP gets before it has one. */
+  refresh_token: string | null
   token_type: string
   expires_in: number
   scope: string
@@ -44,6 +45,9 @@ export interface Study {
   committed_at: string | null
   delivered_at: string | null
   time_to_pacs_seconds: number | null
+  /** From the upload form (free text), null when none was given. */
+  clinical_history: string | null
+  referring_clinician: string | null
   destinations: Destination[]
 }
 
@@ -92,6 +96,13 @@ export class HubError extends Error {
   }
 }
 
+/** The scope of an access token that may only enroll a second factor (and read /auth/me). */
+export const ENROLL_SCOPE = 'totp-enroll'
+
+export interface TotpEnrollment {
+  provisioning_uri: string
+}
+
 const KEY = 'relaypacs.hub.tokens'
 let tokens: Tokens | null = (() => {
   try {
@@ -108,6 +119,10 @@ export function setSignedOutHandler(fn: () => void): void {
 export function hasTokens(): boolean {
   return tokens !== null
 }
+/** The scope of the stored access token ('full', 'totp-enroll'), or null when signed out. */
+export function tokenScope(): string | null {
+  return tokens?.scope ?? null
+}
 function store(t: Tokens | null): void {
   tokens = t
   try {
@@ -118,11 +133,13 @@ function store(t: Tokens | null): void {
   }
 }
 
-async function errorOf(res: Response): Promise<HubError> {
+export async function errorOf(res: Response): Promise<HubError> {
   let code = `http_${res.status}`
   let detail = res.statusText || `HTTP ${res.status}`
   try {
     const body = await res.json()
+    // The hub answers {code, detail}; FastAPI's own errors {detail: string | [...] | {code, detail}}.
+    if (typeof body?.code === 'string') code = body.code
     const d = body?.detail
     if (d && typeof d === 'object' && !Array.isArray(d)) {
       if (typeof d.code === 'string') code = d.code
@@ -151,7 +168,7 @@ async function raw(method: string, path: string, body?: unknown, auth = true): P
 
 let refreshing: Promise<boolean> | null = null
 async function refresh(): Promise<boolean> {
-  if (!tokens) return false
+  if (!tokens?.refresh_token) return false
   refreshing ??= (async () => {
     const res = await raw('POST', '/auth/refresh', { refresh_token: tokens!.refresh_token }, false)
     if (!res.ok) return false
@@ -173,15 +190,28 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   return (await res.json()) as T
 }
 
-export async function login(username: string, password: string, totp_code?: string): Promise<void> {
-  const res = await raw('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) }, false)
+/** Sign in; a second factor is either a TOTP code or a recovery code. Returns the tokens' scope. */
+export async function login(
+  username: string,
+  password: string,
+  second?: { totp_code?: string; recovery_code?: string },
+): Promise<string> {
+  const body: Record<string, string> = { username, password }
+  if (second?.totp_code) body.totp_code = second.totp_code
+  if (second?.recovery_code) body.recovery_code = second.recovery_code
+  const res = await raw('POST', '/auth/login', body, false)
   if (!res.ok) throw await errorOf(res)
-  store((await res.json()) as Tokens)
+  const t = (await res.json()) as Tokens
+  store(t)
+  return t.scope
 }
 
 export function logout(): void {
+  const refresh = tokens?.refresh_token
   store(null)
   onSignedOut?.()
+  // Revoke the refresh token at the hub too, so a copy of it left in this browser is worthless.
+  if (refresh) void raw('POST', '/auth/logout', { refresh_token: refresh }, false).catch(() => undefined)
 }
 
 export const hub = {
@@ -197,4 +227,6 @@ export const hub = {
   retryDead: () => api<{ retried: number[] }>('POST', '/jobs/retry-dead'),
   devices: () => api<Device[]>('GET', '/devices'),
   users: () => api<User[]>('GET', '/users'),
+  totpEnroll: () => api<TotpEnrollment>('POST', '/auth/totp/enroll'),
+  totpConfirm: (code: string) => api<{ recovery_codes: string[] }>('POST', '/auth/totp/confirm', { code }),
 }
