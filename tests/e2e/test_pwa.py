@@ -441,3 +441,13 @@ def test_shared_device_keeps_each_users_queue_to_themselves(
     _delivered(stack, study)
     _no_duplicates(stack, study)
     ctx.close()
+
+
+def test_logs_hold_no_patient_data_of_the_pwa_uploads(stack: Stack) -> None:
+    """Runs last in this module: after every upload above, neither the agent's nor the hub's log
+    holds a patient name or ID of the studies sent from the browser (SYNTHETIC^PATIENT07xx,
+    SYNTHETIC-0007xx), nor the clinical history typed in the form."""
+    logs = (stack.workdir / "agent.log").read_text() + (stack.workdir / "hub.log").read_text()
+    assert "lan_upload_taken" in logs  # the uploads did log, without their content
+    for leak in ("SYNTHETIC^", "PATIENT07", "SYNTHETIC-0007", "skull fracture", "Ama Mensah"):
+        assert leak not in logs, leak

@@ -116,6 +116,25 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
             30,
             "the agent to learn that all three studies were delivered",
         )
+        # The PWA and the dashboard answer, and the demo account it printed signs in at the
+        # agent (checked against the verifiers the agent fetched from the hub).
+        login = (demo_dir / "demo-login.txt").read_text()
+        password = login.split("password: ", 1)[1].strip()
+        assert password in (tmp_path / "demo.log").read_text()
+        web = f"http://127.0.0.1:{env['DEMO_WEB_PORT']}"
+        built = (REPO / "pwa" / "dist" / "index.html").is_file()
+        assert httpx.get(web + "/").status_code == (200 if built else 503)  # 503: no `make pwa`
+
+        def sign_in() -> httpx.Response | None:
+            r = httpx.post(
+                web + "/api/v1/auth/login", json={"username": "demo", "password": password}
+            )
+            return r if r.status_code == 200 else None
+
+        r = wait_for(sign_in, 30, "the demo account to sign in at the agent")
+        assert r.json()["role"] == "admin"
+        dashboard = httpx.get(f"http://127.0.0.1:{port}/dashboard/")
+        assert dashboard.status_code == (200 if built else 503)
     finally:
         # Ctrl-C, as a person would: both processes stop cleanly.
         if demo.poll() is None:
