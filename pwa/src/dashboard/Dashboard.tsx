@@ -1,6 +1,8 @@
 import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from 'react'
 import { formatAgo, formatDuration, isoToMs } from '../lib/format'
+import { Agents, Users } from './Admin'
 import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type Stats, type Study } from './api'
+import { ErrorBox, message, Pill, Table, useLoad } from './ui'
 import { EnrollOnly, Security } from './Security'
 import { clip, digitsOnly } from './totp'
 
@@ -13,53 +15,6 @@ const TABS: Array<{ id: Tab; label: string; admin: boolean }> = [
   { id: 'users', label: 'Users', admin: true },
   { id: 'security', label: 'Security', admin: false },
 ]
-
-function message(e: unknown): string {
-  if (e instanceof HubError) {
-    if (e.status === 403) return 'Your role may not see this.'
-    if (e.code === 'account_locked') return 'Too many failed sign-ins: this account is locked for a while. Try again later.'
-    return e.message
-  }
-  return e instanceof Error ? e.message : String(e)
-}
-
-function ErrorBox({ error }: { error: string | null }) {
-  if (!error) return null
-  return (
-    <div role="alert" className="rounded-lg border border-red-300 bg-red-50 px-3 py-2 text-sm text-red-900">
-      {error}
-    </div>
-  )
-}
-
-/** Load data, refresh every `ms`; returns [data, error, reload]. */
-function useLoad<T>(fn: () => Promise<T>, ms = 10_000): [T | null, string | null, () => void] {
-  const [data, setData] = useState<T | null>(null)
-  const [error, setError] = useState<string | null>(null)
-  const [n, setN] = useState(0)
-  const reload = useCallback(() => setN((x) => x + 1), [])
-  useEffect(() => {
-    let alive = true
-    const run = () =>
-      fn().then(
-        (d) => {
-          if (alive) {
-            setData(d)
-            setError(null)
-          }
-        },
-        (e) => alive && setError(message(e)),
-      )
-    void run()
-    const t = setInterval(() => document.visibilityState === 'visible' && void run(), ms)
-    return () => {
-      alive = false
-      clearInterval(t)
-    }
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [n, ms, fn])
-  return [data, error, reload]
-}
 
 function LoginForm({ onDone }: { onDone: (scope: string) => void }) {
   const [username, setUsername] = useState('')
@@ -167,49 +122,6 @@ function LoginForm({ onDone }: { onDone: (scope: string) => void }) {
       </button>
     </form>
   )
-}
-
-function Table({ testId, caption, head, children, empty }: { testId: string; caption: string; head: string[]; children: ReactNode[]; empty: string }) {
-  return (
-    <div className="overflow-x-auto rounded-xl border border-slate-200 bg-white">
-      <table data-testid={testId} className="w-full min-w-[40rem] border-collapse text-left text-sm">
-        <caption className="sr-only">{caption}</caption>
-        <thead className="bg-slate-100 text-slate-800">
-          <tr>
-            {head.map((h) => (
-              <th key={h} scope="col" className="px-3 py-2 font-semibold">
-                {h}
-              </th>
-            ))}
-          </tr>
-        </thead>
-        <tbody>
-          {children.length ? (
-            children
-          ) : (
-            <tr>
-              <td colSpan={head.length} className="px-3 py-6 text-center text-slate-700">
-                {empty}
-              </td>
-            </tr>
-          )}
-        </tbody>
-      </table>
-    </div>
-  )
-}
-
-function Pill({ state }: { state: string }) {
-  const tone: Record<string, string> = {
-    delivered: 'bg-emerald-100 text-emerald-900',
-    done: 'bg-emerald-100 text-emerald-900',
-    dead: 'bg-red-100 text-red-900',
-    failed: 'bg-red-100 text-red-900',
-    held: 'bg-amber-100 text-amber-950',
-    pending: 'bg-slate-200 text-slate-900',
-    running: 'bg-sky-100 text-sky-950',
-  }
-  return <span className={`inline-block rounded-full px-2 py-0.5 text-xs font-semibold ${tone[state] ?? 'bg-slate-200 text-slate-900'}`}>{state}</span>
 }
 
 function Overview() {
@@ -434,61 +346,6 @@ function DeadJobs() {
   )
 }
 
-function Agents() {
-  const [data, error] = useLoad(hub.devices, 15_000)
-  return (
-    <section aria-labelledby="ag" className="flex flex-col gap-3" data-testid="dash-agents">
-      <h2 id="ag" className="text-lg font-semibold">
-        Agents
-      </h2>
-      <ErrorBox error={error} />
-      <Table testId="dash-agents-table" caption="Enrolled agents" head={['Name', 'Facility', 'Last contact', 'Enrolled', 'Status']} empty="No agents enrolled.">
-        {(data ?? []).map((d) => {
-          const seen = isoToMs(d.last_seen_at)
-          const stale = seen === null || Date.now() - seen > 15 * 60_000
-          return (
-            <tr key={d.id} className="border-t border-slate-200" data-testid="dash-agent">
-              <td className="px-3 py-2 font-medium">{d.name}</td>
-              <td className="px-3 py-2">{d.facility}</td>
-              <td className={`px-3 py-2 ${stale && !d.revoked_at ? 'font-semibold text-amber-900' : ''}`}>
-                {seen === null ? 'never' : `last contact ${formatAgo(seen)}`}
-              </td>
-              <td className="px-3 py-2">{formatAgo(isoToMs(d.created_at))}</td>
-              <td className="px-3 py-2">{d.revoked_at ? <Pill state="revoked" /> : <Pill state={stale ? 'held' : 'done'} />}</td>
-            </tr>
-          )
-        })}
-      </Table>
-    </section>
-  )
-}
-
-function Users() {
-  const [data, error] = useLoad(hub.users, 30_000)
-  return (
-    <section aria-labelledby="us" className="flex flex-col gap-3" data-testid="dash-users">
-      <h2 id="us" className="text-lg font-semibold">
-        Users
-      </h2>
-      <ErrorBox error={error} />
-      <Table testId="dash-users-table" caption="Users" head={['Username', 'Role', 'Facilities', '2FA', 'Status']} empty="No users.">
-        {(data ?? []).map((u) => {
-          const locked = (isoToMs(u.locked_until) ?? 0) > Date.now()
-          return (
-            <tr key={u.username} className="border-t border-slate-200" data-testid="dash-user">
-              <td className="px-3 py-2 font-medium">{u.username}</td>
-              <td className="px-3 py-2">{u.role}</td>
-              <td className="px-3 py-2">{u.facilities.join(', ') || 'all'}</td>
-              <td className="px-3 py-2">{u.totp_enabled ? 'on' : 'off'}</td>
-              <td className="px-3 py-2">{u.disabled ? <Pill state="disabled" /> : locked ? <Pill state="held" /> : <Pill state="done" />}</td>
-            </tr>
-          )
-        })}
-      </Table>
-    </section>
-  )
-}
-
 export function Dashboard() {
   const [signedIn, setSignedIn] = useState(hasTokens())
   const [scope, setScope] = useState<string | null>(tokenScope())
@@ -575,7 +432,7 @@ export function Dashboard() {
             {current === 'studies' && <Studies />}
             {current === 'dead' && isAdmin && <DeadJobs />}
             {current === 'agents' && isAdmin && <Agents />}
-            {current === 'users' && isAdmin && <Users />}
+            {current === 'users' && isAdmin && <Users me={me?.username ?? null} />}
             {current === 'security' && <Security account={me?.username ?? null} />}
           </div>
         )}

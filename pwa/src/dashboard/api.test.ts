@@ -21,3 +21,14 @@ describe('errorOf', () => {
     expect([e.code, e.message]).toEqual(['http_502', 'Bad Gateway'])
   })
 })
+
+describe('errorOf on validation errors', () => {
+  it('names the field that was refused', async () => {
+    const e = await errorOf(json(422, { detail: [{ loc: ['body', 'password'], msg: 'String should have at least 12 characters' }] }))
+    expect(e.message).toBe('password: String should have at least 12 characters')
+  })
+  it('leaves out a location that is only the body', async () => {
+    const e = await errorOf(json(422, { detail: [{ loc: ['body'], msg: 'Field required' }] }))
+    expect(e.message).toBe('Field required')
+  })
+})

@@ -86,6 +86,13 @@ export interface User {
   created_at: string
 }
 
+export interface EnrollmentCode {
+  /** Shown once: the hub keeps only its hash. */
+  code: string
+  facility: string
+  expires_at: string
+}
+
 export class HubError extends Error {
   constructor(
     readonly status: number,
@@ -147,7 +154,15 @@ export async function errorOf(res: Response): Promise<HubError> {
     } else if (typeof d === 'string') {
       detail = d
     } else if (Array.isArray(d)) {
-      detail = d.map((x: { msg?: string }) => x.msg).filter(Boolean).join('; ') || detail
+      // Validation errors: "password: String should have at least 12 characters".
+      detail =
+        d
+          .map((x: { msg?: string; loc?: unknown[] }) => {
+            const field = Array.isArray(x.loc) ? x.loc[x.loc.length - 1] : undefined
+            return x.msg && typeof field === 'string' && field !== 'body' ? `${field}: ${x.msg}` : x.msg
+          })
+          .filter(Boolean)
+          .join('; ') || detail
     }
   } catch {
     // not JSON
@@ -227,6 +242,13 @@ export const hub = {
   retryDead: () => api<{ retried: number[] }>('POST', '/jobs/retry-dead'),
   devices: () => api<Device[]>('GET', '/devices'),
   users: () => api<User[]>('GET', '/users'),
+  createUser: (u: { username: string; password: string; role: string; facilities: string[] }) => api<User>('POST', '/users', u),
+  updateUser: (username: string, change: { role?: string; facilities?: string[]; disabled?: boolean; password?: string }) =>
+    api<User>('PATCH', `/users/${encodeURIComponent(username)}`, change),
+  deleteUser: (username: string) => api<void>('DELETE', `/users/${encodeURIComponent(username)}`),
+  enrollmentCode: (facility: string, ttl_minutes: number) =>
+    api<EnrollmentCode>('POST', '/devices/enrollment-codes', { facility, ttl_minutes }),
+  revokeDevice: (id: string) => api<Device>('POST', `/devices/${encodeURIComponent(id)}/revoke`),
   totpEnroll: () => api<TotpEnrollment>('POST', '/auth/totp/enroll'),
   totpConfirm: (code: string) => api<{ recovery_codes: string[] }>('POST', '/auth/totp/confirm', { code }),
 }

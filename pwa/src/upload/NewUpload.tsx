@@ -64,7 +64,7 @@ function Section({ n, title, children }: { n: number; title: string; children: R
 export function NewUpload({ onDone }: { onDone: () => void }) {
   const [picked, setPicked] = useState<Picked[]>([])
   const [analysis, setAnalysis] = useState<Analysis | null>(null)
-  const [reading, setReading] = useState<{ done: number; total: number } | null>(null)
+  const [reading, setReading] = useState<{ done: number; total: number; zip?: boolean } | null>(null)
   const [pickErrors, setPickErrors] = useState<string[]>([])
   const [meta, setMeta] = useState<Record<string, Meta>>({})
   const [dragging, setDragging] = useState(false)
@@ -75,7 +75,9 @@ export function NewUpload({ onDone }: { onDone: () => void }) {
   async function addPicked(more: Picked[]) {
     const run = ++runId.current
     setReading({ done: 0, total: more.length })
-    const { files, errors } = await expandZips(more)
+    const { files, errors } = await expandZips(more, (_zip, done, total) => {
+      if (run === runId.current) setReading({ done, total, zip: true })
+    })
     if (errors.length) setPickErrors((e) => [...e, ...errors])
     const all = [...picked, ...files]
     setPicked(all)
@@ -207,7 +209,7 @@ export function NewUpload({ onDone }: { onDone: () => void }) {
         {reading && (
           <div role="status" className="flex flex-col gap-1 text-sm">
             <span>
-              Reading {reading.done} of {plural(reading.total, 'file')}…
+              {reading.zip ? `Reading the zip… ${reading.done} of ${plural(reading.total, 'file')}` : `Reading ${reading.done} of ${plural(reading.total, 'file')}…`}
             </span>
             <ProgressBar value={reading.total ? (reading.done / reading.total) * 100 : 0} label="Reading the files" />
           </div>

@@ -32,6 +32,11 @@ export async function analyse(picked: Picked[], onProgress?: (done: number, tota
     while (next < picked.length) {
       const i = next++
       const p = picked[i]
+      if (p.refused) {
+        results[i] = { name: p.path, message: p.refused }
+        onProgress?.(++done, picked.length)
+        continue
+      }
       try {
         const out = await readDicomHeader(p.file, p.path)
         results[i] = out.ok ? { picked: p, header: out.header } : { name: p.path, message: out.message }

@@ -1,18 +1,25 @@
 /** Turn what the user picked (files, a folder, a zip, a drop) into a flat list of Files. */
-import { unzip } from 'fflate'
+import { readZip, ZipError } from './zipread'
 
-const SKIP = /(^|\/)(__MACOSX|\.DS_Store|Thumbs\.db|desktop\.ini)(\/|$)|(^|\/)\._/i
+const SKIP = /(^|\/)(__MACOSX|Thumbs\.db|desktop\.ini)(\/|$)/i
 
+/** Left out silently: OS clutter, hidden (dot) files and folders, the DICOMDIR index. */
 export function isJunk(path: string): boolean {
   if (SKIP.test(path)) return true
-  const base = path.split('/').pop() ?? ''
+  const parts = path.split('/')
+  if (parts.some((p) => p.startsWith('.') && p !== '.' && p !== '..')) return true
+  const base = parts.pop() ?? ''
   return base === '' || base.toUpperCase() === 'DICOMDIR'
 }
 
-/** A File with the path it had inside a folder or zip (for messages). */
+/**
+ * A File with the path it had inside a folder or zip (for messages). `refused` (a sentence) marks
+ * a zip entry that was not opened: `analyse` lists it with the refused files, it is never sent.
+ */
 export interface Picked {
   file: File
   path: string
+  refused?: string
 }
 
 export function fromFileList(list: FileList | File[]): Picked[] {
@@ -28,22 +35,30 @@ export function isZip(f: File): boolean {
   return /\.zip$/i.test(f.name) || f.type === 'application/zip' || f.type === 'application/x-zip-compressed'
 }
 
-/** Unzip in the browser (fflate, off the main thread where it can), skipping folders and junk. */
-export async function fromZip(zip: File): Promise<Picked[]> {
-  const bytes = new Uint8Array(await zip.arrayBuffer())
-  const entries = await new Promise<Record<string, Uint8Array>>((resolve, reject) => {
-    unzip(bytes, { filter: (f) => !f.name.endsWith('/') && !isJunk(f.name) }, (err, data) =>
-      err ? reject(new Error(`${zip.name} could not be opened as a zip file (${err.message}).`)) : resolve(data),
-    )
+/** Progress of reading one zip: `done` of `total` files in it. */
+export type ZipProgress = (zipName: string, done: number, total: number) => void
+
+/**
+ * Open a zip in the browser without loading it into memory (see zipread.ts): stored entries are
+ * slices of the picked file, deflated ones are inflated one at a time into Blobs. Folders and junk
+ * are skipped; encrypted entries, nested zips and zip bombs come back as refused.
+ */
+export async function fromZip(zip: File, onProgress?: ZipProgress): Promise<Picked[]> {
+  let items
+  try {
+    items = await readZip(zip, { skip: isJunk, onProgress: (done, total) => onProgress?.(zip.name, done, total) })
+  } catch (e) {
+    const why = e instanceof ZipError ? e.message : `${e instanceof Error ? e.message : e}`
+    throw new Error(`${zip.name} could not be opened as a zip file: ${why}.`)
+  }
+  return items.map((it) => {
+    const path = `${zip.name}/${it.path}`
+    return it.file ? { path, file: it.file } : { path, file: new File([], it.path.split('/').pop()!), refused: `${path} ${it.refused}` }
   })
-  return Object.entries(entries).map(([path, data]) => ({
-    path: `${zip.name}/${path}`,
-    file: new File([data as BlobPart], path.split('/').pop()!, { type: 'application/dicom' }),
-  }))
 }
 
 /** Expand zips among picked files. */
-export async function expandZips(picked: Picked[]): Promise<{ files: Picked[]; errors: string[] }> {
+export async function expandZips(picked: Picked[], onProgress?: ZipProgress): Promise<{ files: Picked[]; errors: string[] }> {
   const files: Picked[] = []
   const errors: string[] = []
   for (const p of picked) {
@@ -52,7 +67,7 @@ export async function expandZips(picked: Picked[]): Promise<{ files: Picked[]; e
       continue
     }
     try {
-      files.push(...(await fromZip(p.file)))
+      files.push(...(await fromZip(p.file, onProgress)))
     } catch (e) {
       errors.push(e instanceof Error ? e.message : String(e))
     }
