@@ -316,3 +316,25 @@ async def test_development_key_is_generated_private(tmp_path: Path) -> None:
     async with hub_client(auth_settings(tmp_path)):
         key = tmp_path / "hub" / "jwt-signing-key.pem"
         assert key.stat().st_mode & 0o777 == 0o600
+
+
+async def test_the_last_enabled_admin_cannot_be_removed(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "carol", "admin")
+    admin = bearer((await tokens(client, "carol"))["access_token"])
+    for change in ({"disabled": True}, {"role": "radiologist"}):
+        r = await client.patch("/api/v1/users/carol", json=change, headers=admin)
+        assert r.status_code == 409 and r.json()["code"] == "last_admin", change
+    r = await client.delete("/api/v1/users/carol", headers=admin)
+    assert r.status_code == 409
+    # With a second admin, the first may go; a clinician's changes never needed one.
+    await add_user(app, "dave", "admin")
+    await add_user(app, "alice", "clinician")
+    r = await client.patch("/api/v1/users/alice", json={"disabled": True}, headers=admin)
+    assert r.status_code == 200
+    r = await client.patch("/api/v1/users/carol", json={"role": "radiologist"}, headers=admin)
+    assert r.status_code == 200 and r.json()["role"] == "radiologist"
+    dave = bearer((await tokens(client, "dave"))["access_token"])
+    assert (await client.delete("/api/v1/users/carol", headers=dave)).status_code == 204
+    r = await client.patch("/api/v1/users/dave", json={"disabled": True}, headers=dave)
+    assert r.status_code == 409

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
@@ -84,6 +85,21 @@ async def create_user(body: UserCreate, state: State, who: AdminAuth) -> UserPub
     return UserPublic.of(user)
 
 
+async def _keep_an_admin(session: AsyncSession, leaving: User) -> None:
+    """Refuse a change that would leave no enabled admin: nobody could manage users any more
+    (the machine token aside). Locks the admin rows so two such changes cannot both pass."""
+    others = await session.scalars(
+        select(User.id)
+        .where(User.role == "admin", User.disabled.is_(False), User.id != leaving.id)
+        .with_for_update()
+    )
+    if others.first() is None:
+        raise HTTPException(
+            409,
+            {"code": "last_admin", "detail": "this is the last enabled admin: add another first"},
+        )
+
+
 @router.patch("/{username}", response_model=UserPublic)
 async def update_user(username: str, body: UserUpdate, state: State, who: AdminAuth) -> UserPublic:
     async with state.sessionmaker() as session, session.begin():
@@ -91,6 +107,7 @@ async def update_user(username: str, body: UserUpdate, state: State, who: AdminA
         if user is None:
             raise _not_found(username)
         changed: dict[str, Any] = {}
+        was_admin = user.role == "admin" and not user.disabled
         if body.role is not None and body.role != user.role:
             user.role = changed["role"] = body.role
         if body.facilities is not None:
@@ -102,6 +119,8 @@ async def update_user(username: str, body: UserUpdate, state: State, who: AdminA
             user.password_hash = hash_password(body.password)
             user.failed_logins, user.locked_until = 0, None
             changed["password_reset"] = True  # never the password itself
+        if was_admin and (user.role != "admin" or user.disabled):
+            await _keep_an_admin(session, user)
         if changed:
             user.updated_at = utcnow()
             await state.auth.revoke_all(session, user.id)
@@ -115,6 +134,8 @@ async def delete_user(username: str, state: State, who: AdminAuth) -> None:
         user = await session.scalar(select(User).where(User.username == username))
         if user is None:
             raise _not_found(username)
+        if user.role == "admin" and not user.disabled:
+            await _keep_an_admin(session, user)
         await session.execute(delete(RefreshToken).where(RefreshToken.user_id == user.id))
         await session.delete(user)
         await audit(session, who.name, "user_delete", username)
