@@ -22,6 +22,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/auth/logout"): USERS,
     ("GET", "/api/v1/auth/me"): USERS,
     ("GET", "/api/v1/status"): ADMIN,
+    ("GET", "/api/v1/quarantine"): ADMIN,
     ("GET", "/api/v1/batches"): UPLOADERS,
     ("POST", "/api/v1/batches"): UPLOADERS,
     ("GET", "/api/v1/batches/{batch_id}"): UPLOADERS,

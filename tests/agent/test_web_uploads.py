@@ -72,6 +72,17 @@ async def test_not_dicom_is_quarantined_with_a_reason_in_words(tmp_path: Path) -
         assert q[0]["original_name"] == "notes.txt" and q[0]["source"] == "pwa:clinician1"
         kept = list((tmp_path / "quarantine").rglob("*notes.txt"))
         assert len(kept) == 1 and kept[0].read_bytes() == b"shopping list\n" * 20
+        # The facility's admin sees it in the agent's quarantine, with the reason, and the
+        # counts add up in the status.
+        admin = await web.login("admin1")
+        q = (await web.client.get("/api/v1/quarantine", headers=admin)).json()
+        assert q["total"] == 1
+        assert q["entries"][0]["original_name"] == "notes.txt"
+        assert q["entries"][0]["reason"] == "not_dicom" and q["entries"][0]["message"]
+        st = (await web.client.get("/api/v1/status", headers=admin)).json()
+        assert st["totals"]["quarantined"] == 1 and st["totals"]["instances"] == 0
+        assert "studies" not in st  # no per-study clinical metadata on this route
+        assert (await web.client.get("/api/v1/quarantine", headers=h)).status_code == 403
 
 
 async def test_resume_after_a_cut_from_the_offset(

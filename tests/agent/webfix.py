@@ -14,6 +14,7 @@ import httpx
 from argon2 import PasswordHasher
 
 from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.status import read_status
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubUnavailable
 from relaypacs_agent.web.app import WebContext, create_web_app
@@ -101,7 +102,7 @@ async def web_app(
         max_upload_bytes=max_upload_bytes,
         version="test",
         facility=lambda: facility,
-        status=lambda: {"ok": True},
+        status=lambda: read_status(tmp_path / "agent.db", 0),
         wake_sender=lambda: woken.append(1),
         pwa_dir=pwa_dir,
         last_contact_at=lambda: None,

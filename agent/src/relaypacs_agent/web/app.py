@@ -170,7 +170,36 @@ async def logout(request: Request, ctx: WebContext, s: LanSession | None) -> Res
 
 
 async def agent_status(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
-    return JSONResponse(await anyio.to_thread.run_sync(ctx.status))
+    status = await anyio.to_thread.run_sync(ctx.status)
+    # The catalogue's totals, disk and hub contact; not every study ever held (that is the CLI's
+    # `status --json`), nor their clinical metadata.
+    body = {k: status.get(k) for k in ("exists", "totals", "disk")}
+    body["hub"] = {
+        "reachable": bool(ctx.auth.hub_reachable),
+        "last_contact_at": ctx.last_contact_at(),
+    }
+    body["lan"] = await anyio.to_thread.run_sync(ctx.batches.summary)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+async def quarantine(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
+    """What the agent refused and holds aside, with the reason in words (open entries)."""
+    rows = await anyio.to_thread.run_sync(ctx.batches.store.quarantine_entries)
+    entries = [
+        {
+            "id": r["id"],
+            "original_name": r["original_name"],
+            "source": r["source"],
+            "reason": r["reason"],
+            "message": r["message"],
+            "size": r["size"],
+            "quarantined_at": r["quarantined_at"],
+        }
+        for r in rows[-500:]
+    ]
+    return JSONResponse(
+        {"total": len(rows), "entries": entries[::-1]}, headers={"Cache-Control": "no-store"}
+    )
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -462,6 +491,7 @@ ROUTES: list[tuple[str, list[str], Policy, Handler]] = [
     ("/api/v1/auth/logout", ["POST"], ANY_USER, logout),
     ("/api/v1/auth/me", ["GET"], ANY_USER, me),
     ("/api/v1/status", ["GET"], ADMIN, agent_status),
+    ("/api/v1/quarantine", ["GET"], ADMIN, quarantine),
     ("/api/v1/batches", ["GET"], UPLOADER, list_batches),
     ("/api/v1/batches", ["POST"], UPLOADER, create_batch),
     ("/api/v1/batches/{batch_id}", ["GET"], UPLOADER, get_batch),
