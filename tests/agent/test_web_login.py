@@ -176,3 +176,18 @@ async def test_malformed_login_bodies_are_422(tmp_path: Path) -> None:
                 "/api/v1/auth/login", content=body, headers={"Content-Type": "application/json"}
             )
             assert r.status_code == 422, body
+
+
+async def test_with_the_hub_known_down_an_unknown_name_does_not_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        hub.down = True
+        assert not web.auth.sync()  # the keeper thread's probe would find the same
+        calls = hub.calls
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "typo", "password": PASSWORD}
+        )
+        assert r.status_code == 401
+        assert hub.calls == calls  # answered from the cached copy, no call to a dead hub

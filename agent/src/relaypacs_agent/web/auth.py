@@ -190,8 +190,9 @@ class LanAuth:
                 retry_after=max(1, int(wait + 0.999)),
             )
         user = self._user(username)
-        if user is None:
-            # Someone added at the hub since the last sync: ask now (quickly fails offline).
+        if user is None and self.hub_reachable is not False:
+            # Someone added at the hub since the last sync: ask now. Not while the hub is known
+            # to be unreachable: a mistyped name must not wait out a connection timeout.
             self.sync()
             user = self._user(username)
         if user is None and self.last_sync_at is None:
