@@ -1,5 +1,6 @@
 import { useEffect, useState, useSyncExternalStore } from 'react'
 import { formatAgo } from '../lib/format'
+import { AgentPage } from './AgentPage'
 import { agent, ApiError } from './api'
 import { queue } from './engine'
 import { useAgentInfo, useServerBatches } from './hooks'
@@ -77,8 +78,10 @@ export function App() {
       })
   }, [s, checked])
 
+  const isAdmin = s?.role === 'admin'
   let page
   if (!s) page = <Login />
+  else if (hash.startsWith('#/agent') && isAdmin) page = <AgentPage />
   else if (hash.startsWith('#/new')) page = <NewUpload onDone={() => (window.location.hash = '#/')} />
   else if (hash.startsWith('#/study/')) page = <StudyPage localId={decodeURIComponent(hash.slice('#/study/'.length))} />
   else if (hash.startsWith('#/batch/')) page = <StudyPage serverId={decodeURIComponent(hash.slice('#/batch/'.length))} />
@@ -105,6 +108,16 @@ export function App() {
               <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void promptInstall()}>
                 Install app
               </button>
+            )}
+            {isAdmin && (
+              <a
+                href="#/agent"
+                data-testid="agent-link"
+                aria-current={hash.startsWith('#/agent') ? 'page' : undefined}
+                className="btn-secondary min-h-10 px-3 text-sm"
+              >
+                Agent
+              </a>
             )}
             {s && (
               <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void session.signOut()}>

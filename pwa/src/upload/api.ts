@@ -1,5 +1,6 @@
 /** The agent's API (same origin as the upload app). */
 import { QueueError } from '../queue/types'
+import type { AgentReport, QuarantineList } from './agentView'
 
 export interface Session {
   token: string
@@ -165,4 +166,8 @@ export const agent = {
   sendBatch: (id: string) => request<unknown>('POST', `/batches/${encodeURIComponent(id)}/send`),
   batch: (id: string) => request<ServerBatch>('GET', `/batches/${encodeURIComponent(id)}`),
   batches: () => request<{ batches: ServerBatch[] }>('GET', '/batches'),
+  /** Admin only. */
+  status: () => request<AgentReport>('GET', '/status'),
+  /** Admin only: open quarantine entries, newest first (at most 500). */
+  quarantine: () => request<QuarantineList>('GET', '/quarantine'),
 }
