@@ -218,8 +218,11 @@ async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) 
         headers=bearer(t["access_token"]),
     )
     assert r.status_code == 400
+    confirmed_with = otp.now()
     r = await client.post(
-        "/api/v1/auth/totp/confirm", json={"code": otp.now()}, headers=bearer(t["access_token"])
+        "/api/v1/auth/totp/confirm",
+        json={"code": confirmed_with},
+        headers=bearer(t["access_token"]),
     )
     assert r.status_code == 200
     codes = r.json()["recovery_codes"]
@@ -229,7 +232,6 @@ async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) 
     assert r.status_code == 401 and r.json()["code"] == "totp_required"
     # The code that confirmed enrollment is used up; the next step's code (one step ahead is
     # accepted for a fast phone clock) works once.
-    confirmed_with = otp.now()
     r = await login(client, "alice", totp_code=confirmed_with)
     assert r.status_code == 401
     next_code = otp.at(int(time.time()) + 30)
