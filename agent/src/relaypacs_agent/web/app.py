@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from relaypacs_agent.web.batches import BatchService, batch_json
 log = structlog.get_logger("relaypacs.agent.web")
 
 TUS_VERSION = "1.0.0"
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII digits only ("²".isdigit() is True)
 TUS_EXTENSIONS = "creation,creation-with-upload,termination"
 _WRITE_BUFFER = 1024 * 1024
 _CSP = (
@@ -300,7 +302,7 @@ async def tus_create(request: Request, ctx: WebContext, s: LanSession | None) ->
     if not _version_ok(request):
         return Response(status_code=412, headers={"Tus-Version": TUS_VERSION})
     raw_length = request.headers.get("upload-length")
-    if raw_length is None or not raw_length.isdigit():
+    if raw_length is None or not _DIGITS.fullmatch(raw_length):
         return _tus_problem(400, "invalid", "Upload-Length is required (no deferred lengths)")
     length = int(raw_length)
     if length > ctx.max_upload_bytes:
@@ -326,7 +328,7 @@ async def tus_create(request: Request, ctx: WebContext, s: LanSession | None) ->
         resp = await _append(request, ctx, row)  # creation-with-upload
         headers["Upload-Offset"] = resp.headers.get("Upload-Offset", "0")
     if length == 0:
-        await anyio.to_thread.run_sync(ctx.batches.finish, row["id"], client_of(request))
+        await _finish(request, ctx, row["id"])
     return Response(status_code=201, headers=headers)
 
 
@@ -360,17 +362,32 @@ async def tus_patch(request: Request, ctx: WebContext, s: LanSession | None) -> 
     if request.headers.get("content-type") != "application/offset+octet-stream":
         return _tus_problem(415, "bad_content_type", "use application/offset+octet-stream")
     raw_offset = request.headers.get("upload-offset", "")
-    if not raw_offset.isdigit() or int(raw_offset) != row["offset"]:
+    if not _DIGITS.fullmatch(raw_offset) or int(raw_offset) != row["offset"]:
         return Response(
             status_code=409, headers=_tus({"Upload-Offset": str(row["offset"])})
         )  # resync with HEAD
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and row["offset"] + int(declared) > row["length"]:
+    if _DIGITS.fullmatch(declared) and row["offset"] + int(declared) > row["length"]:
         return _tus_problem(413, "too_large", "more bytes than the upload's length")
     return await _append(request, ctx, row)
 
 
 _locks: dict[str, anyio.Lock] = {}
+# A PATCH whose body stops arriving for this long is treated as a dropped connection: a phone
+# that lost its Wi-Fi without a FIN must not hold the upload's lock until TCP gives up.
+BODY_IDLE_SECONDS = 20.0
+
+
+async def _chunks(request: Request) -> Any:
+    """The request body, ending quietly at a disconnect or when it stalls."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(BODY_IDLE_SECONDS):
+                chunk = await stream.__anext__()
+        except (StopAsyncIteration, ClientDisconnect, TimeoutError):
+            return
+        yield chunk
 
 
 async def _append(request: Request, ctx: WebContext, row: Any) -> Response:
@@ -378,52 +395,101 @@ async def _append(request: Request, ctx: WebContext, row: Any) -> Response:
     lock = _locks.setdefault(upload_id, anyio.Lock())
     if lock.locked():
         return _tus_problem(423, "busy", "another request is writing this upload; retry")
-    async with lock:
-        row = ctx.batches.upload(upload_id)
-        if row["state"] != "open":
-            return Response(status_code=204, headers=_tus({"Upload-Offset": str(row["offset"])}))
-        offset, length = row["offset"], row["length"]
-        path = ctx.batches.part_path(upload_id)
-        too_much = False
+    try:
+        async with lock:
+            return await _append_locked(request, ctx, upload_id)
+    finally:
+        if not lock.locked():
+            _locks.pop(upload_id, None)
+
+
+async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> Response:
+    row = ctx.batches.upload(upload_id)
+    if row["state"] != "open":
+        return Response(status_code=204, headers=_tus({"Upload-Offset": str(row["offset"])}))
+    start, length = row["offset"], row["length"]
+    offset = start
+    path = ctx.batches.part_path(upload_id)
+    too_much = False
+    try:
         f = await anyio.to_thread.run_sync(_open_at, path, offset)
-        buf = bytearray()
-        try:
-            try:
-                async for chunk in request.stream():
-                    room = length - offset - len(buf)
-                    if len(chunk) > room:
-                        chunk = chunk[:room]
-                        too_much = True
-                    buf += chunk
-                    if len(buf) >= _WRITE_BUFFER:
-                        await anyio.to_thread.run_sync(f.write, bytes(buf))
-                        offset += len(buf)
-                        buf.clear()
-                    if too_much:
-                        break
-            except ClientDisconnect:
-                pass  # keep what arrived: the phone resumes from here
-            if buf:
+    except FileNotFoundError:
+        # The file left before its row said so (a crash mid-ingest): settle the row, and let
+        # the phone resync from what the agent really holds.
+        fixed = await anyio.to_thread.run_sync(ctx.batches.reconcile, upload_id)
+        return Response(status_code=409, headers=_tus({"Upload-Offset": str(fixed["offset"])}))
+    buf = bytearray()
+    try:
+        async for chunk in _chunks(request):  # keep what arrived: the phone resumes from it
+            if len(chunk) > length - offset - len(buf):
+                too_much = True
+                break
+            buf += chunk
+            if len(buf) >= _WRITE_BUFFER:
                 await anyio.to_thread.run_sync(f.write, bytes(buf))
                 offset += len(buf)
-            await anyio.to_thread.run_sync(_sync_close, f)
-        except BaseException:
-            f.close()
-            raise
-        await anyio.to_thread.run_sync(ctx.batches.set_offset, upload_id, offset)
-        headers = _tus({"Upload-Offset": str(offset)})
-        if offset == length:
-            done = await anyio.to_thread.run_sync(ctx.batches.finish, upload_id, client_of(request))
-            if done is not None and done["outcome"]:
-                headers["X-RelayPACS-Outcome"] = done["outcome"]
-    _locks.pop(upload_id, None)
+                buf.clear()
+        if too_much:  # a body longer than the upload: none of it counts
+            buf.clear()
+            offset = start
+            await anyio.to_thread.run_sync(f.truncate, start)
+        if buf:
+            await anyio.to_thread.run_sync(f.write, bytes(buf))
+            offset += len(buf)
+        await anyio.to_thread.run_sync(_sync_close, f)
+    except BaseException:
+        f.close()
+        raise
     if too_much:
         return _tus_problem(413, "too_large", "more bytes than the upload's length")
+    if offset < length:
+        await anyio.to_thread.run_sync(ctx.batches.set_offset, upload_id, offset)
+        return Response(status_code=204, headers=_tus({"Upload-Offset": str(offset)}))
+    # The last byte counts only once the file is taken in: until then the offset stays one
+    # short, so a phone never drops its copy of a file the agent could not take (disk full).
+    return await _finish(request, ctx, upload_id)
+
+
+async def _finish(request: Request, ctx: WebContext, upload_id: str) -> Response:
+    try:
+        done = await anyio.to_thread.run_sync(ctx.batches.finish, upload_id, client_of(request))
+    except DiskFull:
+        return _not_taken(
+            ctx,
+            upload_id,
+            507,
+            "disk_full",
+            "the agent's disk is nearly full; ask IT to free space, then retry",
+        )
+    except Exception:
+        log.exception("lan_upload_finish_failed", upload_id=upload_id)
+        return _not_taken(
+            ctx,
+            upload_id,
+            503,
+            "not_taken",
+            "the agent could not take the file in; it keeps what arrived, retry in a moment",
+        )
+    headers = _tus({"Upload-Offset": str(done["offset"])})
+    if done["outcome"]:
+        headers["X-RelayPACS-Outcome"] = done["outcome"]
     return Response(status_code=204, headers=headers)
 
 
+def _not_taken(ctx: WebContext, upload_id: str, status: int, code: str, detail: str) -> Response:
+    row = ctx.batches.upload(upload_id)
+    held = max(row["length"] - 1, 0)
+    if row["state"] == "open":
+        ctx.batches.set_offset(upload_id, held)  # the bytes are on disk, fsynced
+    return problem(status, code, detail, _tus({"Upload-Offset": str(held)}))
+
+
 def _open_at(path: Path, offset: int) -> Any:
-    f = open(path, "r+b")  # noqa: SIM115 - closed by _sync_close
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    f = os.fdopen(fd, "r+b")
+    if os.fstat(fd).st_size < offset:
+        f.close()
+        raise FileNotFoundError(f"{path.name} holds less than its recorded offset")
     f.truncate(offset)  # bytes past the recorded offset were never acknowledged
     f.seek(offset)
     return f
@@ -444,7 +510,16 @@ async def tus_delete(request: Request, ctx: WebContext, s: LanSession | None) ->
         return Response(status_code=404, headers=_tus())
     if row["state"] == "done":
         return _tus_problem(409, "already_taken", "this file is already with the agent")
-    await anyio.to_thread.run_sync(ctx.batches.terminate, row["id"])
+    lock = _locks.setdefault(row["id"], anyio.Lock())
+    if lock.locked():
+        return _tus_problem(423, "busy", "this upload is being written; retry")
+    try:
+        async with lock:
+            if not await anyio.to_thread.run_sync(ctx.batches.terminate, row["id"]):
+                return _tus_problem(409, "already_taken", "this file is already with the agent")
+    finally:
+        if not lock.locked():
+            _locks.pop(row["id"], None)
     return Response(status_code=204, headers=_tus())
 
 

@@ -15,6 +15,7 @@ per client address.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
 import threading
@@ -22,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pyotp
@@ -40,6 +42,7 @@ ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
 TOKEN_PREFIX = "rpl_"  # noqa: S105 - a prefix, not a secret
 LOCK_AFTER = 5
 LOCK_SECONDS = 300.0
+LOGIN_SYNC_SECONDS = 15.0
 
 # Verifying against a made-up hash keeps an unknown username as slow as a wrong password.
 _HASHER = PasswordHasher()
@@ -90,7 +93,9 @@ class RateLimiter:
                 return q[0] + self.window - now
             q.append(now)
             if len(self._events) > 10_000:  # bound memory under a spray of addresses
-                self._events = {k: v for k, v in self._events.items() if v}
+                self._events = {
+                    k: v for k, v in self._events.items() if v and v[-1] > now - self.window
+                }
             return None
 
 
@@ -112,6 +117,7 @@ class LanAuth:
         self.sync_seconds = sync_seconds
         self.limiter = RateLimiter(*login_rate)
         self._sync_lock = threading.Lock()
+        self._last_login_sync = -LOGIN_SYNC_SECONDS
         self.hub_reachable: bool | None = None
         self.last_sync_at: float | None = self._meta_float("verifiers_synced_at")
 
@@ -167,6 +173,14 @@ class LanAuth:
         if self.last_sync_at is None or time.time() - self.last_sync_at >= self.sync_seconds:
             self.sync()
 
+    def _may_sync_for_login(self) -> bool:
+        now = time.monotonic()
+        with self._sync_lock:
+            if now - self._last_login_sync < LOGIN_SYNC_SECONDS:
+                return False
+            self._last_login_sync = now
+            return True
+
     def _user(self, username: str) -> Any:
         rows = self.store.query("SELECT * FROM lan_users WHERE username = ?", (username,))
         return rows[0] if rows else None
@@ -190,9 +204,10 @@ class LanAuth:
                 retry_after=max(1, int(wait + 0.999)),
             )
         user = self._user(username)
-        if user is None and self.hub_reachable is not False:
+        if user is None and self.hub_reachable is not False and self._may_sync_for_login():
             # Someone added at the hub since the last sync: ask now. Not while the hub is known
-            # to be unreachable: a mistyped name must not wait out a connection timeout.
+            # to be unreachable (a mistyped name must not wait out a connection timeout), and at
+            # most every LOGIN_SYNC_SECONDS, so unknown names cannot drive calls to the hub.
             self.sync()
             user = self._user(username)
         if user is None and self.last_sync_at is None:
@@ -272,19 +287,29 @@ class LanAuth:
 
     def _totp_ok(self, user: Any, code: str) -> bool:
         code = code.strip().replace(" ", "")
-        totp = pyotp.TOTP(user["totp_secret"])
-        if not totp.verify(code, valid_window=1):
+        if not code.isascii() or not code.isdigit():
             return False
-        # A code opens one session only: remember the last one used per user.
+        totp = pyotp.TOTP(user["totp_secret"])
+        current = totp.timecode(datetime.now(UTC))
+        step = next(
+            (
+                t
+                for t in (current, current - 1, current + 1)
+                if hmac.compare_digest(totp.generate_otp(t), code)
+            ),
+            None,
+        )
+        if step is None:
+            return False
+        # A code opens one session only, and so does any older one: keep the time step of the
+        # last accepted code per user and require a later one (RFC 6238 section 5.2).
+        key = f"totp_step:{user['username']}"
         with self.store.tx() as conn:
-            row = conn.execute(
-                "SELECT value FROM lan_meta WHERE key = ?", (f"totp_last:{user['username']}",)
-            ).fetchone()
-            if row is not None and row[0] == code:
+            row = conn.execute("SELECT value FROM lan_meta WHERE key = ?", (key,)).fetchone()
+            if row is not None and int(row[0]) >= step:
                 return False
             conn.execute(
-                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)",
-                (f"totp_last:{user['username']}", code),
+                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)", (key, str(step))
             )
         return True
 
@@ -335,13 +360,17 @@ class LanAuth:
         if not rows or rows[0]["expires_at"] < time.time():
             return None
         r = rows[0]
-        # The account must still exist in the last copy of the hub's verifiers.
-        if self._user(r["username"]) is None:
+        # The account as the last copy of the hub's verifiers has it: gone, locked at the hub or
+        # moved to another facility ends the session; a changed role applies at once.
+        user = self._user(r["username"])
+        if user is None or (user["hub_locked_until"] or 0) > time.time():
+            return None
+        if not self._facility_ok(user):
             return None
         return LanSession(
             username=r["username"],
-            role=r["role"],
-            facilities=json.loads(r["facilities"]),
+            role=user["role"],
+            facilities=json.loads(user["facilities"]),
             offline=bool(r["offline"]),
             expires_at=r["expires_at"],
             token_hash=digest,
@@ -363,8 +392,6 @@ def _verify_password(hashed: str, password: str) -> bool:
 def _epoch(value: Any) -> float | None:
     if not value:
         return None
-    from datetime import UTC, datetime
-
     dt = datetime.fromisoformat(str(value))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

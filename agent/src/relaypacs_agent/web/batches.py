@@ -251,9 +251,9 @@ class BatchService:
             message = result.message or result.reason
             with self.store.tx() as conn:
                 conn.execute(
-                    """UPDATE web_uploads SET state = 'done', outcome = ?, reason = ?,
-                       message = ?, sop_instance_uid = ?, study_instance_uid = ?, updated_at = ?
-                       WHERE id = ?""",
+                    """UPDATE web_uploads SET state = 'done', offset = length, outcome = ?,
+                       reason = ?, message = ?, sop_instance_uid = ?, study_instance_uid = ?,
+                       updated_at = ? WHERE id = ? AND state = 'open'""",
                     (
                         result.outcome,
                         result.reason or None,
@@ -297,23 +297,63 @@ class BatchService:
             return IngestResult("accepted", "", r[0], r[1], r[2])
         return IngestResult("quarantined", "lost_in_crash", size=0)
 
-    def terminate(self, upload_id: str) -> None:
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE web_uploads SET state = 'terminated', updated_at = ? "
-                "WHERE id = ? AND state = 'open'",
-                (time.time(), upload_id),
-            )
-        self.part_path(upload_id).unlink(missing_ok=True)
+    def terminate(self, upload_id: str) -> bool:
+        """Drop an unfinished upload (tus termination); False if it was already taken in."""
+        with self._ingest_lock:  # never in the middle of its own ingest
+            with self.store.tx() as conn:
+                cur = conn.execute(
+                    "UPDATE web_uploads SET state = 'terminated', updated_at = ? "
+                    "WHERE id = ? AND state = 'open'",
+                    (time.time(), upload_id),
+                )
+            if cur.rowcount != 1:
+                return False
+            self.part_path(upload_id).unlink(missing_ok=True)
+            return True
+
+    def reconcile(self, upload_id: str) -> Any:
+        """Settle an open upload whose file does not match its row (a crash in between): taken
+        in already (its instance is in the catalogue) becomes done; otherwise the offset falls
+        back to the bytes really on disk, and the phone sends the rest again."""
+        row = self.upload(upload_id)
+        if row is None or row["state"] != "open":
+            return row
+        path = self.part_path(upload_id)
+        taken = self.store.query(
+            "SELECT 1 FROM instances WHERE source_path = ?", (f"pwa:{upload_id}",)
+        )
+        if taken or not path.exists():
+            if taken:
+                return self.finish(upload_id, "recovery")
+            path.touch()
+        size = path.stat().st_size
+        if size < row["offset"]:
+            self.set_offset(upload_id, size)
+        return self.upload(upload_id)
 
     def recover(self) -> int:
-        """Take in uploads whose last byte arrived before a crash stopped their ingest."""
+        """At start: settle every open upload with its file; take in those complete on disk
+        whose ingest a crash interrupted. One that still fails waits for the phone's retry."""
+        settled = 0
+        for r in self.store.query("SELECT id, length FROM web_uploads WHERE state = 'open'"):
+            try:
+                row = self.reconcile(r["id"])
+                path = self.part_path(r["id"])
+                if row["state"] == "open" and path.exists() and path.stat().st_size == r["length"]:
+                    row = self.finish(r["id"], "recovery")
+                settled += row["state"] == "done"
+            except Exception:
+                log.exception("lan_upload_recovery_failed", upload_id=r["id"])
+        return settled
+
+    def expire(self, idle_seconds: float) -> int:
+        """Drop uploads nobody has touched for ``idle_seconds`` (a phone that never came back);
+        their bytes were never complete, so nothing the agent held is lost."""
+        cutoff = time.time() - idle_seconds
         rows = self.store.query(
-            "SELECT id FROM web_uploads WHERE state = 'open' AND offset = length"
+            "SELECT id FROM web_uploads WHERE state = 'open' AND updated_at < ?", (cutoff,)
         )
-        for r in rows:
-            self.finish(r["id"], "recovery")
-        return len(rows)
+        return sum(1 for r in rows if self.terminate(r["id"]))
 
     def summary(self) -> dict[str, int]:
         row = self.store.query(

@@ -26,6 +26,9 @@ from relaypacs_agent.web.batches import BatchService
 
 log = structlog.get_logger("relaypacs.agent.web")
 
+# An upload nobody touched for this long is dropped (its phone never came back to finish it).
+UPLOAD_IDLE_DAYS = 7
+
 
 def find_pwa_dir(configured: Path | None) -> Path | None:
     """The built PWA: the configured folder, else ``pwa/dist`` of a source checkout."""
@@ -152,14 +155,23 @@ class WebServer:
 
     def _keep_fresh(self, stop: threading.Event) -> None:
         next_sync = 0.0
+        next_sweep = 0.0
         while not stop.is_set():
-            if self.client.healthy():
-                self.last_contact_at = time.time()
-                due = time.monotonic() >= next_sync or self.auth.hub_reachable is not True
-                if due and self.auth.sync():
-                    next_sync = time.monotonic() + self.settings.verifier_sync_seconds
-            else:
-                self.auth.hub_reachable = False
+            try:  # one bad answer must not end the refreshes (removed users would stay)
+                if self.client.healthy():
+                    self.last_contact_at = time.time()
+                    due = time.monotonic() >= next_sync or self.auth.hub_reachable is not True
+                    if due and self.auth.sync():
+                        next_sync = time.monotonic() + self.settings.verifier_sync_seconds
+                else:
+                    self.auth.hub_reachable = False
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + 3600
+                    dropped = self.batches.expire(UPLOAD_IDLE_DAYS * 86400)
+                    if dropped:
+                        log.info("lan_uploads_expired", uploads=dropped)
+            except Exception:
+                log.exception("web_keeper_failed")
             stop.wait(5.0)
 
     def stop(self) -> None:

@@ -1,0 +1,213 @@
+"""The LAN upload server when things go wrong: an ingest that fails at the last byte, a phone
+whose connection stalls mid-PATCH, a body longer than declared, a crash between the spool and the
+upload's row, odd headers, and account changes at the hub while a session is open."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pyotp
+import pytest
+
+from relaypacs_agent.web import app as web_app_module
+from relaypacs_agent.web.auth import RateLimiter
+from relaypacs_dev.generate import GeneratedStudy
+from tests.agent.webfix import PASSWORD, TUS, FakeHub, tus_metadata, user, web_app
+
+BATCH = {"service_level": "routine", "expected_files": 1}
+
+
+async def _new_upload(web: Any, h: dict[str, str], size: int) -> str:
+    batch = (await web.client.post("/api/v1/batches", json=BATCH, headers=h)).json()
+    r = await web.client.post(
+        "/api/v1/uploads",
+        headers={
+            **h,
+            **TUS,
+            "Upload-Length": str(size),
+            "Upload-Metadata": tus_metadata(filename="a.dcm", batch=batch["id"]),
+        },
+    )
+    assert r.status_code == 201, r.text
+    return str(r.headers["location"])
+
+
+def _patch_headers(h: dict[str, str], offset: int) -> dict[str, str]:
+    return {
+        **h,
+        **TUS,
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
+
+
+async def test_a_failed_ingest_at_the_last_byte_keeps_the_phone_sending(
+    tmp_path: Path, small_study: GeneratedStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = small_study.files[0].read_bytes()
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        url = await _new_upload(web, h, len(data))
+        real = web.batches.ingestor.ingest
+        calls = {"n": 0}
+
+        def failing_once(*a: Any, **k: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise OSError("disk went read-only")
+            return real(*a, **k)
+
+        monkeypatch.setattr(web.batches.ingestor, "ingest", failing_once)
+        r = await web.client.patch(url, content=data, headers=_patch_headers(h, 0))
+        # Not a success: the last byte is not acknowledged, so tus-js-client keeps its copy.
+        assert r.status_code == 503
+        assert r.headers["upload-offset"] == str(len(data) - 1)
+        head = await web.client.head(url, headers={**h, **TUS})
+        assert head.headers["upload-offset"] == str(len(data) - 1)
+        assert web.batches.part_path(url.rsplit("/", 1)[1]).stat().st_size == len(data)
+        r = await web.client.patch(url, content=data[-1:], headers=_patch_headers(h, len(data) - 1))
+        assert r.status_code == 204 and r.headers["x-relaypacs-outcome"] == "accepted"
+        assert r.headers["upload-offset"] == str(len(data))
+        spooled = web.store.query("SELECT spool_path FROM instances")[0]["spool_path"]
+        assert Path(spooled).read_bytes() == data
+
+
+async def test_a_stalled_patch_lets_go_of_the_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web_app_module, "BODY_IDLE_SECONDS", 0.5)
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        url = await _new_upload(web, h, 10_000)
+        upload_id = url.rsplit("/", 1)[1]
+        row = web.batches.upload(upload_id)
+        body_sent = anyio.Event()
+
+        async def receive_then_stall() -> dict[str, Any]:
+            if not body_sent.is_set():
+                body_sent.set()
+                return {"type": "http.request", "body": b"x" * 3000, "more_body": True}
+            await anyio.sleep(3600)  # the phone's Wi-Fi is gone, no FIN
+            return {"type": "http.disconnect"}
+
+        from starlette.requests import Request
+
+        scope = {"type": "http", "method": "PATCH", "path": url, "headers": [], "query_string": b""}
+        started = time.monotonic()
+        with anyio.fail_after(10):
+            resp = await web_app_module._append(
+                Request(scope, receive_then_stall),
+                web.client._transport.app.state.ctx,
+                row,  # type: ignore[attr-defined]
+            )
+        assert time.monotonic() - started < 5
+        assert resp.status_code == 204 and resp.headers["upload-offset"] == "3000"
+        # The upload is free again: the phone's retry is not refused as busy.
+        head = await web.client.head(url, headers={**h, **TUS})
+        assert head.headers["upload-offset"] == "3000"
+        r = await web.client.patch(url, content=b"y" * 7000, headers=_patch_headers(h, 3000))
+        assert r.status_code == 204
+        assert upload_id not in web_app_module._locks
+
+
+async def test_a_longer_body_than_declared_counts_for_nothing(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        url = await _new_upload(web, h, 100)
+
+        async def chunked() -> Any:  # no Content-Length: the overflow shows only while reading
+            yield b"a" * 60
+            yield b"b" * 60
+
+        r = await web.client.patch(url, content=chunked(), headers=_patch_headers(h, 0))
+        assert r.status_code == 413
+        head = await web.client.head(url, headers={**h, **TUS})
+        assert head.headers["upload-offset"] == "0"
+        assert web.batches.upload(url.rsplit("/", 1)[1])["state"] == "open"
+
+
+async def test_a_crash_between_the_spool_and_the_row_is_settled(
+    tmp_path: Path, small_study: GeneratedStudy
+) -> None:
+    data = small_study.files[0].read_bytes()
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        url = await _new_upload(web, h, len(data))
+        upload_id = url.rsplit("/", 1)[1]
+        r = await web.client.patch(url, content=data[:1000], headers=_patch_headers(h, 0))
+        assert r.headers["upload-offset"] == "1000"
+        # The rest arrived and was spooled, then the agent died before the row was updated.
+        part = web.batches.part_path(upload_id)
+        part.write_bytes(data)
+        from relaypacs_agent.ingest.pipeline import Source
+
+        web.batches.ingestor.ingest(
+            part, Source(kind="pwa", owned=True, source_path=f"pwa:{upload_id}")
+        )
+        assert not part.exists()
+        r = await web.client.patch(url, content=data[1000:], headers=_patch_headers(h, 1000))
+        assert r.status_code == 409 and r.headers["upload-offset"] == str(len(data))
+        assert web.batches.upload(upload_id)["state"] == "done"
+        assert len(web.store.query("SELECT * FROM instances")) == 1
+
+
+async def test_non_ascii_digits_in_headers_are_400_not_500(tmp_path: Path) -> None:
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        batch = (await web.client.post("/api/v1/batches", json=BATCH, headers=h)).json()
+        meta = tus_metadata(batch=batch["id"])
+        r = await web.client.post(
+            "/api/v1/uploads",
+            headers={
+                **h,
+                **TUS,
+                "Upload-Length": b"\xb2",  # "²" in latin-1: isdigit() but not int()
+                "Upload-Metadata": meta,
+            },
+        )
+        assert r.status_code == 400
+
+
+async def test_account_changes_at_the_hub_reach_open_sessions(tmp_path: Path) -> None:
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        admin = await web.login("admin1")
+        assert (await web.client.get("/api/v1/status", headers=admin)).status_code == 200
+        for u in hub.users:
+            if u["username"] == "admin1":
+                u["role"] = "clinician"
+        web.auth.sync()
+        me = (await web.client.get("/api/v1/auth/me", headers=admin)).json()
+        assert me["role"] == "clinician"
+        assert (await web.client.get("/api/v1/status", headers=admin)).status_code == 403
+        for u in hub.users:
+            if u["username"] == "admin1":
+                u["locked_until"] = "2999-01-01T00:00:00+00:00"
+        web.auth.sync()
+        assert (await web.client.get("/api/v1/auth/me", headers=admin)).status_code == 401
+
+
+async def test_an_older_totp_code_is_refused_after_a_newer_one(tmp_path: Path) -> None:
+    secret = pyotp.random_base32()
+    hub = FakeHub(users=[user("doc", "radiographer", totp_secret=secret)])
+    async with web_app(tmp_path, hub=hub) as web:
+        totp = pyotp.TOTP(secret)
+        now = int(time.time())
+        newer, older = totp.at(now + 30), totp.at(now)
+        body = {"username": "doc", "password": PASSWORD}
+        r = await web.client.post("/api/v1/auth/login", json={**body, "totp_code": newer})
+        assert r.status_code == 200, r.text
+        r = await web.client.post("/api/v1/auth/login", json={**body, "totp_code": older})
+        assert r.status_code == 401
+
+
+def test_the_login_rate_limiter_forgets_old_addresses() -> None:
+    limiter = RateLimiter(limit=10, window=60.0)
+    for i in range(12_000):
+        assert limiter.hit(f"10.0.{i // 256}.{i % 256}", now=float(i) / 1000) is None
+    # Long after the window, a new address prunes the stale ones instead of keeping them all.
+    assert limiter.hit("192.0.2.1", now=10_000.0) is None
+    assert len(limiter._events) < 100
