@@ -211,3 +211,22 @@ def test_the_login_rate_limiter_forgets_old_addresses() -> None:
     # Long after the window, a new address prunes the stale ones instead of keeping them all.
     assert limiter.hit("192.0.2.1", now=10_000.0) is None
     assert len(limiter._events) < 100
+
+
+async def test_uploads_abandoned_for_days_are_dropped_and_finished_ones_kept(
+    tmp_path: Path, small_study: GeneratedStudy
+) -> None:
+    data = small_study.files[0].read_bytes()
+    async with web_app(tmp_path) as web:
+        h = await web.login("clinician1")
+        stale = (await _new_upload(web, h, 10_000)).rsplit("/", 1)[1]
+        done = await _new_upload(web, h, len(data))
+        await web.client.patch(done, content=data, headers=_patch_headers(h, 0))
+        fresh = (await _new_upload(web, h, 10_000)).rsplit("/", 1)[1]
+        with web.store.tx() as conn:
+            conn.execute("UPDATE web_uploads SET updated_at = 0 WHERE id != ?", (fresh,))
+        assert web.batches.expire(7 * 86400) == 1
+        assert web.batches.upload(stale)["state"] == "terminated"
+        assert not web.batches.part_path(stale).exists()
+        assert web.batches.upload(done.rsplit("/", 1)[1])["state"] == "done"
+        assert web.batches.upload(fresh)["state"] == "open"
