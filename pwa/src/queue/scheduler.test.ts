@@ -1,8 +1,12 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { batchesToCreate, claimUnowned, filesToStart, nextWakeUp, othersWaiting, ownedBy, waitingOnDevice } from './plan'
-import { PROBE_INTERVAL_MS, Scheduler } from './scheduler'
+import { studyStatus } from '../upload/status'
+import { PROBE_INTERVAL_MS, SEND_FORBIDDEN_MESSAGE, SEND_NOT_FOUND_MESSAGE, Scheduler } from './scheduler'
 import {
   QueueError,
+  type QueueChannel,
+  type QueueLock,
+  type QueueMessage,
   type QBatch,
   type QFile,
   type QueueApi,
@@ -598,5 +602,304 @@ describe('Scheduler owners', () => {
     await q.remove('t')
     q.retry('t')
     expect(store.batches.has('t')).toBe(true)
+  })
+})
+
+// ---- /send: only a 2xx counts as sent ----
+
+describe('sending a batch', () => {
+  async function readyToSend(failSend: QueueError | null) {
+    const s = setup()
+    s.api.sendBatch = async (id: string) => {
+      if (failSend) throw failSend
+      s.api.sent.push(id)
+    }
+    await s.store.addBatch(batch('b', { state: 'open', serverId: 'srv-b' }), [
+      { file: file('f0', 'b', 0, { state: 'uploaded', bytesSent: 100 }), blob: new Blob(['x']) },
+    ])
+    await s.q.start()
+    await settle()
+    await s.q.flush()
+    return s
+  }
+
+  it('a 2xx marks the batch sent', async () => {
+    const { store, api, q } = await readyToSend(null)
+    expect(api.sent).toEqual(['srv-b'])
+    expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'sent', error: null })
+    expect(store.batches.get('b')!.state).toBe('sent')
+  })
+
+  it('404 (the agent no longer knows the batch) fails it, in plain words, and does not retry', async () => {
+    const { api, q } = await readyToSend(new QueueError('rejected', 'not found', 404, 'not_found'))
+    expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'failed', error: SEND_NOT_FOUND_MESSAGE, sentAt: null })
+    expect(SEND_NOT_FOUND_MESSAGE).toContain('relaypacs-agent send-now')
+    const calls = api.sent.length
+    await vi.advanceTimersByTimeAsync(600_000)
+    expect(api.sent.length).toBe(calls)
+    expect(q.getSnapshot().batches[0].state).toBe('failed')
+  })
+
+  it('403 (role may not send) fails it with its own message', async () => {
+    const { q } = await readyToSend(new QueueError('rejected', 'forbidden', 403, 'forbidden'))
+    expect(q.getSnapshot().batches[0]).toMatchObject({ state: 'failed', error: SEND_FORBIDDEN_MESSAGE })
+  })
+
+  it('a failed send shows its message on the study card and "Try again" sends again', async () => {
+    const s = await readyToSend(new QueueError('rejected', 'forbidden', 403, 'forbidden'))
+    const st = studyStatus(s.q.getSnapshot().batches[0], s.q.getSnapshot().files, undefined)
+    expect(st.problems[0]).toBe(SEND_FORBIDDEN_MESSAGE)
+    expect(st.stage).toBe('agent')
+    s.api.sendBatch = async (id: string) => void s.api.sent.push(id)
+    s.q.retry('b')
+    await settle()
+    expect(s.api.sent).toEqual(['srv-b'])
+    expect(s.q.getSnapshot().batches[0]).toMatchObject({ state: 'sent', error: null })
+  })
+
+  it('401 pauses for sign-in and keeps the batch open', async () => {
+    const { q, api } = await readyToSend(new QueueError('auth', 'session over', 401))
+    expect(q.getSnapshot().authRequired).toBe(true)
+    expect(q.getSnapshot().batches[0].state).toBe('open')
+    api.sendBatch = async (id: string) => void api.sent.push(id)
+    q.setAuthenticated()
+    await vi.advanceTimersByTimeAsync(2_000)
+    expect(api.sent).toEqual(['srv-b'])
+    expect(q.getSnapshot().batches[0].state).toBe('sent')
+  })
+
+  it.each([
+    ['a 5xx', new QueueError('server', 'bad gateway', 502)],
+    ['another 4xx', new QueueError('rejected', 'conflict', 409)],
+    ['no network', new QueueError('network', 'unreachable')],
+  ])('%s is retried with backoff, never counted as sent', async (_name, err) => {
+    const s = await readyToSend(err)
+    let tries = 1
+    s.api.sendBatch = async (id: string) => {
+      tries++
+      if (tries < 3) throw err
+      s.api.sent.push(id)
+    }
+    expect(s.q.getSnapshot().batches[0]).toMatchObject({ state: 'open', attempts: 1 })
+    expect(s.api.sent).toEqual([])
+    for (let t = 0; t < 30 && tries < 3; t++) {
+      expect(s.q.getSnapshot().batches[0].state).toBe('open')
+      await vi.advanceTimersByTimeAsync(500)
+    }
+    expect(tries).toBe(3)
+    await settle()
+    expect(s.api.sent).toEqual(['srv-b'])
+    expect(s.q.getSnapshot().batches[0]).toMatchObject({ state: 'sent', error: null })
+  })
+})
+
+// ---- several tabs: only the one holding the lock runs the queue ----
+
+/** A store shared by tabs: tells every watcher about each write, a little later (like liveQuery). */
+class SharedStore extends MemoryStore {
+  private watchers = new Set<(d: { batches: QBatch[]; files: QFile[] }) => void>()
+  watch(cb: (d: { batches: QBatch[]; files: QFile[] }) => void) {
+    this.watchers.add(cb)
+    void this.changed()
+    return () => void this.watchers.delete(cb)
+  }
+  private async changed() {
+    await Promise.resolve()
+    const d = await this.load()
+    for (const w of this.watchers) w({ batches: d.batches.map((b) => ({ ...b })), files: d.files.map((f) => ({ ...f })) })
+  }
+  override async addBatch(b: QBatch, files: Array<{ file: QFile; blob: Blob }>) {
+    await super.addBatch(b, files)
+    void this.changed()
+  }
+  override async saveBatch(b: QBatch) {
+    await super.saveBatch(b)
+    void this.changed()
+  }
+  override async saveFile(f: QFile) {
+    await super.saveFile(f)
+    void this.changed()
+  }
+  override async fileUploaded(f: QFile) {
+    await super.fileUploaded(f)
+    void this.changed()
+  }
+  override async removeBatch(id: string) {
+    await super.removeBatch(id)
+    for (const f of [...this.files.values()]) if (f.batchId === id) this.files.delete(f.id)
+    void this.changed()
+  }
+}
+
+/** navigator.locks for one exclusive name: first come, first served; abort drops a waiting request. */
+function fakeLocks() {
+  let held = false
+  const waiting: Array<() => void> = []
+  const grants: number[] = []
+  let n = 0
+  const make = (): QueueLock => {
+    const who = ++n
+    return (run, signal) =>
+      new Promise((resolve, reject) => {
+        const go = () => {
+          held = true
+          grants.push(who)
+          void run().finally(() => {
+            held = false
+            resolve(undefined)
+            waiting.shift()?.()
+          })
+        }
+        if (!held) return go()
+        waiting.push(go)
+        signal.addEventListener('abort', () => {
+          const i = waiting.indexOf(go)
+          if (i >= 0) waiting.splice(i, 1)
+          reject(new DOMException('aborted', 'AbortError'))
+        })
+      })
+  }
+  return { make, grants, isHeld: () => held }
+}
+
+function fakeBus() {
+  const tabs = new Set<(m: QueueMessage) => void>()
+  return (): QueueChannel => {
+    let mine: ((m: QueueMessage) => void) | null = null
+    return {
+      post: (m) => {
+        for (const t of tabs) if (t !== mine) t(m)
+      },
+      subscribe(cb) {
+        mine = cb
+        tabs.add(cb)
+        return () => void tabs.delete(cb)
+      },
+    }
+  }
+}
+
+function twoTabs() {
+  const store = new SharedStore()
+  const api = new FakeApi()
+  const network = new FakeNetwork()
+  const locks = fakeLocks()
+  const bus = fakeBus()
+  const tab = () => {
+    const uploader = new FakeUploader()
+    const q = new Scheduler({ store, uploader, api, network, clock, concurrency: 2, lock: locks.make(), channel: bus() })
+    q.setOwner('nurse')
+    return { q, uploader }
+  }
+  return { store, api, locks, a: tab(), b: tab() }
+}
+
+describe('several tabs', () => {
+  it('only the tab holding the lock uploads; the other shows the same state; it takes over when the first closes', async () => {
+    const { store, api, locks, a, b } = twoTabs()
+    await store.addBatch(batch('b', { expectedFiles: 3 }), [0, 1, 2].map((i) => ({ file: file(`f${i}`, 'b', i), blob: new Blob(['x']) })))
+    await a.q.start()
+    await b.q.start()
+    await settle()
+    expect(a.q.isLeading()).toBe(true)
+    expect(b.q.isLeading()).toBe(false)
+    expect(api.created).toEqual(['b']) // one batch at the agent, not one per tab
+    expect(a.uploader.names()).toEqual(['f0', 'f1'])
+    expect(b.uploader.started).toHaveLength(0)
+
+    a.uploader.started[0].resolve() // f0 done: its blob is gone
+    a.uploader.started[1].cb.onUploadUrl('http://agent/api/v1/uploads/u1')
+    await settle()
+    expect(a.uploader.names()).toEqual(['f0', 'f1', 'f2'])
+    expect(store.blobs.has('f0')).toBe(false)
+    // The other tab shows it all from the store, and starts nothing.
+    expect(b.q.getSnapshot().batches[0]).toMatchObject({ serverId: 'srv-b', state: 'open' })
+    expect(b.q.getSnapshot().files.find((f) => f.id === 'f0')!.state).toBe('uploaded')
+    expect(b.uploader.started).toHaveLength(0)
+
+    // The first tab closes: its uploads stop, the second takes over from the store.
+    a.q.stop()
+    await settle()
+    expect(b.q.isLeading()).toBe(true)
+    expect(api.created).toEqual(['b'])
+    expect(b.uploader.names().sort()).toEqual(['f1', 'f2'])
+    expect(b.uploader.started.find((s) => s.file.id === 'f1')!.file.uploadUrl).toBe('http://agent/api/v1/uploads/u1')
+    b.uploader.started.forEach((s) => s.resolve())
+    await settle()
+    expect(api.sent).toEqual(['srv-b'])
+    expect(b.q.getSnapshot().files.every((f) => f.state === 'uploaded')).toBe(true)
+    expect(b.q.getSnapshot().files.some((f) => f.error)).toBe(false) // nothing "gone"
+    // Each file finished once, in one tab or the other.
+    const finished = [...a.uploader.started.filter((s) => !s.aborted), ...b.uploader.started].map((s) => s.file.id)
+    expect(finished.sort()).toEqual(['f0', 'f1', 'f2'])
+    expect(locks.grants).toEqual([1, 2])
+  })
+
+  it('a study queued in a tab that does not run the queue is sent by the one that does', async () => {
+    const { api, a, b } = twoTabs()
+    await a.q.start()
+    await b.q.start()
+    await settle()
+    await b.q.add(batch('nb'), [{ file: file('n0', 'nb'), blob: new Blob(['x']) }])
+    await settle()
+    expect(api.created).toEqual(['nb'])
+    expect(a.uploader.names()).toEqual(['n0'])
+    expect(b.uploader.started).toHaveLength(0)
+    a.uploader.started[0].resolve()
+    await settle()
+    expect(api.sent).toEqual(['srv-nb'])
+    expect(b.q.getSnapshot().batches[0].state).toBe('sent')
+  })
+
+  it('retry and remove in the other tab are done by the tab running the queue', async () => {
+    const { store, api, a, b } = twoTabs()
+    api.failCreate = new QueueError('rejected', 'clinical history is too long', 422)
+    await store.addBatch(batch('x'), [{ file: file('x0', 'x'), blob: new Blob(['x']) }])
+    await store.addBatch(batch('y', { state: 'open', serverId: 'srv-y' }), [{ file: file('y0', 'y'), blob: new Blob(['y']) }])
+    await a.q.start()
+    await b.q.start()
+    await settle()
+    expect(b.q.getSnapshot().batches.find((x) => x.id === 'x')!.state).toBe('failed')
+    api.failCreate = null
+    b.q.retry('x')
+    await settle()
+    expect(api.created.filter((id) => id === 'x')).toHaveLength(1)
+    expect(b.q.getSnapshot().batches.find((x) => x.id === 'x')!.state).toBe('open')
+
+    const y0 = a.uploader.started.find((s) => s.file.id === 'y0')!
+    await b.q.remove('y')
+    await settle()
+    expect(y0.aborted).toBe(true)
+    expect(store.batches.has('y')).toBe(false)
+    expect(b.q.getSnapshot().batches.map((x) => x.id)).toEqual(['x'])
+  })
+
+  it('signing out lets the lock go; signing in takes it again', async () => {
+    const { locks, a, b } = twoTabs()
+    await a.q.start()
+    await settle()
+    expect(a.q.isLeading()).toBe(true)
+    a.q.setOwner(null)
+    await settle()
+    expect(a.q.isLeading()).toBe(false)
+    expect(locks.isHeld()).toBe(false)
+    await b.q.start()
+    await settle()
+    expect(b.q.isLeading()).toBe(true)
+    a.q.setOwner('nurse')
+    await settle()
+    expect(a.q.isLeading()).toBe(false) // waits its turn
+    b.q.stop()
+    await settle()
+    expect(a.q.isLeading()).toBe(true)
+  })
+
+  it('without a lock (old browsers) the tab runs the queue directly', async () => {
+    const { uploader, q } = setup()
+    await q.start()
+    expect(q.isLeading()).toBe(true)
+    await q.add(batch('b'), [{ file: file('f0', 'b'), blob: new Blob(['x']) }])
+    await settle()
+    expect(uploader.names()).toEqual(['f0'])
   })
 })

@@ -25,12 +25,21 @@ import {
   type QBatch,
   type QFile,
   type QueueApi,
+  type QueueChannel,
+  type QueueLock,
+  type QueueMessage,
   type QueueStore,
   type UploadHandle,
   type Uploader,
 } from './types'
 
 export const PROBE_INTERVAL_MS = 5_000
+
+/** Shown on the study card when `/send` answers 404: the agent no longer has this batch. */
+export const SEND_NOT_FOUND_MESSAGE =
+  'The agent no longer knows this upload. Its files are already at the agent; ask IT to send them with `relaypacs-agent send-now`.'
+/** Shown on the study card when `/send` answers 403. */
+export const SEND_FORBIDDEN_MESSAGE = 'Your account may not send studies from this agent.'
 
 /** What the signed-in user may see: only their own batches and files. */
 export interface QueueSnapshot {
@@ -55,6 +64,19 @@ export interface SchedulerDeps {
   concurrency?: number
   /** Least time between two progress notifications (ms). */
   progressIntervalMs?: number
+  /**
+   * Only the tab holding this lock runs the queue; the others show it from the store (`watch`)
+   * and pass retry/remove on through `channel`. Without a lock (old browsers) this tab runs it.
+   */
+  lock?: QueueLock
+  channel?: QueueChannel
+}
+
+/** One holding (or request) of the queue lock. */
+interface Tenure {
+  abort: AbortController
+  /** Set once the lock is held: lets it go. */
+  release: (() => void) | null
 }
 
 const realClock: Clock = {
@@ -83,6 +105,15 @@ export class Scheduler {
   private wakeTimer: unknown = null
   private probeTimer: unknown = null
   private unsubscribeNetwork: (() => void) | null = null
+  private unsubscribeStore: (() => void) | null = null
+  private unsubscribeChannel: (() => void) | null = null
+  /** This tab runs the queue (holds the lock, or there is no lock to hold). */
+  private leading: boolean
+  private tenure: Tenure | null = null
+  /** Batches removed here: a late store notification must not bring them back. */
+  private removed = new Set<string>()
+  /** Requests to the agent under way (create, send): the lock is let go only once they are done. */
+  private inflight = new Set<Promise<void>>()
   private listeners = new Set<(s: QueueSnapshot) => void>()
   private snapshot: QueueSnapshot
   private lastProgressEmit = 0
@@ -95,7 +126,13 @@ export class Scheduler {
     this.clock = deps.clock ?? realClock
     this.concurrency = deps.concurrency ?? 2
     this.progressIntervalMs = deps.progressIntervalMs ?? 200
+    this.leading = !deps.lock
     this.snapshot = this.makeSnapshot()
+  }
+
+  /** This tab runs the queue (the others only show it). */
+  isLeading(): boolean {
+    return this.leading
   }
 
   // ---- public API ----
@@ -103,27 +140,33 @@ export class Scheduler {
   async start(): Promise<void> {
     if (this.started) return
     this.started = true
-    const { batches, files } = await this.deps.store.load()
-    for (const b of batches) this.batches.set(b.id, { ...b })
-    for (const f of files) {
-      // An upload cut by a reload or a closed tab resumes from its uploadUrl.
-      this.files.set(f.id, f.state === 'uploading' ? { ...f, state: 'queued' } : { ...f })
-    }
+    const data = await this.deps.store.load()
+    if (this.leading) this.takeOver(data)
+    else this.replaceFrom(data)
     this.loaded = true
     this.claimUnowned()
     this.unsubscribeNetwork = this.deps.network.subscribe(() => this.onNetworkChange())
+    if (this.deps.lock) this.unsubscribeStore = this.deps.store.watch?.((d) => this.onStoreChange(d)) ?? null
+    this.unsubscribeChannel = this.deps.channel?.subscribe((m) => this.onMessage(m)) ?? null
     this.emit()
+    this.syncLock()
     this.pump()
   }
 
+  /** Stop running the queue here (lets the lock go: another tab takes over). */
   stop(): void {
     this.started = false
     this.unsubscribeNetwork?.()
     this.unsubscribeNetwork = null
+    this.unsubscribeStore?.()
+    this.unsubscribeStore = null
+    this.unsubscribeChannel?.()
+    this.unsubscribeChannel = null
     for (const h of this.running.values()) h.abort()
     this.running.clear()
     this.clearTimer('wake')
     this.clearTimer('probe')
+    this.syncLock()
   }
 
   subscribe(listener: (s: QueueSnapshot) => void): () => void {
@@ -142,9 +185,11 @@ export class Scheduler {
     if (!owner) throw new Error('Sign in to queue a study.')
     const b: QBatch = { ...batch, owner }
     const fs = files.map(({ file, blob }) => ({ file: { ...file, owner }, blob }))
+    // Stored first: the tab that runs the queue (maybe another one) finds it there.
     await this.deps.store.addBatch(b, fs)
-    this.batches.set(b.id, b)
-    for (const { file } of fs) this.files.set(file.id, file)
+    // A store notification may have brought it in meanwhile (and started it): keep that.
+    if (!this.batches.has(b.id)) this.batches.set(b.id, b)
+    for (const { file } of fs) if (!this.files.has(file.id)) this.files.set(file.id, file)
     this.emit()
     this.pump()
   }
@@ -167,12 +212,14 @@ export class Scheduler {
     this.authRequired = false
     this.claimUnowned()
     this.emit()
+    this.syncLock()
     this.pump()
   }
 
   /** After a new sign-in: lift the auth pause and go on. */
   setAuthenticated(): void {
     this.authRequired = false
+    if (!this.leading) this.deps.channel?.post({ type: 'authenticated' })
     this.emit()
     this.pump()
   }
@@ -181,6 +228,10 @@ export class Scheduler {
   retry(batchId: string): void {
     const b = this.batches.get(batchId)
     if (!b || !isOwnedBy(b, this.owner)) return
+    if (!this.leading) {
+      this.deps.channel?.post({ type: 'retry', batchId })
+      return
+    }
     const now = this.clock.now()
     if (b.state === 'failed') this.updateBatch(b.id, { state: b.serverId ? 'open' : 'pending', nextAttemptAt: now, error: null })
     for (const f of this.files.values()) {
@@ -196,6 +247,15 @@ export class Scheduler {
   async remove(batchId: string): Promise<void> {
     const b = this.batches.get(batchId)
     if (b && !isOwnedBy(b, this.owner)) return // only its owner may drop it
+    if (!this.leading && this.deps.lock) {
+      // The tab running the queue stops its uploads and removes it; hidden here meanwhile.
+      this.deps.channel?.post({ type: 'remove', batchId })
+      this.batches.delete(batchId)
+      for (const f of [...this.files.values()]) if (f.batchId === batchId) this.files.delete(f.id)
+      this.emit()
+      return
+    }
+    this.removed.add(batchId)
     for (const f of [...this.files.values()]) {
       if (f.batchId !== batchId) continue
       this.running.get(f.id)?.abort()
@@ -216,18 +276,135 @@ export class Scheduler {
 
   /** Something happened outside (e.g. the app heard from the agent): try now. */
   kick(): void {
+    if (!this.leading) this.deps.channel?.post({ type: 'kick' })
     this.pump()
   }
 
   // ---- internals ----
 
+  /** Hold the queue lock while started with someone signed in; let it go otherwise. */
+  private syncLock(): void {
+    const lock = this.deps.lock
+    if (!lock) return
+    const want = this.started && this.owner !== null
+    if (want && !this.tenure) {
+      const t: Tenure = { abort: new AbortController(), release: null }
+      this.tenure = t
+      lock(
+        () =>
+          new Promise<void>((resolve) => {
+            if (this.tenure !== t) return resolve() // given up before it was granted
+            t.release = resolve
+            void this.lead(t)
+          }),
+        t.abort.signal,
+      ).catch(() => {
+        // request dropped (signed out or stopped before it was granted)
+      })
+    } else if (!want && this.tenure) {
+      const t = this.tenure
+      this.tenure = null
+      t.abort.abort()
+      if (t.release) void this.resign(t)
+    }
+  }
+
+  /** The lock is ours: load what the previous tab left and run the queue. */
+  private async lead(t: Tenure): Promise<void> {
+    let data: { batches: QBatch[]; files: QFile[] }
+    try {
+      data = await this.deps.store.load()
+    } catch (e) {
+      console.error('queue: could not load', e)
+      data = { batches: [...this.batches.values()], files: [...this.files.values()] }
+    }
+    if (this.tenure !== t) return // let go meanwhile (resign has run)
+    this.takeOver(data)
+    this.leading = true
+    this.agentReachable = true
+    this.claimUnowned()
+    this.emit()
+    this.pump()
+  }
+
+  /** Let the lock go once this tab's uploads are stopped and its writes are stored. */
+  private async resign(t: Tenure): Promise<void> {
+    const was = this.leading
+    this.leading = false
+    for (const [id, h] of this.running) {
+      h.abort()
+      this.updateFile(id, { state: 'queued' }, false)
+    }
+    this.running.clear()
+    this.clearTimer('wake')
+    this.clearTimer('probe')
+    // A batch created at the agent but not yet stored would be created again by the next tab.
+    while (this.inflight.size) await Promise.allSettled([...this.inflight])
+    await this.writes
+    t.release?.()
+    if (was) this.emit()
+  }
+
+  /** Start from the stored state (at start, or when this tab takes the queue over). */
+  private takeOver(data: { batches: QBatch[]; files: QFile[] }): void {
+    this.batches.clear()
+    this.files.clear()
+    for (const b of data.batches) if (!this.removed.has(b.id)) this.batches.set(b.id, { ...b })
+    for (const f of data.files) {
+      if (this.removed.has(f.batchId)) continue
+      // An upload cut by a reload, a closed tab or another tab letting go resumes from its uploadUrl.
+      this.files.set(f.id, f.state === 'uploading' ? { ...f, state: 'queued' } : { ...f })
+    }
+  }
+
+  /** Show the stored state as it is (a tab that does not run the queue). */
+  private replaceFrom(data: { batches: QBatch[]; files: QFile[] }): void {
+    this.batches = new Map(data.batches.map((b) => [b.id, { ...b }]))
+    this.files = new Map(data.files.map((f) => [f.id, { ...f }]))
+  }
+
+  private onStoreChange(data: { batches: QBatch[]; files: QFile[] }): void {
+    if (!this.started) return
+    if (!this.leading) {
+      this.replaceFrom(data)
+      this.emit()
+      return
+    }
+    // Running the queue: this tab's memory is the truth (its writes may still be on their way);
+    // take in only what other tabs queued. Without a lock every tab runs its own work only.
+    if (!this.deps.lock) return
+    let changed = false
+    for (const b of data.batches) {
+      if (this.batches.has(b.id) || this.removed.has(b.id)) continue
+      this.batches.set(b.id, { ...b })
+      changed = true
+    }
+    for (const f of data.files) {
+      if (this.files.has(f.id) || this.removed.has(f.batchId) || !this.batches.has(f.batchId)) continue
+      this.files.set(f.id, f.state === 'uploading' ? { ...f, state: 'queued' } : { ...f })
+      changed = true
+    }
+    if (!changed) return
+    this.claimUnowned()
+    this.emit()
+    this.pump()
+  }
+
+  private onMessage(m: QueueMessage): void {
+    if (!this.leading || !this.started) return
+    if (m.type === 'retry') this.retry(m.batchId)
+    else if (m.type === 'remove') void this.remove(m.batchId)
+    else if (m.type === 'kick') this.pump()
+    else if (m.type === 'authenticated') this.setAuthenticated()
+  }
+
   private canWork(): boolean {
-    return this.started && this.owner !== null && this.deps.network.isOnline() && this.agentReachable && !this.authRequired
+    return this.started && this.leading && this.owner !== null && this.deps.network.isOnline() && this.agentReachable && !this.authRequired
   }
 
   /** Records from before owners were kept go to the first user signed in after the upgrade. */
   private claimUnowned(): void {
-    if (!this.loaded || this.owner === null) return
+    if (!this.loaded || this.owner === null || !this.leading) return
     const claimed = claimUnowned([...this.batches.values()], [...this.files.values()], this.owner)
     for (const b of claimed.batches) this.updateBatch(b.id, { owner: b.owner })
     for (const f of claimed.files) this.updateFile(f.id, { owner: f.owner }, false)
@@ -250,7 +427,7 @@ export class Scheduler {
   }
 
   private pump(): void {
-    if (!this.started) return
+    if (!this.started || !this.leading) return
     this.clearTimer('wake')
     if (!this.canWork()) {
       if (this.owner !== null && !this.authRequired && this.deps.network.isOnline() && !this.agentReachable) this.scheduleProbe()
@@ -262,16 +439,22 @@ export class Scheduler {
 
     if (!this.creating) {
       const next = batchesToCreate(batches, now, owner)[0]
-      if (next) void this.createBatch(next)
+      if (next) this.track(this.createBatch(next))
     }
     for (const b of batches) {
-      if (!this.sending.has(b.id) && b.nextAttemptAt <= now && batchReadyToSend(b, files)) void this.sendBatch(b)
+      if (!this.sending.has(b.id) && b.nextAttemptAt <= now && batchReadyToSend(b, files)) this.track(this.sendBatch(b))
     }
     for (const f of filesToStart(batches, files, new Set(this.running.keys()), now, this.concurrency, owner)) {
       this.startUpload(f)
     }
     const wake = nextWakeUp([...this.batches.values()], [...this.files.values()], now, owner)
     if (wake !== null) this.wakeTimer = this.clock.setTimeout(() => this.pump(), wake - now)
+  }
+
+  private track(p: Promise<void>): void {
+    this.inflight.add(p)
+    const done = () => void this.inflight.delete(p)
+    p.then(done, done)
   }
 
   private async createBatch(b: QBatch): Promise<void> {
@@ -303,18 +486,24 @@ export class Scheduler {
   private async sendBatch(b: QBatch): Promise<void> {
     this.sending.add(b.id)
     try {
+      // Only a 2xx gets here (the agent answers 200 again for a batch already sent).
       await this.deps.api.sendBatch(b.serverId!)
       this.agentReachable = true
-      this.updateBatch(b.id, { state: 'sent', sentAt: this.clock.now(), error: null })
+      this.updateBatch(b.id, { state: 'sent', sentAt: this.clock.now(), error: null, attempts: 0 })
     } catch (e) {
       const err = asQueueError(e)
-      if (err.kind === 'rejected') {
-        // e.g. already sent: the agent has it all, nothing more to do here.
-        this.updateBatch(b.id, { state: 'sent', sentAt: this.clock.now(), error: null })
+      if (!this.batches.has(b.id)) return
+      if (err.kind !== 'auth' && (err.status === 404 || err.status === 403)) {
+        // Not sent, and asking again will not help: say so on the study card.
+        this.updateBatch(b.id, { state: 'failed', error: err.status === 404 ? SEND_NOT_FOUND_MESSAGE : SEND_FORBIDDEN_MESSAGE })
       } else {
-        // Do not spin on a failing /send: try again after a backoff.
+        // 401 pauses for sign-in (onFailure); anything else: try again after a backoff.
         const attempts = b.attempts + 1
-        this.updateBatch(b.id, { attempts, nextAttemptAt: this.clock.now() + backoffDelay(attempts) })
+        this.updateBatch(b.id, {
+          attempts,
+          nextAttemptAt: this.clock.now() + backoffDelay(attempts),
+          error: err.kind === 'network' || err.kind === 'auth' ? null : err.message,
+        })
         this.onFailure(err, b.owner)
       }
     } finally {
@@ -406,7 +595,7 @@ export class Scheduler {
     if (this.probeTimer !== null) return
     this.probeTimer = this.clock.setTimeout(async () => {
       this.probeTimer = null
-      if (!this.started || this.agentReachable || this.owner === null) return
+      if (!this.started || !this.leading || this.agentReachable || this.owner === null) return
       let ok = false
       try {
         ok = await this.deps.api.probe()

@@ -4,7 +4,8 @@ export type ServiceLevel = 'stat' | 'routine'
  * pending: waiting on this device for the agent to create it (no server id yet)
  * open: created at the agent, files going up
  * sent: every file is at the agent and the agent was told to send the study now
- * failed: the agent refused to create it (permanent; the user can retry or remove it)
+ * failed: the agent refused to create it, or refused to send it (404: it no longer knows the batch;
+ *         403: this account may not send); permanent, the user can retry or remove it
  */
 export type BatchState = 'pending' | 'open' | 'sent' | 'failed'
 
@@ -113,6 +114,11 @@ export interface QueueStore {
   /** The file is at the agent: persist that and drop its contents from the device. */
   fileUploaded(file: QFile): Promise<void>
   removeBatch(batchId: string): Promise<void>
+  /**
+   * Calls back with everything stored whenever it changes, in this tab or another one (Dexie
+   * liveQuery); returns an unsubscribe function. How a tab that does not run the queue shows it.
+   */
+  watch?(cb: (data: { batches: QBatch[]; files: QFile[] }) => void): () => void
 }
 
 export interface Clock {
@@ -125,4 +131,24 @@ export interface Network {
   isOnline(): boolean
   /** Calls back on online/offline changes; returns an unsubscribe function. */
   subscribe(cb: () => void): () => void
+}
+
+/**
+ * Only one tab runs the queue (several would create duplicate batches and upload files twice).
+ * `run` is called once the lock is held; the lock is held until the promise it returns settles.
+ * Aborting `signal` drops a request not granted yet. In the browser: navigator.locks.request.
+ */
+export type QueueLock = (run: () => Promise<void>, signal: AbortSignal) => Promise<unknown>
+
+/** What a tab that does not run the queue asks of the one that does. */
+export type QueueMessage =
+  | { type: 'retry'; batchId: string }
+  | { type: 'remove'; batchId: string }
+  | { type: 'kick' }
+  | { type: 'authenticated' }
+
+/** Messages between tabs (BroadcastChannel in the browser; a sender does not hear itself). */
+export interface QueueChannel {
+  post(msg: QueueMessage): void
+  subscribe(cb: (msg: QueueMessage) => void): () => void
 }

@@ -1,5 +1,5 @@
 /** IndexedDB (Dexie): the upload queue survives reloads, closed tabs and lost Wi-Fi. */
-import Dexie, { type EntityTable } from 'dexie'
+import Dexie, { liveQuery, type EntityTable } from 'dexie'
 import { UNOWNED, type QBatch, type QFile, type QueueStore } from '../queue/types'
 
 interface BlobRow {
@@ -83,6 +83,17 @@ export const dexieStore: QueueStore = {
       await db.files.bulkDelete(ids)
       await db.batches.delete(batchId)
     })
+  },
+  watch(cb) {
+    // Dexie tells every tab of this origin about a write (BroadcastChannel); the query runs again.
+    const sub = liveQuery(async () => {
+      const [batches, files] = await Promise.all([db.batches.toArray(), db.files.toArray()])
+      return { batches, files }
+    }).subscribe({
+      next: cb,
+      error: (e) => console.error('queue: could not watch the store', e),
+    })
+    return () => sub.unsubscribe()
   },
 }
 

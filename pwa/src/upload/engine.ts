@@ -1,6 +1,6 @@
 /** Wires the pure queue to the browser: Dexie, tus, fetch, navigator.onLine. */
 import { Scheduler } from '../queue/scheduler'
-import type { Network, QueueApi } from '../queue/types'
+import type { Network, QueueApi, QueueChannel, QueueLock, QueueMessage } from '../queue/types'
 import { agent, toQueueError } from './api'
 import { dexieStore } from './db'
 import { session } from './session'
@@ -50,12 +50,43 @@ const queueApi: QueueApi = {
   },
 }
 
+export const QUEUE_LOCK = 'relaypacs-queue'
+
+/**
+ * Only one tab runs the queue: the one holding this Web Lock, until it closes or its user signs
+ * out; then a waiting tab takes over. Without navigator.locks (old browsers, or a page on plain
+ * http:// that is not localhost: Web Locks need a secure context) every tab runs the queue as before.
+ */
+function browserLock(): QueueLock | undefined {
+  const locks = typeof navigator !== 'undefined' ? navigator.locks : undefined
+  if (!locks || typeof locks.request !== 'function') return undefined
+  return (run, signal) => locks.request(QUEUE_LOCK, { mode: 'exclusive', signal }, () => run())
+}
+
+/** The other tabs pass retry/remove on to the one running the queue. */
+function browserChannel(): QueueChannel | undefined {
+  if (typeof BroadcastChannel === 'undefined') return undefined
+  const bc = new BroadcastChannel(QUEUE_LOCK)
+  return {
+    post: (msg) => bc.postMessage(msg),
+    subscribe(cb) {
+      const h = (e: MessageEvent<QueueMessage>) => cb(e.data)
+      bc.addEventListener('message', h)
+      return () => bc.removeEventListener('message', h)
+    },
+  }
+}
+
+const lock = browserLock()
+
 export const queue = new Scheduler({
   store: dexieStore,
   uploader: tusUploader,
   api: queueApi,
   network: browserNetwork,
   concurrency: 2,
+  lock,
+  channel: lock ? browserChannel() : undefined,
 })
 
 // Only the signed-in user's work runs, with their token; signing out stops it (it stays queued).

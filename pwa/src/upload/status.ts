@@ -36,7 +36,10 @@ export interface StudyStatus {
 
 export function stageOf(local: QBatch | undefined, files: QFile[], server: ServerBatch | undefined): ShownStage {
   if (local) {
-    if (local.serverId === null || local.state === 'pending' || local.state === 'failed') return 'device'
+    if (local.serverId === null || local.state === 'pending') return 'device'
+    // Refused at /send: its files are at the agent all the same.
+    if (local.state === 'failed' && files.every((f) => f.state === 'uploaded' || f.state === 'refused')) return 'agent'
+    if (local.state === 'failed') return 'device'
     if (files.some((f) => f.state === 'queued' || f.state === 'uploading' || f.state === 'failed')) return 'device'
   }
   if (!server || server.studies.length === 0) return 'agent'
@@ -59,7 +62,10 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
   for (const r of server?.refused ?? []) {
     if (!refused.some((x) => x.name === r.filename)) refused.push({ name: r.filename, message: r.message || r.reason })
   }
-  if (local?.state === 'failed' && local.error) {
+  if (local?.state === 'failed' && local.error && local.serverId !== null) {
+    // Refused at /send (the agent no longer knows it, or this account may not send): as said.
+    problems.push(local.error)
+  } else if (local?.state === 'failed' && local.error) {
     problems.push(`The agent did not accept this study: ${local.error} Tap “Try again”, or remove it and start over.`)
   }
   const failed = files.filter((f) => f.state === 'failed')

@@ -42,7 +42,7 @@ ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
 TOKEN_PREFIX = "rpl_"  # noqa: S105 - a prefix, not a secret
 LOCK_AFTER = 5
 LOCK_SECONDS = 300.0
-LOGIN_SYNC_SECONDS = 15.0
+LOGIN_SYNC_SECONDS = 2.0
 
 # Verifying against a made-up hash keeps an unknown username as slow as a wrong password.
 _HASHER = PasswordHasher()
