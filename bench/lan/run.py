@@ -39,8 +39,14 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "var" / "bench" / "lan"
 sys.path.insert(0, str(ROOT))
 
+from tests.support.browser import chromium, ensure_pwa_built  # noqa: E402
 from tests.support.orthanc import free_port  # noqa: E402
-from tests.support.processes import AgentProcess, HubProcess, wait_for  # noqa: E402
+from tests.support.processes import (  # noqa: E402
+    AgentProcess,
+    HubProcess,
+    folder_destinations,
+    wait_for,
+)
 
 PASSWORD = "bench-lan-password-1"
 CHUNK = 1024 * 1024
@@ -64,8 +70,7 @@ class Stack:
         workdir.mkdir(parents=True)
         archive = workdir / "archive"
         archive.mkdir()
-        dest = workdir / "destinations.toml"
-        dest.write_text(f'[[destinations]]\nname = "a"\ntype = "folder"\npath = "{archive}"\n')
+        dest = folder_destinations(workdir / "destinations.toml", archive)
         env = {
             **os.environ,
             "RELAYPACS_HUB_DATA_DIR": str(workdir / "hub"),
@@ -161,13 +166,8 @@ def run_tus_client(stack: Stack, files: list[Path]) -> float:
 
 
 def run_browser(stack: Stack, files: list[Path]) -> float:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    ensure_pwa_built()
+    with chromium() as browser:
         page = browser.new_context(viewport={"width": 1366, "height": 900}).new_page()
         page.goto(stack.url + "/")
         page.get_by_label("Username").fill("bench")
@@ -180,7 +180,6 @@ def run_browser(stack: Stack, files: list[Path]) -> float:
         page.get_by_role("button", name="Send").click()
         wait_for(lambda: stack.done() == len(files), 900, "every upload taken in", interval=0.05)
         elapsed = time.perf_counter() - started
-        browser.close()
     return elapsed
 
 

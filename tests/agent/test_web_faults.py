@@ -15,33 +15,23 @@ import pytest
 from relaypacs_agent.web import app as web_app_module
 from relaypacs_agent.web.auth import RateLimiter
 from relaypacs_dev.generate import GeneratedStudy
-from tests.agent.webfix import PASSWORD, TUS, FakeHub, tus_metadata, user, web_app
+from tests.agent.webfix import (
+    PASSWORD,
+    TUS,
+    FakeHub,
+    create_upload,
+    patch_headers,
+    tus_metadata,
+    user,
+    web_app,
+)
 
 BATCH = {"service_level": "routine", "expected_files": 1}
 
 
 async def _new_upload(web: Any, h: dict[str, str], size: int) -> str:
     batch = (await web.client.post("/api/v1/batches", json=BATCH, headers=h)).json()
-    r = await web.client.post(
-        "/api/v1/uploads",
-        headers={
-            **h,
-            **TUS,
-            "Upload-Length": str(size),
-            "Upload-Metadata": tus_metadata(filename="a.dcm", batch=batch["id"]),
-        },
-    )
-    assert r.status_code == 201, r.text
-    return str(r.headers["location"])
-
-
-def _patch_headers(h: dict[str, str], offset: int) -> dict[str, str]:
-    return {
-        **h,
-        **TUS,
-        "Upload-Offset": str(offset),
-        "Content-Type": "application/offset+octet-stream",
-    }
+    return await create_upload(web, h, batch["id"], size, "a.dcm")
 
 
 async def test_a_failed_ingest_at_the_last_byte_keeps_the_phone_sending(
@@ -61,14 +51,14 @@ async def test_a_failed_ingest_at_the_last_byte_keeps_the_phone_sending(
             return real(*a, **k)
 
         monkeypatch.setattr(web.batches.ingestor, "ingest", failing_once)
-        r = await web.client.patch(url, content=data, headers=_patch_headers(h, 0))
+        r = await web.client.patch(url, content=data, headers=patch_headers(h, 0))
         # Not a success: the last byte is not acknowledged, so tus-js-client keeps its copy.
         assert r.status_code == 503
         assert r.headers["upload-offset"] == str(len(data) - 1)
         head = await web.client.head(url, headers={**h, **TUS})
         assert head.headers["upload-offset"] == str(len(data) - 1)
         assert web.batches.part_path(url.rsplit("/", 1)[1]).stat().st_size == len(data)
-        r = await web.client.patch(url, content=data[-1:], headers=_patch_headers(h, len(data) - 1))
+        r = await web.client.patch(url, content=data[-1:], headers=patch_headers(h, len(data) - 1))
         assert r.status_code == 204 and r.headers["x-relaypacs-outcome"] == "accepted"
         assert r.headers["upload-offset"] == str(len(data))
         spooled = web.store.query("SELECT spool_path FROM instances")[0]["spool_path"]
@@ -108,7 +98,7 @@ async def test_a_stalled_patch_lets_go_of_the_upload(
         # The upload is free again: the phone's retry is not refused as busy.
         head = await web.client.head(url, headers={**h, **TUS})
         assert head.headers["upload-offset"] == "3000"
-        r = await web.client.patch(url, content=b"y" * 7000, headers=_patch_headers(h, 3000))
+        r = await web.client.patch(url, content=b"y" * 7000, headers=patch_headers(h, 3000))
         assert r.status_code == 204
         assert upload_id not in web_app_module._locks
 
@@ -122,7 +112,7 @@ async def test_a_longer_body_than_declared_counts_for_nothing(tmp_path: Path) ->
             yield b"a" * 60
             yield b"b" * 60
 
-        r = await web.client.patch(url, content=chunked(), headers=_patch_headers(h, 0))
+        r = await web.client.patch(url, content=chunked(), headers=patch_headers(h, 0))
         assert r.status_code == 413
         head = await web.client.head(url, headers={**h, **TUS})
         assert head.headers["upload-offset"] == "0"
@@ -137,7 +127,7 @@ async def test_a_crash_between_the_spool_and_the_row_is_settled(
         h = await web.login("clinician1")
         url = await _new_upload(web, h, len(data))
         upload_id = url.rsplit("/", 1)[1]
-        r = await web.client.patch(url, content=data[:1000], headers=_patch_headers(h, 0))
+        r = await web.client.patch(url, content=data[:1000], headers=patch_headers(h, 0))
         assert r.headers["upload-offset"] == "1000"
         # The rest arrived and was spooled, then the agent died before the row was updated.
         part = web.batches.part_path(upload_id)
@@ -148,7 +138,7 @@ async def test_a_crash_between_the_spool_and_the_row_is_settled(
             part, Source(kind="pwa", owned=True, source_path=f"pwa:{upload_id}")
         )
         assert not part.exists()
-        r = await web.client.patch(url, content=data[1000:], headers=_patch_headers(h, 1000))
+        r = await web.client.patch(url, content=data[1000:], headers=patch_headers(h, 1000))
         assert r.status_code == 409 and r.headers["upload-offset"] == str(len(data))
         assert web.batches.upload(upload_id)["state"] == "done"
         assert len(web.store.query("SELECT * FROM instances")) == 1
@@ -221,7 +211,7 @@ async def test_uploads_abandoned_for_days_are_dropped_and_finished_ones_kept(
         h = await web.login("clinician1")
         stale = (await _new_upload(web, h, 10_000)).rsplit("/", 1)[1]
         done = await _new_upload(web, h, len(data))
-        await web.client.patch(done, content=data, headers=_patch_headers(h, 0))
+        await web.client.patch(done, content=data, headers=patch_headers(h, 0))
         fresh = (await _new_upload(web, h, 10_000)).rsplit("/", 1)[1]
         with web.store.tx() as conn:
             conn.execute("UPDATE web_uploads SET updated_at = 0 WHERE id != ?", (fresh,))

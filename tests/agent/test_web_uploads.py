@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 
 from relaypacs_dev.generate import GeneratedStudy
-from tests.agent.webfix import TUS, tus_metadata, tus_upload, web_app
+from tests.agent.webfix import (
+    TUS,
+    create_upload,
+    patch_headers,
+    tus_metadata,
+    tus_upload,
+    web_app,
+)
 
 BATCH = {
     "service_level": "stat",
@@ -92,33 +99,17 @@ async def test_resume_after_a_cut_from_the_offset(
     async with web_app(tmp_path) as web:
         h = await web.login("clinician1")
         batch = (await web.client.post("/api/v1/batches", json=BATCH, headers=h)).json()
-        r = await web.client.post(
-            "/api/v1/uploads",
-            headers={
-                **h,
-                **TUS,
-                "Upload-Length": str(len(data)),
-                "Upload-Metadata": tus_metadata(filename="a.dcm", batch=batch["id"]),
-            },
-        )
-        url = r.headers["location"]
-        patch = {**h, **TUS, "Content-Type": "application/offset+octet-stream"}
-        r = await web.client.patch(
-            url, content=data[:1000], headers={**patch, "Upload-Offset": "0"}
-        )
+        url = await create_upload(web, h, batch["id"], len(data), "a.dcm")
+        r = await web.client.patch(url, content=data[:1000], headers=patch_headers(h, 0))
         assert r.status_code == 204 and r.headers["upload-offset"] == "1000"
         # A stale offset (the phone thinks it sent more) is a 409 with the truth.
-        r = await web.client.patch(
-            url, content=data[5000:], headers={**patch, "Upload-Offset": "5000"}
-        )
+        r = await web.client.patch(url, content=data[5000:], headers=patch_headers(h, 5000))
         assert r.status_code == 409 and r.headers["upload-offset"] == "1000"
         head = await web.client.head(url, headers={**h, **TUS})
         assert head.status_code == 200 and head.headers["upload-offset"] == "1000"
         assert head.headers["upload-length"] == str(len(data))
         assert head.headers["cache-control"] == "no-store"
-        r = await web.client.patch(
-            url, content=data[1000:], headers={**patch, "Upload-Offset": "1000"}
-        )
+        r = await web.client.patch(url, content=data[1000:], headers=patch_headers(h, 1000))
         assert r.status_code == 204 and r.headers["x-relaypacs-outcome"] == "accepted"
         spooled = web.store.query("SELECT spool_path FROM instances")[0]["spool_path"]
         assert Path(spooled).read_bytes() == data

@@ -94,7 +94,7 @@ async def web_app(
     if sync_first:
         auth.sync()
     upload_dir = tmp_path / "incoming" / "pwa"
-    batches = BatchService(store, ingestor, upload_dir, facility=facility)
+    batches = BatchService(store, ingestor, upload_dir, facility=lambda: facility)
     woken: list[int] = []
     ctx = WebContext(
         auth=auth,
@@ -123,6 +123,32 @@ def tus_metadata(**values: str) -> str:
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
+def patch_headers(headers: dict[str, str], offset: int) -> dict[str, str]:
+    return {
+        **headers,
+        **TUS,
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
+
+
+async def create_upload(
+    web: Web, headers: dict[str, str], batch_id: str, size: int, filename: str = "image.dcm"
+) -> str:
+    """tus creation of one file of ``batch_id``; answers the upload's URL."""
+    r = await web.client.post(
+        "/api/v1/uploads",
+        headers={
+            **headers,
+            **TUS,
+            "Upload-Length": str(size),
+            "Upload-Metadata": tus_metadata(filename=filename, batch=batch_id),
+        },
+    )
+    assert r.status_code == 201, r.text
+    return str(r.headers["location"])
+
+
 async def tus_upload(
     web: Web,
     headers: dict[str, str],
@@ -132,31 +158,12 @@ async def tus_upload(
     chunk: int | None = None,
     after_chunk: Callable[[int], None] | None = None,
 ) -> str:
-    r = await web.client.post(
-        "/api/v1/uploads",
-        headers={
-            **headers,
-            **TUS,
-            "Upload-Length": str(len(data)),
-            "Upload-Metadata": tus_metadata(filename=filename, batch=batch_id),
-        },
-    )
-    assert r.status_code == 201, r.text
-    url = r.headers["location"]
+    url = await create_upload(web, headers, batch_id, len(data), filename)
     offset = 0
     step = chunk or max(len(data), 1)
     while offset < len(data):
         part = data[offset : offset + step]
-        r = await web.client.patch(
-            url,
-            content=part,
-            headers={
-                **headers,
-                **TUS,
-                "Upload-Offset": str(offset),
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
+        r = await web.client.patch(url, content=part, headers=patch_headers(headers, offset))
         assert r.status_code == 204, r.text
         offset = int(r.headers["upload-offset"])
         if after_chunk:

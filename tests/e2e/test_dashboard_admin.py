@@ -21,9 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_pwa import CHROMIUM, DESKTOP, PHONE, SHOTS, _ensure_pwa_built
+from tests.e2e.test_pwa import DESKTOP, PHONE, SHOTS
 from tests.e2e.test_pwa_a11y import AXE, _violations
-from tests.support.processes import HubProcess, wait_for
+from tests.support.browser import chromium, ensure_pwa_built
+from tests.support.processes import HubProcess, folder_destinations, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -35,11 +36,10 @@ NINA_PASSWORD = "Nina-clinician-passw0rd"
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[HubProcess]:
-    _ensure_pwa_built()
+    ensure_pwa_built()
     archive = tmp_path / "archive"
     archive.mkdir()
-    destinations = tmp_path / "destinations.toml"
-    destinations.write_text(f'[[destinations]]\nname = "a"\ntype = "folder"\npath = "{archive}"\n')
+    destinations = folder_destinations(tmp_path / "destinations.toml", archive)
     proc = HubProcess(
         tmp_path,
         admin_token=ADMIN_TOKEN,
@@ -53,15 +53,8 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _create_user(hub: HubProcess, username: str, role: str, facilities: list[str]) -> None:

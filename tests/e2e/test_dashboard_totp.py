@@ -17,8 +17,9 @@ import httpx
 import pyotp
 import pytest
 
-from tests.e2e.test_pwa import CHROMIUM, DESKTOP, PHONE, SHOTS, _ensure_pwa_built
+from tests.e2e.test_pwa import DESKTOP, PHONE, SHOTS
 from tests.e2e.test_pwa_a11y import AXE, _violations
+from tests.support.browser import chromium, ensure_pwa_built
 from tests.support.processes import HubProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -30,7 +31,7 @@ ENROLL_SENTENCE = "Your role needs a second factor. Set it up to continue."
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
-    _ensure_pwa_built()
+    ensure_pwa_built()
     proc = HubProcess(
         tmp_path_factory.mktemp("dashboard-totp"),
         admin_token=ADMIN_TOKEN,
@@ -44,15 +45,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _user(hub: HubProcess, username: str, role: str = "radiologist") -> None:

@@ -8,7 +8,6 @@ Screenshots of the main screens at phone and desktop sizes are written to
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -23,28 +22,18 @@ import pytest
 
 from relaypacs_dev.generate import GeneratedStudy, generate_study
 from tests.e2e.helpers import archive_files
+from tests.support.browser import chromium, ensure_pwa_built
 from tests.support.orthanc import free_port
-from tests.support.processes import AgentProcess, HubProcess, wait_for
+from tests.support.processes import AgentProcess, HubProcess, folder_destinations, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
-DIST = ROOT / "pwa" / "dist"
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "admin-" + "e" * 40
 PASSWORD = "LAN-login-passw0rd"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1366, "height": 900}
-
-
-def _ensure_pwa_built() -> None:
-    if (DIST / "index.html").is_file() and (DIST / "dashboard.html").is_file():
-        return
-    npm = shutil.which("npm")
-    assert npm, "npm is needed to build the PWA"
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ROOT / "pwa", check=True)
-    subprocess.run([npm, "run", "build"], cwd=ROOT / "pwa", check=True)
 
 
 @dataclass
@@ -67,10 +56,7 @@ class Stack:
 
 
 def _hub(workdir: Path, archive: Path, port: int) -> HubProcess:
-    destinations = workdir / "destinations.toml"
-    destinations.write_text(
-        f'[[destinations]]\nname = "archive"\ntype = "folder"\npath = "{archive}"\n'
-    )
+    destinations = folder_destinations(workdir / "destinations.toml", archive)
     return HubProcess(
         workdir,
         port=port,
@@ -82,7 +68,7 @@ def _hub(workdir: Path, archive: Path, port: int) -> HubProcess:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    _ensure_pwa_built()
+    ensure_pwa_built()
     workdir = tmp_path_factory.mktemp("pwa")
     archive = workdir / "archive"
     archive.mkdir()
@@ -149,15 +135,8 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _study(tmp: Path, name: str, instances: int, seed: int, size: int = 64) -> GeneratedStudy:

@@ -67,31 +67,41 @@ def write_credential(path: Path, cred: Credential) -> None:
         raise
 
 
+class CredentialFile:
+    """The credential in ``path``, read again only when the file changes (renewal, enrollment);
+    None while there is none."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._cred: Credential | None = None
+
+    def current(self) -> Credential | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._cred = None, None
+            return None
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp != self._stamp:
+            self._cred = load_credential(self.path)
+            self._stamp = stamp
+        return self._cred
+
+
 class CredentialAuth(httpx.Auth):
     """Bearer the device credential of ``path`` when present (re-read when it changes), else
     ``fallback_token`` (the legacy agent token), else nothing."""
 
     def __init__(self, path: Path | None, fallback_token: str | None = None) -> None:
-        self.path = path
+        self.file = CredentialFile(path)
         self.fallback = fallback_token
-        self._stamp: tuple[int, int] | None = None
-        self._bearer: str | None = None
 
     def token(self) -> str | None:
-        if self.path is not None:
-            try:
-                st = self.path.stat()
-            except FileNotFoundError:
-                self._stamp, self._bearer = None, None
-            else:
-                stamp = (st.st_mtime_ns, st.st_ino)
-                if stamp != self._stamp:
-                    cred = load_credential(self.path)
-                    self._bearer = cred.bearer if cred else None
-                    self._stamp = stamp
-            if self._bearer:
-                return self._bearer
-        return self.fallback
+        cred = self.file.current()
+        return cred.bearer if cred is not None else self.fallback
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = self.token()

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,11 @@ def safe_filename(name: str) -> str:
 
 class BatchService:
     def __init__(
-        self, store: Store, ingestor: Ingestor, upload_dir: Path, facility: str | None = None
+        self,
+        store: Store,
+        ingestor: Ingestor,
+        upload_dir: Path,
+        facility: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.ingestor = ingestor
@@ -229,7 +234,7 @@ class BatchService:
                 for k, v in {
                     "clinical_history": batch["clinical_history"],
                     "referring_clinician": batch["referring_clinician"],
-                    "facility": self.facility or "",
+                    "facility": self.facility() or "",
                     "submitted_by": row["created_by"],
                 }.items()
                 if v

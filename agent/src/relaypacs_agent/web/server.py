@@ -19,7 +19,7 @@ from relaypacs_agent.ingest.pipeline import Ingestor
 from relaypacs_agent.status import read_status
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
-from relaypacs_agent.uplink.credential import credential_path, load_credential
+from relaypacs_agent.uplink.credential import CredentialFile, credential_path
 from relaypacs_agent.web.app import WebContext, create_web_app
 from relaypacs_agent.web.auth import LanAuth
 from relaypacs_agent.web.batches import BatchService
@@ -74,7 +74,7 @@ class WebServer:
             ca_file=settings.hub_ca_file,
             credential_file=credential_path(settings.data_dir),
         )
-        self._cred_path = credential_path(settings.data_dir)
+        self._credential = CredentialFile(credential_path(settings.data_dir))
         self.last_contact_at: float | None = None
         self.auth = LanAuth(
             store,
@@ -84,7 +84,7 @@ class WebServer:
             sync_seconds=settings.verifier_sync_seconds,
         )
         self.batches = BatchService(
-            store, ingestor, settings.incoming_dir / "pwa", facility=self.facility()
+            store, ingestor, settings.incoming_dir / "pwa", facility=self.facility
         )
         self.ctx = WebContext(
             auth=self.auth,
@@ -102,7 +102,8 @@ class WebServer:
         self._threads: list[threading.Thread] = []
 
     def facility(self) -> str | None:
-        cred = load_credential(self._cred_path)
+        # Asked on every signed-in request: the file is read again only when it changes.
+        cred = self._credential.current()
         return cred.facility if cred is not None and cred.facility else None
 
     def start(self, stop: threading.Event) -> None:
