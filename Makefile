@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: demo test test-fast lint install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward clean
+.PHONY: demo test test-fast lint docs install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -18,7 +18,7 @@ npm-deps:  ## third-party tus client (tus-js-client) the interoperability tests 
 pwa:  ## build the PWA (upload app served by the agent, dashboard served by the hub) into pwa/dist
 	cd pwa && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm run size
 
-pwa-test: pwa  ## the PWA's unit tests (Vitest): DICOM headers in the browser, the upload queue
+pwa-test: install pwa  ## the PWA's unit tests (Vitest): DICOM headers in the browser, the upload queue
 	cd pwa && npm test
 
 services:  ## start PostgreSQL if this machine is not already running it
@@ -35,6 +35,9 @@ lint: install
 
 test: system-deps install npm-deps services lint pwa-test  ## everything: lint, Vitest, unit and integration tests (browser ones included)
 	$(UV) run pytest -q
+
+docs: install  ## regenerate docs/configuration.md, docs/cli.md and docs/api.md from the code
+	$(UV) run python scripts/gendocs.py
 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)
 	$(UV) run pytest -q -m "not integration"

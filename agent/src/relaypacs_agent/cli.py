@@ -32,7 +32,7 @@ def run() -> None:
     """Watch the folders, listen for C-STORE, and relay what arrives to the hub, until Ctrl-C
     or SIGTERM.
 
-    Settings come from RELAYPACS_AGENT_* variables (see the README).
+    Settings come from RELAYPACS_AGENT_* variables (see docs/configuration.md).
 
     Example:
 

@@ -1,6 +1,6 @@
 """Agent settings, from ``RELAYPACS_AGENT_*`` environment variables (or a ``.env`` file).
 
-Every setting is documented in the README's settings table; ``tests/test_docs.py`` checks that.
+Every setting needs a description: ``docs/configuration.md`` is generated from them (``make docs``).
 """
 
 from __future__ import annotations

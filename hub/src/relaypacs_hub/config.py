@@ -1,6 +1,6 @@
 """Hub settings, from ``RELAYPACS_HUB_*`` environment variables (or a ``.env`` file).
 
-Every setting is documented in the README's settings table; ``tests/test_docs.py`` checks that.
+Every setting needs a description: ``docs/configuration.md`` is generated from them (``make docs``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class HubSettings(BaseSettings):
         default=None, description="Local object store folder. Empty: `data_dir/objects`."
     )
     destinations_file: Path | None = Field(
-        default=None, description="TOML file listing the PACS destinations (see README)."
+        default=None, description="TOML file listing the PACS destinations (docs/operations.md)."
     )
     agent_token: SecretStr | None = Field(
         default=None,
@@ -87,8 +87,9 @@ class HubSettings(BaseSettings):
     )
     rules_file: Path | None = Field(
         default=None,
-        description="TOML routing rules (see README). Set: the file is the truth, imported at "
-        "start and by `POST /api/v1/rules/reload`. Empty: rules are edited through the API.",
+        description="TOML routing rules (docs/operations.md). Set: the file is the truth, "
+        "imported at start and by `POST /api/v1/rules/reload`. Empty: rules are edited through "
+        "the API.",
     )
     retention_hours: float | None = Field(
         default=None,
