@@ -12,8 +12,6 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
-# kustomize (inside kubectl) builds the Kubernetes manifests offline for their validation test.
-command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 # Headless Chromium for the PWA's browser tests (Playwright drives Debian's build; test tools
 # cannot download browsers here).
 [ -x /usr/bin/chromium ] || need+=(chromium)
