@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: demo test test-fast lint docs install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward clean
+.PHONY: compose-test agent-bundle test-py312 demo test test-fast lint docs install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward bench-reports clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -13,10 +13,11 @@ system-deps:  ## Debian packages the integration tests use as real peers
 	@bash scripts/install-system-deps.sh
 
 npm-deps:  ## third-party tus client (tus-js-client) the interoperability tests run under Node
+	@bash scripts/ensure-node.sh
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 
-pwa:  ## build the PWA (upload app served by the agent, dashboard served by the hub) into pwa/dist
-	cd pwa && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm run size
+pwa:  ## build the PWA (upload app served by the agent, dashboard served by the hub) into pwa/dist, when its sources changed
+	@bash scripts/build-pwa.sh
 
 pwa-test: install pwa  ## the PWA's unit tests (Vitest): DICOM headers in the browser, the upload queue
 	cd pwa && npm test
@@ -42,6 +43,9 @@ docs: install  ## regenerate docs/configuration.md, docs/cli.md and docs/api.md 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)
 	$(UV) run pytest -q -m "not integration"
 
+test-py312: install  ## the unit tests again under CPython 3.12 (the hub image's Python), in .venv-py312
+	bash scripts/test-py312.sh
+
 bench-ingest: install  ## folder and C-STORE ingest rates, peak RSS (prints a table)
 	$(UV) run python bench/ingest/run.py
 
@@ -51,5 +55,14 @@ bench-wan: install system-deps  ## RelayPACS vs plain STOW-RS over shaped links 
 bench-forward: install system-deps  ## hub -> Orthanc forwarding rate vs direct STOW-RS
 	$(UV) run python bench/forward/run.py
 
+bench-reports: install system-deps  ## final SR in Orthanc -> readable at the agent, vs a plain poll
+	$(UV) run python bench/reports/run.py
+
 clean:
 	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache artifacts pwa/dist
+
+agent-bundle: install pwa  ## offline agent installers for Debian / Raspberry Pi OS: dist/relaypacs-agent-*-bookworm-{amd64,arm64}.tar.gz
+	bash installers/build-bundle.sh amd64 arm64
+
+compose-test: install  ## docker-compose.yml for real: own dockerd, offline images, enroll, send, restart, down (root; prints phase times)
+	$(UV) run python deploy/compose/compose_test.py

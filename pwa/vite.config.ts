@@ -62,6 +62,8 @@ export default defineConfig({
         skipWaiting: true,
         // Never cache the API: no runtimeCaching entry matches /api/, so it always goes to the network.
         runtimeCaching: [],
+        // Report notifications: the push and notificationclick handlers (public/push-sw.js).
+        importScripts: ['push-sw.js'],
       },
       devOptions: { enabled: false },
     }),

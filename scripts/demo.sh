@@ -34,7 +34,7 @@ export RELAYPACS_AGENT_VERIFIER_SYNC_SECONDS=${RELAYPACS_AGENT_VERIFIER_SYNC_SEC
 if [ ! -f "$DEMO_DIR/demo-login.txt" ]; then
   demo_password=$(head -c 12 /dev/urandom | base64 | tr -d '/+=' | cut -c1-16)
   RELAYPACS_HUB_BOOTSTRAP_PASSWORD="$demo_password" \
-    "$UV" run --frozen relaypacs-hub create-admin --username demo >/dev/null
+    "$UV" run --frozen relaypacs-hub create-admin --username demo --facility demo >/dev/null
   printf 'username: demo\npassword: %s\n' "$demo_password" > "$DEMO_DIR/demo-login.txt"
   chmod 600 "$DEMO_DIR/demo-login.txt"
 fi
@@ -60,9 +60,20 @@ for _ in $(seq 1 60); do
   if ! kill -0 "$hub_pid" 2>/dev/null; then echo "the hub failed to start" >&2; exit 1; fi
   sleep 0.5
 done
+# The agent enrolls once (a one-time code for facility "demo"), as a production agent does:
+# the hub takes no anonymous uploads.
+if [ ! -f "$RELAYPACS_AGENT_DATA_DIR/credential.json" ]; then
+  code=$("$UV" run --frozen relaypacs-hub enrollment-code --facility demo)
+  "$UV" run --frozen relaypacs-agent enroll --hub-url "$RELAYPACS_AGENT_HUB_URL" \
+    --code "$code" --name demo-agent >/dev/null
+fi
 "$UV" run --frozen relaypacs-agent run &
 agent_pid=$!
 
+# The commands below are printed to work as printed: uv by its full path when it is not on PATH,
+# run from this checkout (the workspace uv needs).
+uvp=$(command -v uv >/dev/null 2>&1 && echo uv || echo "$UV")
+here=$(pwd)
 cat <<TXT
 
   RelayPACS demo is running (hub on http://127.0.0.1:$DEMO_PORT, agent watching a folder and
@@ -73,11 +84,12 @@ cat <<TXT
     drop DICOM files into:   $DEMO_DIR/inbox/
     they arrive in:          $DEMO_DIR/archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     refused files go to:     $DEMO_DIR/agent/quarantine/ (with a .reason.json beside each)
-    see what the agent holds: RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent status
-    make a test study:       uv run relaypacs-dev gen-study --out $DEMO_DIR/inbox/ct1 --instances 50
+    (run these in $here)
+    see what the agent holds: RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent $uvp run relaypacs-agent status
+    make a test study:       $uvp run relaypacs-dev gen-study --out $DEMO_DIR/inbox/ct1 --instances 50
     send by C-STORE:         storescu -aec $RELAYPACS_AGENT_DIMSE_AE_TITLE +sd +r 127.0.0.1 $DEMO_DICOM_PORT <folder>
-    import a CD or zip:      RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent import <path>
-    refused files:           RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent uv run relaypacs-agent quarantine list
+    import a CD or zip:      RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent $uvp run relaypacs-agent import <path>
+    refused files:           RELAYPACS_AGENT_DATA_DIR=$DEMO_DIR/agent $uvp run relaypacs-agent quarantine list
 
   Ctrl-C stops both.
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages used as real peers by the integration tests: Orthanc with its DICOMweb plugin,
-# dcmtk, dicom3tools, the WAN kit's nftables / iproute2, and Chromium for the PWA's browser tests.
+# dcmtk, dicom3tools, the WAN kit's nftables / iproute2, Chromium for the PWA's browser tests and
+# promtool for the alert rules, debootstrap for the agent installer's clean Debian root.
 # Installed only when missing; the Orthanc service is not started (tests start their own Orthanc
 # processes on free ports).
 set -euo pipefail
@@ -15,6 +16,11 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # Headless Chromium for the PWA's browser tests (Playwright drives Debian's build; test tools
 # cannot download browsers here).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules; its service is
+# not started.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# The agent installer's test installs into a clean Debian bookworm root made by debootstrap.
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

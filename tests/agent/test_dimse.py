@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +16,11 @@ from pydicom.uid import UID
 from relaypacs_agent.ingest.dimse import StoreSCP
 from relaypacs_agent.ingest.pipeline import Ingestor
 from relaypacs_agent.store.db import Store
-from relaypacs_dev.generate import GeneratedStudy
+from relaypacs_dev.generate import GeneratedStudy, generate_study
 from relaypacs_shared.dicom import validate_file
 from relaypacs_shared.errors import DicomValidationError
 from tests.support.dcmtk import echoscu, storescu
+from tests.support.smallfs import small_filesystem
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::UserWarning")]
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -146,3 +148,45 @@ def test_a_refused_instance_is_answered_with_a_failure_and_kept(
     [entry] = store.quarantine_entries()
     assert (entry["reason"], entry["source"]) == ("malformed_uid", "dimse:STORESCU")
     assert Path(entry["path"]).exists()
+
+
+def test_a_full_disk_is_answered_out_of_resources_and_the_association_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real 4 MB disk filling up mid-association: the images that fit are stored, the others
+    answered 0xA700 (not an aborted association); once space is back, sending again completes
+    the study."""
+    study = generate_study(tmp_path / "src", instances=6, seed=7, rows=512, columns=512)
+    with small_filesystem(tmp_path / "disk", 4 * 1024 * 1024) as disk:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (2 * 1024 * 1024))
+        own = disk / "incoming" / "dimse"  # where the agent streams C-STORE datasets
+        own.mkdir(parents=True)
+        monkeypatch.setattr(tempfile, "tempdir", str(own))
+        store = Store(tmp_path / "agent.db")
+        ingestor = Ingestor(
+            store, spool_dir=disk / "spool", quarantine_dir=disk / "q", max_instance_bytes=1 << 30
+        )
+        scp = StoreSCP(ingestor, host="127.0.0.1", port=0, allowed_calling_aets=["STORESCU"])
+        scp.start()
+        try:
+            out = storescu(scp.bound_port, [study.files[0].parent], extra=["-v"])
+            log = out.stdout + out.stderr
+            assert "aborted" not in log.lower(), log
+            refused = log.count("Refused: OutOfResources")
+            stored = log.count("Received Store Response (Success)")
+            assert refused >= 1 and stored >= 1 and refused + stored == 6, log
+            assert "Releasing Association" in log and "Release Failed" not in log
+            assert scp.received == {"accepted": stored}
+            assert len(list((disk / "spool").rglob("*.dcm"))) == stored
+            assert [p for p in own.iterdir() if p.stat().st_size] == []  # no half dataset kept
+
+            filler.unlink()  # IT frees space; the modality sends the study again
+            again = storescu(scp.bound_port, [study.files[0].parent], extra=["-v"])
+            assert "OutOfResources" not in again.stdout + again.stderr
+            assert scp.received == {"accepted": 6, "duplicate": stored}
+            rows = store.study_instances(study.study_instance_uid)
+            assert sorted(r["sop_instance_uid"] for r in rows) == sorted(study.sop_instance_uids)
+        finally:
+            scp.stop()
+            store.close()

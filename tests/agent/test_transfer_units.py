@@ -1,4 +1,5 @@
-"""Small pure parts of the uplink: the routine window and the bandwidth cap."""
+"""Small pure parts of the uplink: the routine window, the bandwidth cap and the number of
+parallel streams under loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from relaypacs_agent.uplink.transfer import Pacer, in_window
+from relaypacs_agent.uplink.transfer import MAX_STREAMS, Pacer, in_window, streams_for
 
 
 @pytest.mark.parametrize(
@@ -41,3 +42,21 @@ def test_zero_means_no_cap() -> None:
     for _ in range(1000):
         pace(1_000_000)
     assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    ("configured", "loss", "streams"),
+    [
+        (3, None, 6),  # nothing measured yet: hedged
+        (3, 0.0, 3),  # a clean link: the configured count
+        (3, 0.05, 4),
+        (3, 0.3, 12),
+        (3, 0.9, MAX_STREAMS),
+        (1, 0.5, 1),  # one stream stays one
+        (16, 0.0, 16),
+    ],
+)
+def test_streams_grow_with_the_loss_tcp_measures(
+    configured: int, loss: float | None, streams: int
+) -> None:
+    assert streams_for(configured, loss) == streams

@@ -33,6 +33,12 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("HEAD", "/api/v1/uploads/{upload_id}"): UPLOADERS,
     ("PATCH", "/api/v1/uploads/{upload_id}"): UPLOADERS,
     ("DELETE", "/api/v1/uploads/{upload_id}"): UPLOADERS,
+    ("GET", "/api/v1/studies/{study_uid}/report"): USERS,
+    ("GET", "/api/v1/reports"): USERS,
+    ("GET", "/api/v1/reports/{report_id:int}/document"): USERS,
+    ("GET", "/api/v1/events"): USERS,
+    ("GET", "/api/v1/push/key"): USERS,
+    ("POST", "/api/v1/push/subscriptions"): USERS,
     ("GET", "/"): PUBLIC,
     ("GET", "/{path:path}"): PUBLIC,
 }
@@ -65,6 +71,9 @@ def _concrete(path: str) -> str:
         path.replace("{batch_id}", "0123456789abcdef01234567")
         .replace("{upload_id}", "0123456789abcdef0123456789abcdef")
         .replace("{path:path}", "some/page")
+        .replace("{study_uid}", "1.2.3.4")
+        .replace("{report_id:int}", "7")
+        .replace("/api/v1/events", "/api/v1/events?max_seconds=0")
     )
 
 

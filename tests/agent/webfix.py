@@ -14,6 +14,7 @@ import httpx
 from argon2 import PasswordHasher
 
 from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.reports import ReportInbox
 from relaypacs_agent.status import read_status
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubUnavailable
@@ -81,6 +82,7 @@ async def web_app(
     max_upload_bytes: int = 1 << 30,
     sync_first: bool = True,
     pwa_dir: Path | None = None,
+    min_free_bytes: int = 0,
 ) -> AsyncIterator[Web]:
     hub = hub or FakeHub()
     store = Store(tmp_path / "agent.db")
@@ -89,6 +91,7 @@ async def web_app(
         spool_dir=tmp_path / "spool",
         quarantine_dir=tmp_path / "quarantine",
         max_instance_bytes=max_upload_bytes,
+        min_free_bytes=min_free_bytes,
     )
     auth = LanAuth(store, fetch_verifiers=hub.verifiers, facility=lambda: facility)
     if sync_first:
@@ -106,6 +109,7 @@ async def web_app(
         wake_sender=lambda: woken.append(1),
         pwa_dir=pwa_dir,
         last_contact_at=lambda: None,
+        reports=ReportInbox(store, tmp_path / "reports"),
     )
     app = create_web_app(ctx)
     transport = httpx.ASGITransport(app=app, client=("192.0.2.10", 50000))

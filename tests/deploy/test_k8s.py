@@ -26,6 +26,7 @@ CUSTOM = {
     ("keda.sh/v1alpha1", "TriggerAuthentication"): ["spec.secretTargetRef"],
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ["spec.selector", "spec.endpoints"],
     ("monitoring.coreos.com/v1", "PrometheusRule"): ["spec.groups"],
+    ("monitoring.coreos.com/v1", "PodMonitor"): ["spec.selector", "spec.podMetricsEndpoints"],
 }
 
 # kubectl (with kustomize inside) is on these development machines; stock Debian bookworm ships

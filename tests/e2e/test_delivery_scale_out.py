@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from relaypacs_dev.generate import GeneratedStudy, generate_study
 from relaypacs_shared.wire import format_content_digest
 from tests.support.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer, moto_server
-from tests.support.orthanc import OrthancServer, orthanc_available
+from tests.support.orthanc import OrthancServer, free_port, orthanc_available
 from tests.support.processes import HubProcess, _Proc, wait_for
 from tests.support.storescp import StoreSCP, storescp_available
 
@@ -108,9 +109,15 @@ called_aet = "ARCHIVE"
             for k, v in {**shared, "worker_poll_seconds": "0.3", "worker_concurrency": "1"}.items()
         }
         workers = []
+        metrics_ports = [free_port() for _ in range(3)]
         for i in range(3):
             (tmp_path / f"w{i}").mkdir()
-            env = {**worker_env, "RELAYPACS_HUB_DATA_DIR": str(tmp_path / f"w{i}")}
+            env = {
+                **worker_env,
+                "RELAYPACS_HUB_DATA_DIR": str(tmp_path / f"w{i}"),
+                # Three workers on one host: each serves its counters on its own port.
+                "RELAYPACS_HUB_WORKER_METRICS_PORT": str(metrics_ports[i]),
+            }
             workers.append(WorkerProcess(tmp_path / f"w{i}", env))
             workers[-1].start()
         try:
@@ -146,6 +153,18 @@ called_aet = "ARCHIVE"
                     params={"limit": 100},
                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                 ).json()
+                # Prometheus sees every delivery once, whichever worker made it.
+                delivered = sum(
+                    sample.value
+                    for port in metrics_ports
+                    for family in text_string_to_metric_families(
+                        client.get(f"http://127.0.0.1:{port}/metrics").text
+                    )
+                    for sample in family.samples
+                    if sample.name == "relaypacs_forward_jobs_finished_total"
+                    and sample.labels["outcome"] == "delivered"
+                )
+                assert delivered == 40
             for w in workers:
                 assert w.alive(), w.log()[-3000:]
         finally:

@@ -430,3 +430,54 @@ def test_logs_hold_no_patient_data_of_the_pwa_uploads(stack: Stack) -> None:
     assert "lan_upload_taken" in logs  # the uploads did log, without their content
     for leak in ("SYNTHETIC^", "PATIENT07", "SYNTHETIC-0007", "skull fracture", "Ama Mensah"):
         assert leak not in logs, leak
+
+
+def test_a_study_with_one_refused_file_says_what_happened_and_the_counts_add_up(
+    stack: Stack, browser: Any, tmp_path: Path
+) -> None:
+    """1 of 6 files is cut short in its pixel data (the browser reads only headers, so only the
+    agent sees it): the study must not read "In the PACS 100%" / "Nothing more to do", and the
+    refusal is in plain words with what to do, not the element arithmetic."""
+    study = _study(tmp_path, "cut", 6, seed=709, size=512)  # 524288 bytes of pixels each
+    cut = study.files[-1]
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) - (524288 - 297952)])
+    ctx = browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = ctx.new_page()
+    _login(page, stack.web_url, "tech")
+    page.get_by_test_id("new-upload").wait_for()
+    _pick_and_describe(page, study.files, level="Routine")
+    page.get_by_role("button", name="Send").click()
+    # Earlier tests' studies are on the page too: this one is the card that counts a refusal.
+    card = page.locator('[data-testid="study-card"][data-stage="pacs"]').filter(
+        has=page.get_by_test_id("study-stage").filter(has_text="refused")
+    )
+    card.wait_for(timeout=120_000)
+    found = archive_files(stack.archive)
+    assert sum(sop in found for sop in study.sop_instance_uids) == 5
+    assert study.sop_instance_uids[-1] not in found  # the cut file is the one left out
+    stage = card.get_by_test_id("study-stage")
+    assert stage.inner_text() == "In the PACS: 5 of 6 files, 1 refused"
+    assert "100%" not in card.inner_text()
+    _shot(page, "phone-delivered-with-refusal")
+
+    card.get_by_role("link").click()
+    outcome = page.get_by_test_id("study-outcome")
+    outcome.wait_for(timeout=30_000)
+    assert outcome.inner_text() == (
+        "5 of 6 files are in the PACS; 1 was refused and is not in the PACS. See below what "
+        "happened and what to do, then send that file again as a new upload."
+    )
+    main = page.locator("main").inner_text()
+    assert "Nothing more to do" not in main
+    refused = page.get_by_test_id("refused-file")
+    assert refused.count() == 1
+    text = refused.first.inner_text()
+    assert cut.name in text
+    assert "cut short" in text and "Copy or export the file again" in text
+    assert "declares" not in text  # the technical detail is folded away for IT
+    page.get_by_text("Technical detail for IT").click()
+    assert "declares 524288 bytes but only 297952 remain" in refused.first.inner_text()
+    assert "5 accepted, 0 already held, 1 refused, of 6 expected" in main
+    _shot(page, "phone-study-with-refusal")
+    ctx.close()

@@ -96,6 +96,30 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
         # Counts add up: every dropped file is delivered or quarantined, the inbox is empty.
         assert dropped == len(archive_files(archive)) + len(kept)
         assert [p for p in inbox.rglob("*") if p.is_file()] == []
+        # Prometheus from the loopback: the studies counted and time to PACS as a histogram.
+        from prometheus_client.parser import text_string_to_metric_families
+
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert metrics.status_code == 200
+        families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+        committed = sum(s.value for s in families["relaypacs_studies_committed"].samples
+                        if s.name == "relaypacs_studies_committed_total")  # fmt: skip
+        assert committed >= 3
+        assert families["relaypacs_time_to_pacs_seconds"].type == "histogram"
+        assert any(
+            s.name == "relaypacs_time_to_pacs_seconds_count" and s.value >= 3
+            for s in families["relaypacs_time_to_pacs_seconds"].samples
+        )
+        # The status command the demo printed works as printed, in the demo's own environment
+        # (uv by its full path when it is not on PATH).
+        printed = (tmp_path / "demo.log").read_text()
+        line = next(x for x in printed.splitlines() if "see what the agent holds:" in x)
+        command = line.split("see what the agent holds:", 1)[1].strip()
+        shown = subprocess.run(
+            ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "quarantined" in shown.stdout and "instance(s)" in shown.stdout
 
         def agent_totals() -> dict[str, Any]:
             out = subprocess.run(

@@ -6,6 +6,8 @@ scheduled outages). Byte-identical arrival in the hub's archive is the only succ
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -86,3 +88,79 @@ def test_half_the_packets_lost(tmp_path: Path) -> None:
     elapsed, _, _ = _deliver_over(tmp_path, profile, instances=6, rows=512, timeout=600)
     assert elapsed < 600
     print(f"3 MB over {profile.describe()}: {elapsed:.0f}s")
+
+
+def test_half_the_packets_lost_both_ways(tmp_path: Path) -> None:
+    """Half of the packets are dropped at either end: data and ACKs, requests and answers. A small
+    study still arrives byte-identical, once, within ten minutes."""
+    profile = LinkProfile(rate_mbit=20, loss_pct=50, loss_direction="both")
+    elapsed, _, _ = _deliver_over(tmp_path, profile, instances=4, rows=256, timeout=600)
+    # Nothing duplicated at the archive: exactly one file per instance and no leftovers, and one
+    # finished forward job (one destination).
+    files = [p for p in (tmp_path / "archive").rglob("*") if p.is_file()]
+    assert len(files) == 4, files
+    hub_db = sqlite3.connect(f"file:{tmp_path / 'hub' / 'hub.db'}?mode=ro", uri=True)
+    jobs = hub_db.execute("SELECT state FROM forward_jobs").fetchall()
+    hub_db.close()
+    assert jobs == [("done",)]
+    print(f"4 instances over {profile.describe()}: {elapsed:.0f}s")
+
+
+def test_stat_goes_first_over_a_lossy_link(tmp_path: Path) -> None:
+    """A STAT study dropped behind a routine backlog on a link losing 30% both ways arrives while
+    the routine study is still on its way; both arrive byte-identical."""
+    if (reason := wan_available()) is not None:
+        pytest.skip(reason)
+    routine = generate_study(tmp_path / "routine", instances=60, seed=910, rows=512, columns=512)
+    stat = generate_study(tmp_path / "stat", instances=2, seed=911, rows=256, columns=256)
+    archive = tmp_path / "archive"
+    profile = LinkProfile(rate_mbit=20, loss_pct=30, loss_direction="both")
+    with WanLink(profile) as link:
+        hub = HubProcess(
+            tmp_path,
+            host=link.hub_ip,
+            prefix=link.wrap("hub", []),
+            probe_prefix=link.wrap("edge", []),
+            destinations_file=str(folder_destinations(tmp_path / "d.toml", archive)),
+        )
+        hub.start(timeout=120)
+        stat_inbox = tmp_path / "er-inbox"
+        stat_inbox.mkdir()
+        agent = AgentProcess(
+            tmp_path,
+            hub.url,
+            prefix=link.wrap("edge", []),
+            retry_max_seconds="2",
+            allow_insecure_http="true",
+            watch_folders=json.dumps(
+                [{"path": str(stat_inbox), "name": "er", "service_level": "stat"}]
+            ),
+        )
+        agent.start()
+        try:
+            copy_tree(tmp_path / "routine", agent.inbox)
+            wait_for(lambda: "segment_uploaded" in agent.log(), 300, "the routine backlog moving")
+            copy_tree(tmp_path / "stat", stat_inbox)
+            stat_dir = archive / stat.study_instance_uid
+            wait_for(
+                lambda: stat_dir.exists() and len(list(stat_dir.glob("*/*.dcm"))) == 2,
+                300,
+                "the STAT study in the archive",
+                interval=0.5,
+            )
+            routine_dir = archive / routine.study_instance_uid
+            routine_done = len(list(routine_dir.glob("*/*.dcm"))) if routine_dir.exists() else 0
+            assert routine_done < 60, "the STAT study must arrive while the routine study waits"
+            wait_for(
+                lambda: len(list(routine_dir.glob("*/*.dcm"))) == 60,
+                600,
+                "the routine study too",
+                interval=1,
+            )
+        finally:
+            agent.terminate()
+            hub.terminate()
+    found = archive_files(archive)
+    for study in (routine, stat):
+        for f, sop in zip(study.files, study.sop_instance_uids, strict=True):
+            assert found[sop].read_bytes() == f.read_bytes(), f"{sop} differs"

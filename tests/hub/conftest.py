@@ -183,6 +183,7 @@ def hub_settings(tmp_path: Path, destinations: Path, **overrides: Any) -> HubSet
         "worker_poll_seconds": 0.1,
         "forward_backoff_max_seconds": 0.5,
         "admin_token": ADMIN_TOKEN,
+        "anonymous_agents": True,  # these tests upload without enrolling an agent
     }
     values.update(overrides)
     return HubSettings(**values)

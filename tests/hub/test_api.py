@@ -88,6 +88,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
         data_dir=tmp_path / "hub",
         destinations_file=_dest_file(tmp_path, tmp_path / "archive"),
         worker_poll_seconds=0.1,
+        anonymous_agents=True,
     )
     async for h in _hub(settings):
         yield h
@@ -207,6 +208,7 @@ async def test_failing_destination_retries_then_parks_the_job_dead(tmp_path: Pat
         worker_poll_seconds=0.05,
         forward_max_attempts=2,
         forward_backoff_max_seconds=0.1,
+        anonymous_agents=True,
     )
     st = generate_study(tmp_path / "src", instances=2, seed=9, rows=64, columns=64)
     async for hub in _hub(settings):
@@ -252,6 +254,7 @@ async def test_postgresql_queue_hands_each_job_to_one_worker(tmp_path: Path, pg_
         database_url=pg_url,
         destinations_file=_dest_file(tmp_path, tmp_path / "archive"),
         worker_enabled=False,
+        anonymous_agents=True,
     )
     studies = [
         generate_study(tmp_path / f"s{i}", instances=1, seed=50 + i, rows=32, columns=32)

@@ -63,3 +63,14 @@ async def test_manifest_size_out_of_sql_range_is_422_not_500(tmp_path: Path) -> 
         r = await client.post("/api/v1/studies/1.2.3/manifest", json=body, headers=headers)
         assert r.status_code == 200, r.text
         assert r.json()["missing"] == ["1.2.3.4"]
+
+
+async def test_report_ids_and_cursors_beyond_the_columns_are_a_422(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (_app, client):
+        admin = bearer(ADMIN_TOKEN)
+        r = await client.get(f"/api/v1/reports/{2**63 + 5}/content", headers=admin)
+        assert r.status_code == 422, r.text
+        r = await client.get(f"/api/v1/reports/{2**31}/content", headers=admin)
+        assert r.status_code == 422, r.text
+        r = await client.get("/api/v1/reports/7/content", headers=admin)
+        assert r.status_code == 404, r.text

@@ -29,6 +29,10 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    # Loopback or the metrics token: this client is on the loopback (test_metrics checks the
+    # refusal off it).
+    ("GET", "/metrics"): PUBLIC,
     # The dashboard's static files: plain FastAPI routes with the public policy (no mount), so
     # they are enumerated and checked like every other route.
     ("GET", "/"): PUBLIC,
@@ -51,6 +55,8 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/studies/{study_uid}"): STUDY_READERS,
     ("GET", "/api/v1/studies"): STUDY_BROWSERS,
     ("GET", "/api/v1/stats"): STUDY_BROWSERS,
+    ("GET", "/api/v1/analytics"): STUDY_BROWSERS,
+    ("GET", "/api/v1/analytics/studies.csv"): STUDY_BROWSERS,
     ("OPTIONS", "/api/v1/uploads"): PUBLIC,
     ("OPTIONS", "/api/v1/uploads/{upload_id}"): PUBLIC,
     ("POST", "/api/v1/uploads"): AGENT,
@@ -75,7 +81,15 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/devices/renew"): DEVICE,
     ("GET", "/api/v1/devices/verifiers"): AGENT,
     ("GET", "/api/v1/devices"): ADMIN,
+    ("POST", "/api/v1/devices/heartbeat"): AGENT,
     ("POST", "/api/v1/devices/{device_id}/revoke"): ADMIN,
+    ("POST", "/api/v1/studies/{study_uid}/reports"): STUDY_BROWSERS,
+    ("GET", "/api/v1/studies/{study_uid}/reports"): STUDY_READERS,
+    ("GET", "/api/v1/reports/{report_id}/content"): STUDY_READERS,
+    ("GET", "/api/v1/reports/feed"): AGENT,
+    ("GET", "/api/v1/push/key"): AGENT,
+    ("POST", "/api/v1/push/subscriptions"): DEVICE,
+    ("DELETE", "/api/v1/push/subscriptions"): DEVICE,
 }
 
 # Framework pages (OpenAPI schema, docs) carry no policy dependency; every API route does.
@@ -90,6 +104,7 @@ _PARAMS = {
     "username": "nobody",
     "device_id": "0123456789abcdef0123456789abcdef",
     "path": "assets/app.js",
+    "report_id": "999",
 }
 
 

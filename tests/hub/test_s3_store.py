@@ -328,6 +328,7 @@ async def s3_hub(moto: MotoServer, bucket: str, tmp_path: Path) -> AsyncIterator
         s3_secure=False,
         s3_prefix="hub",
         worker_enabled=False,
+        anonymous_agents=True,  # this suite is about the object store, not credentials
     )
     app = create_app(settings)
     async with (
@@ -480,6 +481,7 @@ async def test_hub_answers_503_while_s3_is_unreachable(tmp_path: Path) -> None:
         s3_secret_key=SECRET_KEY,  # type: ignore[arg-type]
         s3_secure=False,
         worker_enabled=False,
+        anonymous_agents=True,
     )
     study = generate_study(tmp_path / "src", instances=1, series=1, seed=4, rows=32, columns=32)
     data = study.files[0].read_bytes()

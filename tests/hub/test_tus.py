@@ -21,7 +21,12 @@ OCTETS = "application/offset+octet-stream"
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(
-        HubSettings(data_dir=tmp_path / "hub", upload_max_bytes=1_000_000, upload_expiry_seconds=60)
+        HubSettings(
+            data_dir=tmp_path / "hub",
+            upload_max_bytes=1_000_000,
+            upload_expiry_seconds=60,
+            anonymous_agents=True,
+        )
     )
     async with (
         app.router.lifespan_context(app),

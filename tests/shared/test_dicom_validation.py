@@ -52,6 +52,7 @@ REASONS = {
     "missing_uid",
     "malformed_uid",
     "unknown_transfer_syntax",
+    "pixel_data_mismatch",
 }
 MEDIA_UID_WARNING = (
     "MediaStorageSOPInstanceUID in the file meta differs from the dataset's SOPInstanceUID"
@@ -550,3 +551,40 @@ def test_a_cut_inside_a_32_bit_length_is_truncated(
     assert isinstance(raw, RawDataElement)
     cut = raw.value_tell - 2  # two of the four length bytes written
     assert _refusal(_write(tmp_path, ct_bytes[:cut])).reason == "truncated"
+
+
+def _with_syntax(data: bytes, ts: str) -> bytes:
+    """The same dataset bytes under File Meta Information that declares ``ts``."""
+    from io import BytesIO
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta_end = 132 + 12 + struct.unpack("<I", data[140:144])[0]
+    meta = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).file_meta
+    meta.TransferSyntaxUID = UID(ts)
+    buf = DicomBytesIO()
+    write_file_meta_info(buf, meta)
+    return data[:132] + buf.getvalue() + data[meta_end:]
+
+
+def test_a_compressed_syntax_over_native_pixel_data_is_refused(
+    tmp_path: Path, ct_bytes: bytes
+) -> None:
+    """Meta says JPEG Baseline, the pixels are plain: a PACS or viewer would fail on it."""
+    path = _write(tmp_path, _with_syntax(ct_bytes, "1.2.840.10008.1.2.4.50"))
+    assert _read(path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    refusal = _refusal(path)
+    assert refusal.reason == "pixel_data_mismatch"
+    assert (
+        "compressed (JPEG Baseline" in refusal.message and "stored uncompressed" in refusal.message
+    )
+
+
+def test_a_native_syntax_over_encapsulated_pixel_data_is_refused(tmp_path: Path) -> None:
+    jpeg = PYDICOM_TEST_FILES / "SC_rgb_jpeg_gdcm.dcm"
+    assert UID(validate_file(jpeg).transfer_syntax_uid).is_encapsulated
+    path = _write(tmp_path, _with_syntax(jpeg.read_bytes(), ExplicitVRLittleEndian))
+    refusal = _refusal(path)
+    assert refusal.reason == "pixel_data_mismatch"
+    assert "stored compressed" in refusal.message

@@ -93,6 +93,8 @@ class HubProcess(_Proc):
             "RELAYPACS_HUB_DATA_DIR": str(workdir / "hub"),
             "RELAYPACS_HUB_PORT": str(self.port),
             "RELAYPACS_HUB_WORKER_POLL_SECONDS": "0.5",
+            # Opt in to agents without a credential (tests that enroll pass "false").
+            "RELAYPACS_HUB_ANONYMOUS_AGENTS": "true",
             **{f"RELAYPACS_HUB_{k.upper()}": v for k, v in settings.items()},
         }
         super().__init__(

@@ -21,6 +21,24 @@ quarantine_app = typer.Typer(
 app.add_typer(quarantine_app, name="quarantine")
 
 
+@app.callback()
+def _private() -> None:
+    # The catalogue (password hashes, TOTP secrets) and the images are for this user only.
+    from relaypacs_shared.private import private_umask
+
+    private_umask()
+
+
+def shown(text: str | None) -> str:
+    """Text from outside (a file name, an AE title) on one line of a terminal: newlines,
+    escape sequences and other control characters written as escapes, never acted on."""
+    if text is None:
+        return "-"
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _when(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -359,8 +377,9 @@ def quarantine_list(
     for r in rows:
         state = f" [{r['resolution']}]" if r["resolution"] else ""
         typer.echo(
-            f"{r['id']:>5}  {_when(r['quarantined_at'])}  {r['reason']:<22} {r['size']:>11} B  "
-            f"{r['original_name']}  ({r['source']}): {r['explanation']}{state}"
+            f"{r['id']:>5}  {_when(r['quarantined_at'])}  {shown(r['reason']):<22} "
+            f"{r['size']:>11} B  {shown(r['original_name'])}  ({shown(r['source'])}): "
+            f"{shown(r['explanation'])}{state}"
         )
 
 
@@ -388,7 +407,8 @@ def quarantine_show(
     keys = ["id", "reason", "explanation", "message", "original_name", "source", "size"]
     keys += ["sha256", "sop_instance_uid", "path", "exists", "resolution", "resolution_note"]
     for key in keys:
-        typer.echo(f"{key:>18}: {d.get(key)}")
+        value = d.get(key)
+        typer.echo(f"{key:>18}: {shown(value) if isinstance(value, str) else value}")
     typer.echo(f"{'quarantined at':>18}: {_when(d['quarantined_at'])}")
     if not sidecar(row):
         typer.echo(f"{'sidecar':>18}: missing")
@@ -458,6 +478,54 @@ def quarantine_delete(
     finally:
         ing.store.close()
     typer.echo(f"deleted entry {entry_id} ({d['original_name']})")
+
+
+@app.command()
+def wrapped(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """List files that came without a DICOM file header and were given one.
+
+    Old exports and some RT planning systems write bare datasets (no preamble, no 'DICM', no
+    File Meta Information). The agent keeps their bytes as they came, behind a header naming
+    their SOP Class and Instance and the transfer syntax it inferred; each is audited.
+
+    Example:
+
+        relaypacs-agent wrapped
+    """
+    from pydicom.uid import UID
+
+    from relaypacs_agent.store.db import Store
+
+    settings = AgentSettings()
+    store = Store(settings.db_path)
+    rows = store.query(
+        "SELECT at, actor, target, details FROM audit_log WHERE action = 'instance.wrapped' "
+        "ORDER BY seq"
+    )
+    store.close()
+    entries = [
+        {
+            "at": r["at"],
+            "sop_instance_uid": r["target"],
+            "by": r["actor"],
+            **json.loads(r["details"]),
+        }
+        for r in rows
+    ]
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        typer.echo("no file needed a DICOM header")
+        return
+    for e in entries:
+        syntax = UID(e.get("transfer_syntax", "")).name or e.get("transfer_syntax", "?")
+        typer.echo(
+            f"{e['at'][:19]}Z  {shown(e['sop_instance_uid'])}  {syntax}  "
+            f"({shown(e.get('came_from'))})  original sha256 {e.get('original_sha256', '?')[:16]}"
+        )
 
 
 audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)

@@ -85,6 +85,17 @@ class AgentSettings(BaseSettings):
     status_poll_seconds: float = Field(
         default=5.0, description="How often the agent asks the hub about studies it committed."
     )
+    follow_reports: bool = Field(
+        default=True,
+        description="Follow the hub's report feed for this facility and keep the reports "
+        "(text, PDFs) at the agent, readable on the LAN with the WAN down.",
+    )
+    report_feed_wait_seconds: float = Field(
+        default=25.0,
+        gt=0,
+        le=55,
+        description="How long one long poll of the hub's report feed waits for a report.",
+    )
     retry_max_seconds: float = Field(
         default=30.0,
         description="Cap of the backoff between attempts to reach the hub, so a link that comes "
@@ -177,10 +188,39 @@ class AgentSettings(BaseSettings):
         description="Folder of the built PWA. Empty: `pwa/dist` of the source checkout.",
     )
     web_session_hours: float = Field(default=12.0, description="How long a LAN login lasts.")
+    heartbeat_seconds: float = Field(
+        default=60.0,
+        description="How often the agent reports its health to the hub (backlog, oldest waiting "
+        "study, disk free, quarantine, version), which the hub exports for Prometheus. 0: never.",
+    )
+    agent_name: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The name an agent not enrolled as a device reports its heartbeat under. "
+        "Empty: the host name. An enrolled device is named by its enrollment.",
+    )
     verifier_sync_seconds: float = Field(
         default=300.0,
         description="How often the agent refreshes its copy of its facility's login verifiers "
         "from the hub (also at start and when an unknown username signs in).",
+    )
+
+    web_max_connections: int = Field(
+        default=256,
+        ge=16,
+        description="Open connections the LAN web app holds at most (lowered to what the file "
+        "limit allows); past it a new one displaces the oldest idle one, 503 when all are busy.",
+    )
+    web_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request head must reach the LAN web app within this long; else 408.",
+    )
+    web_body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request body that sends nothing for this long ends its connection (the "
+        "PWA resumes its upload).",
     )
 
     @field_validator("dimse_ae_title")
@@ -204,6 +244,21 @@ class AgentSettings(BaseSettings):
         le=16,
         description="Parallel connections for one segment (tus concatenation), which keeps a "
         "lossy link busy; 1: one connection.",
+    )
+    tcp_rto_max_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=120_000,
+        description="Longest wait before TCP sends a lost segment again, however often it was "
+        "lost (Linux 6.15+; the kernel's own backoff grows to 120 s and stalls a lossy link). "
+        "0: the kernel's default. Ignored by older kernels.",
+    )
+    tcp_rto_min_ms: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="Floor of TCP's retransmission timeout in ms (Linux 6.15+; the kernel's is "
+        "200 ms). The timeout still follows the measured round trip. 0: the kernel's default.",
     )
     bandwidth_limit_kbps: int = Field(
         default=0,

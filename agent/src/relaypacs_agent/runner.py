@@ -19,12 +19,17 @@ from relaypacs_agent.ingest.dimse import StoreSCP
 from relaypacs_agent.ingest.files import remove_orphans
 from relaypacs_agent.ingest.pipeline import Ingestor, Source
 from relaypacs_agent.ingest.watcher import InboxWatcher
+from relaypacs_agent.reports import ReportFollower, ReportInbox
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
 from relaypacs_agent.uplink.credential import credential_path
+from relaypacs_agent.uplink.heartbeat import HeartbeatSender
 from relaypacs_agent.uplink.transfer import TransferSender
 from relaypacs_agent.web.server import WebServer
 from relaypacs_shared.archives import ArchiveLimits
+from relaypacs_shared.netopts import supported_options
+from relaypacs_shared.private import private_files, private_umask
+from relaypacs_shared.sdnotify import Notifier
 
 log = structlog.get_logger("relaypacs.agent")
 
@@ -58,7 +63,13 @@ def build_importer(settings: AgentSettings, ingestor: Ingestor) -> Importer:
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
+        # Private whatever the umask: the catalogue holds password hashes and TOTP secrets, the
+        # spool and quarantine hold images; an earlier looser start's folders are tightened.
+        private_umask()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_files(
+            [settings.data_dir, settings.db_path, settings.spool_dir, settings.quarantine_dir]
+        )
         self.store = Store(settings.db_path)
         self.ingestor = build_ingestor(settings, self.store)
         self.importer = build_importer(settings, self.ingestor)
@@ -109,6 +120,7 @@ class Agent:
             timeout=settings.request_timeout_seconds,
             ca_file=settings.hub_ca_file,
             credential_file=credential_path(settings.data_dir),
+            socket_options=supported_options(settings.tcp_rto_max_ms, settings.tcp_rto_min_ms),
         )
         # The uplink: manifest, then resumable tus segments (relaypacs_agent.uplink.transfer).
         self.sender = TransferSender(
@@ -126,9 +138,38 @@ class Agent:
             streams=settings.parallel_streams,
         )
         # --- end of uplink construction.
+        self.heartbeat = (
+            HeartbeatSender(
+                self.client,
+                settings.db_path,
+                settings.spool_dir,
+                settings.min_free_bytes,
+                every=settings.heartbeat_seconds,
+                name=settings.agent_name,
+            )
+            if settings.heartbeat_seconds > 0
+            else None
+        )
+        self.reports = ReportInbox(self.store, settings.data_dir / "reports")
+        self.follower = (
+            ReportFollower(
+                self.reports,
+                self.client,
+                wait=settings.report_feed_wait_seconds,
+                retry_max=settings.retry_max_seconds,
+            )
+            if settings.follow_reports
+            else None
+        )
         self.web: WebServer | None = None
         if settings.web_port:
-            self.web = WebServer(settings, self.store, self.ingestor, wake_sender=self.sender.wake)
+            self.web = WebServer(
+                settings,
+                self.store,
+                self.ingestor,
+                wake_sender=self.sender.wake,
+                reports=self.reports,
+            )
         self.stop = threading.Event()
 
     def _prepare(self) -> None:
@@ -160,6 +201,10 @@ class Agent:
             (f"watcher-{w.source.name or i}", w.run) for i, w in enumerate(self.watchers)
         ]
         targets.append(("sender", self.sender.run))
+        if self.follower is not None:
+            targets.append(("reports", self.follower.run))
+        if self.heartbeat is not None:
+            targets.append(("heartbeat", self.heartbeat.run))
         if self.checker is not None:
             targets.append(("conformance", self.checker.run))
         threads = [
@@ -180,8 +225,21 @@ class Agent:
             hub=self.settings.hub_url,
             data_dir=str(self.settings.data_dir),
         )
-        while not self.stop.wait(0.5):
-            pass
+        notifier = Notifier()
+        notifier.ready(f"relaying to {self.settings.hub_url}")
+        dead: list[str] = []
+        while not self.stop.wait(notifier.ping_interval()):
+            # systemd's watchdog (Type=notify, WatchdogSec=) restarts an agent whose pings stop:
+            # ping only while every worker thread is alive, so a crashed sender is restarted.
+            watched = threads + (self.web.threads if self.web is not None else [])
+            now_dead = [t.name for t in watched if not t.is_alive()]
+            if now_dead != dead:
+                dead = now_dead
+                log.error("agent_thread_died", threads=dead, watchdog=notifier.enabled)
+                notifier.notify(STATUS=f"unhealthy: {', '.join(dead)} stopped")
+            if not dead:
+                notifier.watchdog()
+        notifier.stopping("stopping")
         if self.scp is not None:
             self.scp.stop()
         if self.web is not None:

@@ -109,6 +109,16 @@ class WanLink:
             self.ns(ns, "ip", "addr", "add", f"{ip}/30", "dev", ifname)
             self.ns(ns, "ip", "link", "set", ifname, "up")
             self.ns(ns, "ip", "link", "set", "lo", "up")
+        # Static neighbours: the loss rules drop every frame, ARP included, and a WAN's loss is
+        # not on the hop's neighbour discovery (with ARP lost, new connections fail at once with
+        # "no route to host" instead of meeting the lossy link).
+        for ns, ifname, peer_ns, peer_if, peer_ip in (
+            (self.edge_ns, self.edge_if, self.hub_ns, self.hub_if, self.hub_ip),
+            (self.hub_ns, self.hub_if, self.edge_ns, self.edge_if, self.edge_ip),
+        ):
+            mac = self.ns(peer_ns, "cat", f"/sys/class/net/{peer_if}/address").stdout.strip()
+            self.ns(ns, "ip", "neigh", "replace", peer_ip, "lladdr", mac, "dev", ifname,
+                    "nud", "permanent")  # fmt: skip
         self.apply(self.profile)
 
     def close(self) -> None:

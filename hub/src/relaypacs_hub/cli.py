@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Annotated
 
+import structlog
 import typer
-import uvicorn
 
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.logging import configure_logging
 from relaypacs_shared.audit import ChainedRecord
+from relaypacs_shared.private import private_files, private_umask
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _private() -> None:
+    # Staging, objects and keys the hub writes are for this user only (serve, worker, ...).
+    private_umask()
+
+
+def _hub_folders(settings: HubSettings) -> list[Path]:
+    """What an earlier start under a looser umask may have left readable to others."""
+    data = settings.data_dir
+    return [
+        data,
+        data / "hub.db",
+        settings.resolved_upload_dir,
+        settings.resolved_object_store_dir,
+    ]
 
 
 @app.command()
@@ -33,27 +52,20 @@ def serve(
 
     settings = HubSettings()
     configure_logging(settings.log_level, settings.log_json)
+    private_files(_hub_folders(settings))
     listen = host or settings.host
     try:
         settings.check_listen(listen)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--host") from exc
-    config = uvicorn.Config(
-        create_app(settings),
-        host=listen,
-        port=port or settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        # HTTPS when given a certificate (RELAYPACS_HUB_TLS_CERTFILE and _KEYFILE, both or none).
-        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-    )
+    from relaypacs_hub.serving import HubServer, uvicorn_config
+
+    config = uvicorn_config(create_app(settings), settings, listen, port or settings.port)
     # uvicorn re-raises the stop signal after its graceful shutdown; a stop we asked for is a
     # clean exit (status 0) for systemd and for `make demo`, so that re-raise lands on a no-op.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run()
+    HubServer(config).run()
 
 
 @app.command()
@@ -88,6 +100,7 @@ def worker() -> None:
 
     settings = HubSettings()
     configure_logging(settings.log_level, settings.log_json)
+    private_files(_hub_folders(settings))
 
     async def _main() -> None:
         configs = load_destination_configs(settings)
@@ -99,6 +112,30 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if settings.worker_metrics_port:
+            # This worker's own counters (deliveries, time to PACS) for Prometheus.
+            from prometheus_client import start_http_server
+
+            log = structlog.get_logger("relaypacs.hub")
+            try:
+                start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
+            except OSError as exc:
+                # Deliveries matter more than their counters: keep forwarding, say why the
+                # metrics are missing (Prometheus shows the target down).
+                log.error(
+                    "worker_metrics_unavailable",
+                    host=settings.worker_metrics_host,
+                    port=settings.worker_metrics_port,
+                    reason=exc.strerror or str(exc),
+                    hint="another process holds the port: set RELAYPACS_HUB_WORKER_METRICS_PORT "
+                    "to a free port, or 0 for none",
+                )
+            else:
+                log.info(
+                    "worker_metrics_listening",
+                    host=settings.worker_metrics_host,
+                    port=settings.worker_metrics_port,
+                )
         w = ForwardingWorker(
             settings,
             make_sessionmaker(engine),
@@ -161,6 +198,46 @@ def create_admin(
     except AuthError as exc:
         raise typer.BadParameter(exc.detail, param_hint="--username") from exc
     typer.echo(f"admin {username} created")
+
+
+@app.command("enrollment-code")
+def enrollment_code(
+    facility: Annotated[str, typer.Option(help="The facility the enrolled agent will act for.")],
+    ttl_minutes: Annotated[
+        float, typer.Option(help="Minutes the code stays valid.", min=1, max=60 * 24 * 30)
+    ] = 60.0,
+) -> None:
+    """Print a one-time code an agent exchanges for its device credential
+    (``relaypacs-agent enroll``); the same as ``POST /api/v1/devices/enrollment-codes`` for
+    whoever can run the hub's commands. Migrations are applied first. The issue is audited.
+
+    Example:
+
+        relaypacs-agent enroll --hub-url https://hub.example.org \\
+            --code "$(relaypacs-hub enrollment-code --facility clinic-a)"
+    """
+    from relaypacs_hub.auth import devices
+    from relaypacs_hub.db.migrate import upgrade
+    from relaypacs_hub.db.session import make_engine, make_sessionmaker
+
+    settings = HubSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    if not facility.strip() or len(facility) > 64:
+        raise typer.BadParameter("a facility name of 1 to 64 characters", param_hint="--facility")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+    async def _main() -> str:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            code, _expires = await devices.issue_code(
+                make_sessionmaker(engine), "cli", facility, ttl_minutes, "cli"
+            )
+            return code
+        finally:
+            await engine.dispose()
+
+    typer.echo(asyncio.run(_main()))
 
 
 audit_app = typer.Typer(help="Check and export the hash-chained audit log.", no_args_is_help=True)

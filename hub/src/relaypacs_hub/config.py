@@ -24,7 +24,8 @@ class HubSettings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         default="development",
-        description="`production` refuses unsafe defaults (a missing or short agent token).",
+        description="`production` refuses unsafe defaults (a missing or short agent token, a "
+        "CHANGE-ME placeholder left from an example env file).",
     )
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8080, description="Port the API listens on.")
@@ -68,6 +69,25 @@ class HubSettings(BaseSettings):
     )
     worker_enabled: bool = Field(
         default=True, description="Run the forwarding worker inside `relaypacs-hub serve`."
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address a `relaypacs-hub worker` serves its Prometheus metrics on "
+        "(`/metrics`); `0.0.0.0` to let a Prometheus on another host scrape it.",
+    )
+    worker_metrics_port: int = Field(
+        default=9464,
+        description="Port of a `relaypacs-hub worker`'s Prometheus metrics. 0: not served.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token Prometheus presents to scrape the hub's `/metrics` from off the "
+        "loopback. Empty: `/metrics` answers only the loopback.",
+    )
+    readiness_timeout_seconds: float = Field(
+        default=3.0,
+        description="How long `/readyz` waits for each dependency (database, object store, "
+        "Redis) before calling it failed.",
     )
     worker_poll_seconds: float = Field(
         default=1.0, description="How often an idle forwarding worker looks for due jobs."
@@ -202,17 +222,128 @@ class HubSettings(BaseSettings):
         description="The built web app (`pwa/dist`, from `make pwa`) the hub serves at "
         "`/dashboard/`. Empty: the `pwa/dist` of the source checkout the hub runs from, if built.",
     )
+    report_max_bytes: int = Field(
+        default=50 * 1024**2,
+        description="Largest report (a posted PDF or DICOM object, or one found in an archive).",
+    )
+    report_poll_enabled: bool = Field(
+        default=True,
+        description="Watch delivered studies for reports: note each one's Accession Number (HL7 "
+        "results are matched on it) and ask the DICOMweb destinations (QIDO-RS) for the reports "
+        "they hold; one hub replica at a time does it (a lease in the database).",
+    )
+    report_poll_seconds: float = Field(
+        default=20.0,
+        description="How often a delivered routine study's archives are asked for its report "
+        "while the study is young (first hour); the interval then grows with the study's age.",
+    )
+    report_orthanc_changes: bool = Field(
+        default=True,
+        description="For Orthanc destinations (profile orthanc), also follow Orthanc's /changes "
+        "feed: a delivered study that gets a new instance is asked for its report at once.",
+    )
+    report_poll_stat_seconds: float = Field(
+        default=5.0, description="The same interval for a STAT study."
+    )
+    report_poll_max_seconds: float = Field(
+        default=3600.0, description="The longest interval between two polls of one study."
+    )
+    report_poll_days: float = Field(
+        default=14.0, description="Stop asking for a study's report this long after delivery."
+    )
+    hl7_port: int | None = Field(
+        default=None,
+        description="Port of the HL7 v2 MLLP listener that takes ORU^R01 report results "
+        "(matched to studies by Accession Number). Empty: no listener.",
+    )
+    hl7_host: str = Field(default="127.0.0.1", description="Address the HL7 listener binds.")
+    vapid_private_key_file: Path | None = Field(
+        default=None,
+        description="PEM private key (P-256) the hub signs Web Push requests with (VAPID). "
+        "Empty: one made at first start in `data_dir` (vapid-private.pem).",
+    )
+    vapid_subject: str = Field(
+        default="mailto:admin@relaypacs.invalid",
+        description="VAPID `sub` claim: a mailto: or https: contact for the push services.",
+    )
+    anonymous_agents: bool = Field(
+        default=False,
+        description="Development and tests only: accept agent calls (uploads, manifests, the "
+        "login verifiers) with no credential at all while no `agent_token` is set. Off: agents "
+        "enroll (`relaypacs-hub enrollment-code`, `relaypacs-agent enroll`). Production "
+        "refuses it.",
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        ge=16,
+        description="Open HTTP connections at most (lowered to what the process' file limit "
+        "allows). Past it a new connection displaces the oldest idle one; 503 when all are busy.",
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request head (request line and headers) must arrive within this long of "
+        "the connection or of its first byte; else 408 and the connection closes.",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request body that sends nothing for this long ends its connection (tus "
+        "uploads resume from the last offset).",
+    )
+    tcp_rto_max_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=120_000,
+        description="Longest wait before TCP sends a lost segment of an answer again, on the "
+        "connections agents make (Linux 6.15+; the kernel's backoff grows to 120 s and stalls a "
+        "lossy link). 0: the kernel's default. Ignored by older kernels.",
+    )
+    tcp_rto_min_ms: int = Field(
+        default=50,
+        ge=0,
+        le=1000,
+        description="Floor of TCP's retransmission timeout in ms on accepted connections "
+        "(Linux 6.15+; the kernel's is 200 ms); the timeout still follows the measured round "
+        "trip. 0: the kernel's default.",
+    )
+    request_max_bytes: int = Field(
+        default=1024**2,
+        ge=1024,
+        description="Largest body of a JSON request (login, users, rules...), in bytes; 413 above.",
+    )
+    manifest_max_bytes: int = Field(
+        default=32 * 1024**2,
+        ge=1024,
+        description="Largest body of a study manifest or commit, in bytes; 413 above.",
+    )
     log_json: bool = Field(default=False, description="Log JSON lines instead of console text.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> HubSettings:
+        if self.environment == "production" and self.anonymous_agents:
+            raise ValueError("RELAYPACS_HUB_ANONYMOUS_AGENTS is for development only")
         if self.environment == "production" and self.allow_agent_token:
             token = self.agent_token.get_secret_value() if self.agent_token else ""
             if len(token) < 32:
                 raise ValueError(
                     "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production "
                     "(or RELAYPACS_HUB_ALLOW_AGENT_TOKEN=false once agents are enrolled)"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> HubSettings:
+        """The example env files say CHANGE-ME: production refuses any setting still saying so."""
+        if self.environment != "production":
+            return self
+        for name, value in self:
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str) and "change-me" in text.lower():
+                raise ValueError(
+                    f"RELAYPACS_HUB_{name.upper()} still holds the CHANGE-ME placeholder of the "
+                    "example env file: set a real value (e.g. `openssl rand -hex 32`)"
                 )
         return self
 

@@ -12,18 +12,22 @@ import structlog
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from relaypacs_hub import metrics
+from relaypacs_hub.api import problems
 from relaypacs_hub.api.deps import HubState
-from relaypacs_hub.api.routes import auth as auth_routes
 from relaypacs_hub.api.routes import (
+    analytics,
     dashboard,
     health,
     jobs,
     manifests,
     overview,
+    reports,
     rules,
     studies,
     users,
 )
+from relaypacs_hub.api.routes import auth as auth_routes
 from relaypacs_hub.api.routes import destinations as destination_routes
 from relaypacs_hub.api.routes import devices as device_routes
 from relaypacs_hub.api.routes import tus as tus_routes
@@ -31,15 +35,21 @@ from relaypacs_hub.auth.service import AuthService
 from relaypacs_hub.auth.tokens import TokenIssuer, check_key_setting, load_private_key
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.migrate import upgrade
-from relaypacs_hub.db.session import make_engine, make_sessionmaker
+from relaypacs_hub.db.session import DATABASE_ERRORS, make_engine, make_sessionmaker
 from relaypacs_hub.forwarding.base import Destination
 from relaypacs_hub.forwarding.registry import build_destination
 from relaypacs_hub.forwarding.runtime import load_destination_configs, start_delivery
 from relaypacs_hub.forwarding.worker import ForwardingWorker
 from relaypacs_hub.ingest.tus import TusService
+from relaypacs_hub.metrics import CountRequests
 from relaypacs_hub.ratelimit import build_limiter
+from relaypacs_hub.reports.hl7 import MllpServer
+from relaypacs_hub.reports.poller import ReportPoller
+from relaypacs_hub.reports.push import PushSender
+from relaypacs_hub.reports.service import FeedSignal
+from relaypacs_hub.serving import body_limit
 from relaypacs_hub.storage.factory import build_object_store, build_upload_store
-from relaypacs_shared.errors import StorageError
+from relaypacs_shared.httpguard import BodyLimit
 
 log = structlog.get_logger("relaypacs.hub")
 
@@ -101,6 +111,9 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             )
             delivery.wake_worker.append(worker.wake)
             worker_task = asyncio.create_task(worker.run(stop))
+        feed = FeedSignal()
+        push = await anyio.to_thread.run_sync(PushSender, settings, sessionmaker)
+        feed.listeners.append(push.on_report)
         app.state.hub = HubState(
             settings=settings,
             sessionmaker=sessionmaker,
@@ -110,7 +123,21 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             tus=tus,
             auth=auth,
             limiter=limiter,
+            reports=feed,
+            push=push,
         )
+        poller_task: asyncio.Task[None] | None = None
+        if settings.report_poll_enabled:
+            poller = ReportPoller(
+                settings, sessionmaker, store, destinations, app.state.hub.reports
+            )
+            poller_task = asyncio.create_task(poller.run(stop))
+        mllp: MllpServer | None = None
+        if settings.hl7_port is not None:
+            mllp = MllpServer(
+                sessionmaker, app.state.hub.reports, settings.hl7_host, settings.hl7_port
+            )
+            await mllp.start()
         log.info(
             "hub_started",
             database=engine.dialect.name,
@@ -133,6 +160,14 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
                     await asyncio.wait_for(worker_task, timeout=30)
                 except TimeoutError:
                     worker_task.cancel()
+            if mllp is not None:
+                await mllp.stop()
+            await push.drain()
+            if poller_task is not None:
+                try:
+                    await asyncio.wait_for(poller_task, timeout=30)
+                except TimeoutError:
+                    poller_task.cancel()
             for dest in destinations.values():
                 await dest.aclose()
             await limiter.aclose()
@@ -148,14 +183,20 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         )
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(StorageError)
-    async def _storage_handler(_request: Request, exc: StorageError) -> JSONResponse:
-        log.error("storage_error", error=str(exc))
+    problems.install(app)  # RelayError -> answer, from relaypacs_shared.wire.PROBLEMS
+
+    async def _database_handler(_request: Request, exc: Exception) -> JSONResponse:
+        metrics.dependency_error("database")
+        log.error("database_unavailable", error_type=type(exc).__name__, error=str(exc)[:300])
         return JSONResponse(
-            {"code": "storage_unavailable", "detail": "the hub cannot store data right now"},
+            {"code": "database_unavailable", "detail": "the hub cannot reach its database"},
             status_code=503,
             headers={"Retry-After": "10"},
         )
+
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database_handler)
+    app.add_middleware(CountRequests)
 
     @app.exception_handler(Exception)
     async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -165,10 +206,13 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             status_code=500,
         )
 
+    # 413 before a body larger than its route accepts is read into memory.
+    app.add_middleware(BodyLimit, limit_for=body_limit(settings))
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(users.router)
     app.include_router(overview.router)
+    app.include_router(analytics.router)
     app.include_router(studies.router)
     app.include_router(manifests.router)
     app.include_router(tus_routes.router)
@@ -177,4 +221,5 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(destination_routes.router)
     app.include_router(device_routes.router)
     app.include_router(dashboard.router)
+    app.include_router(reports.router)
     return app

@@ -114,9 +114,16 @@ class RedisLimiter:
         except (RedisError, OSError) as exc:
             # Fail open: an unreachable Redis must not lock every user out; say so loudly.
             log.error("rate_limit_backend_unavailable", rule=rule.name, error=type(exc).__name__)
+            from relaypacs_hub import metrics
+
+            metrics.dependency_error("redis")
             return None
         wait = int(wait_ms)
         return wait / 1000 if wait > 0 else None
+
+    async def ping(self) -> None:
+        """Raise when Redis does not answer (the readiness check)."""
+        await self._redis.ping()
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -1,15 +1,17 @@
 import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from 'react'
 import { formatAgo, formatDuration, isoToMs } from '../lib/format'
 import { Agents, Users } from './Admin'
+import { Analytics } from './Analytics'
 import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type Stats, type Study } from './api'
-import { ErrorBox, message, Pill, Table, useLoad } from './ui'
+import { ErrorBox, message, Pill, stackCell, stackRow, Table, useLoad } from './ui'
 import { EnrollOnly, Security } from './Security'
 import { clip, digitsOnly } from './totp'
 
-type Tab = 'overview' | 'studies' | 'dead' | 'agents' | 'users' | 'security'
+type Tab = 'overview' | 'studies' | 'analytics' | 'dead' | 'agents' | 'users' | 'security'
 const TABS: Array<{ id: Tab; label: string; admin: boolean }> = [
   { id: 'overview', label: 'Overview', admin: false },
   { id: 'studies', label: 'Studies', admin: false },
+  { id: 'analytics', label: 'Analytics', admin: false },
   { id: 'dead', label: 'Dead jobs', admin: true },
   { id: 'agents', label: 'Agents', admin: true },
   { id: 'users', label: 'Users', admin: true },
@@ -206,7 +208,16 @@ const PAGE = 50
 function Studies() {
   const [state, setState] = useState('')
   const [offset, setOffset] = useState(0)
-  const load = useCallback(() => hub.studies({ limit: PAGE, offset, state }), [offset, state])
+  const [query, setQuery] = useState('')
+  const [q, setQ] = useState('')
+  useEffect(() => {
+    const t = setTimeout(() => {
+      setQ(query.trim())
+      setOffset(0)
+    }, 300)
+    return () => clearTimeout(t)
+  }, [query])
+  const load = useCallback(() => hub.studies({ limit: PAGE, offset, state, q }), [offset, state, q])
   const [data, error] = useLoad(load, 10_000)
   const [stats] = useLoad<Stats>(hub.stats, 60_000)
   const states = [...new Set(['receiving', 'committed', ...Object.keys(stats?.studies_by_state ?? {})])]
@@ -216,6 +227,21 @@ function Studies() {
         <h2 id="st" className="text-lg font-semibold">
           Studies {data ? <span className="text-sm font-normal text-slate-700">({data.total})</span> : null}
         </h2>
+        <div className="flex flex-wrap items-end gap-3">
+        <div>
+          <label htmlFor="st-q" className="label">
+            Search
+          </label>
+          <input
+            id="st-q"
+            type="search"
+            className="field w-56 py-2"
+            placeholder="CT, description, accession…"
+            value={query}
+            maxLength={64}
+            onChange={(e) => setQuery(e.target.value)}
+          />
+        </div>
         <div>
           <label htmlFor="st-state" className="label">
             State
@@ -237,6 +263,7 @@ function Studies() {
             ))}
           </select>
         </div>
+        </div>
       </div>
       <ErrorBox error={error} />
       <Table
@@ -244,26 +271,42 @@ function Studies() {
         caption="Studies"
         head={['Study', 'Facility', 'Level', 'State', 'Images', 'Received', 'Destinations', 'Time to PACS']}
         empty="No studies."
+        stack
       >
         {(data?.studies ?? []).map((s: Study) => (
-          <tr key={s.study_instance_uid} className="border-t border-slate-200 align-top" data-testid="dash-study-row" data-state={s.state}>
-            <td className="max-w-72 px-3 py-2">
-              <div className="truncate font-mono text-xs" title={s.study_instance_uid}>
-                {s.study_instance_uid}
+          <tr key={s.study_instance_uid} className={stackRow} data-testid="dash-study-row" data-state={s.state}>
+            <td data-label="Study" className={`${stackCell} min-w-0 sm:max-w-72`}>
+              <div className="min-w-0">
+                {(s.modalities?.length || s.study_description || s.study_date) && (
+                  <div className="font-medium" data-testid="dash-study-facts">
+                    {[s.modalities?.join(', '), s.study_description, s.study_date].filter(Boolean).join(' · ')}
+                  </div>
+                )}
+                <div className="truncate font-mono text-xs" title={s.study_instance_uid}>
+                  {s.study_instance_uid}
+                </div>
+                <Clinical study={s} />
               </div>
-              <Clinical study={s} />
             </td>
-            <td className="px-3 py-2">{s.facility}</td>
-            <td className="px-3 py-2">{s.service_level === 'stat' ? <strong className="text-red-800">STAT</strong> : 'Routine'}</td>
-            <td className="px-3 py-2">
+            <td data-label="Facility" className={stackCell}>
+              {s.facility}
+            </td>
+            <td data-label="Level" className={stackCell}>
+              {s.service_level === 'stat' ? <strong className="text-red-800">STAT</strong> : 'Routine'}
+            </td>
+            <td data-label="State" className={stackCell}>
               <Pill state={s.state} />
             </td>
-            <td className="px-3 py-2 tabular-nums">{s.instance_count}</td>
-            <td className="px-3 py-2">{formatAgo(isoToMs(s.first_received_at))}</td>
-            <td className="px-3 py-2">
-              <ul className="flex flex-col gap-1">
+            <td data-label="Images" className={`${stackCell} tabular-nums`}>
+              {s.instance_count}
+            </td>
+            <td data-label="Received" className={stackCell}>
+              {formatAgo(isoToMs(s.first_received_at))}
+            </td>
+            <td data-label="Destinations" className={stackCell}>
+              <ul className="flex min-w-0 flex-col gap-1">
                 {s.destinations.map((d) => (
-                  <li key={d.name}>
+                  <li key={d.name} className="break-words">
                     {d.name}: <Pill state={d.state} />
                     {d.attempts > 1 ? ` (${d.attempts} attempts)` : ''}
                     {d.last_error && d.state !== 'done' ? <span className="block text-xs text-red-800">{d.last_error}</span> : null}
@@ -271,7 +314,9 @@ function Studies() {
                 ))}
               </ul>
             </td>
-            <td className="px-3 py-2 tabular-nums">{formatDuration(s.time_to_pacs_seconds)}</td>
+            <td data-label="Time to PACS" className={`${stackCell} tabular-nums`}>
+              {formatDuration(s.time_to_pacs_seconds)}
+            </td>
           </tr>
         ))}
       </Table>
@@ -323,18 +368,30 @@ function DeadJobs() {
       </div>
       {note && <p role="status" className="text-sm">{note}</p>}
       <ErrorBox error={error} />
-      <Table testId="dash-dead-jobs-table" caption="Dead forwarding jobs" head={['Job', 'Study', 'Destination', 'Attempts', 'Last error', 'Updated', '']} empty="No dead jobs.">
+      <Table testId="dash-dead-jobs-table" caption="Dead forwarding jobs" head={['Job', 'Study', 'Destination', 'Attempts', 'Last error', 'Updated', '']} empty="No dead jobs." stack>
         {jobs.map((j: Job) => (
-          <tr key={j.id} className="border-t border-slate-200 align-top" data-testid="dash-dead-job">
-            <td className="px-3 py-2 tabular-nums">{j.id}</td>
-            <td className="max-w-48 truncate px-3 py-2 font-mono text-xs" title={j.study_instance_uid}>
-              {j.study_instance_uid}
+          <tr key={j.id} className={stackRow} data-testid="dash-dead-job">
+            <td data-label="Job" className={`${stackCell} tabular-nums`}>
+              {j.id}
             </td>
-            <td className="px-3 py-2">{j.destination}</td>
-            <td className="px-3 py-2 tabular-nums">{j.attempts}</td>
-            <td className="max-w-80 px-3 py-2 text-red-900">{j.last_error ?? '–'}</td>
-            <td className="px-3 py-2">{formatAgo(isoToMs(j.updated_at))}</td>
-            <td className="px-3 py-2">
+            <td data-label="Study" className={`${stackCell} min-w-0 sm:max-w-48`}>
+              <span className="min-w-0 truncate font-mono text-xs" title={j.study_instance_uid}>
+                {j.study_instance_uid}
+              </span>
+            </td>
+            <td data-label="Destination" className={stackCell}>
+              {j.destination}
+            </td>
+            <td data-label="Attempts" className={`${stackCell} tabular-nums`}>
+              {j.attempts}
+            </td>
+            <td data-label="Last error" className={`${stackCell} min-w-0 break-words text-red-900 sm:max-w-80`}>
+              <span className="min-w-0">{j.last_error ?? '–'}</span>
+            </td>
+            <td data-label="Updated" className={stackCell}>
+              {formatAgo(isoToMs(j.updated_at))}
+            </td>
+            <td data-label="" className={`${stackCell} max-sm:before:hidden`}>
               <button className="btn-secondary min-h-10 px-3 text-sm" disabled={busy} aria-label={`Retry job ${j.id}`} onClick={() => void act(async () => (await hub.retryJob(j.id), `Job ${j.id} queued again.`))}>
                 Retry
               </button>
@@ -396,8 +453,9 @@ export function Dashboard() {
           )}
         </div>
         {signedIn && !enrollOnly && (
-          <nav className="mx-auto max-w-6xl overflow-x-auto px-4" aria-label="Views">
-            <div role="tablist" className="flex gap-1">
+          <nav className="mx-auto max-w-6xl px-4" aria-label="Views">
+            {/* Wraps on a phone: every view stays in sight, none hidden off-screen. */}
+            <div role="tablist" className="flex flex-wrap gap-x-1">
               {tabs.map((t) => (
                 <button
                   key={t.id}
@@ -430,6 +488,7 @@ export function Dashboard() {
           <div id="panel" role="tabpanel" aria-labelledby={`tab-${current}`}>
             {current === 'overview' && <Overview />}
             {current === 'studies' && <Studies />}
+            {current === 'analytics' && <Analytics />}
             {current === 'dead' && isAdmin && <DeadJobs />}
             {current === 'agents' && isAdmin && <Agents />}
             {current === 'users' && isAdmin && <Users me={me?.username ?? null} />}

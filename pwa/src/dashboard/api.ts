@@ -48,7 +48,55 @@ export interface Study {
   /** From the upload form (free text), null when none was given. */
   clinical_history: string | null
   referring_clinician: string | null
+  /** From the instances' headers: (0008,0061) modalities, YYYY-MM-DD, free text, accession. */
+  modalities?: string[]
+  study_date?: string | null
+  study_description?: string | null
+  accession_number?: string | null
   destinations: Destination[]
+}
+
+export interface Timing {
+  n: number
+  median_seconds: number | null
+  p95_seconds: number | null
+}
+
+export interface Analytics {
+  start: string
+  end: string
+  bucket: 'day' | 'week'
+  studies: number
+  instances: number
+  delivered: number
+  failed: number
+  success_rate: number | null
+  time_to_pacs: Record<string, Timing>
+  time_to_report: Timing
+  volume: { period: string; facility: string; modality: string; studies: number; instances: number }[]
+  facilities: {
+    facility: string
+    studies: number
+    delivered: number
+    failed: number
+    in_progress: number
+    success_rate: number | null
+    time_to_pacs: Record<string, Timing>
+    time_to_report: Timing
+  }[]
+  modalities: { modality: string; studies: number }[]
+  quarantine: { facility: string; reason: string; files: number }[]
+  agents: {
+    name: string
+    facility: string | null
+    version: string
+    last_seen_at: string
+    silent_seconds: number
+    backlog_studies: number
+    backlog_bytes: number
+    oldest_waiting_seconds: number | null
+    disk_below_reserve: boolean
+  }[]
 }
 
 export interface Job {
@@ -205,6 +253,33 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   return (await res.json()) as T
 }
 
+/** A file from the API (CSV), saved by the browser under the name the hub gives it. */
+export async function download(path: string): Promise<string> {
+  let res = await fetchFile(path)
+  if (res.status === 401 && (await refresh())) res = await fetchFile(path)
+  if (!res.ok) throw await errorOf(res)
+  const name = /filename="([^"]+)"/.exec(res.headers.get('Content-Disposition') ?? '')?.[1] ?? 'relaypacs.csv'
+  const url = URL.createObjectURL(await res.blob())
+  const a = document.createElement('a')
+  a.href = url
+  a.download = name
+  document.body.append(a)
+  a.click()
+  a.remove()
+  setTimeout(() => URL.revokeObjectURL(url), 10_000)
+  return name
+}
+
+async function fetchFile(path: string): Promise<Response> {
+  const headers: Record<string, string> = {}
+  if (tokens) headers.Authorization = `Bearer ${tokens.access_token}`
+  try {
+    return await fetch(`/api/v1${path}`, { headers, cache: 'no-store' })
+  } catch {
+    throw new HubError(0, 'network', 'The hub cannot be reached. Check the connection and try again.')
+  }
+}
+
 /** Sign in; a second factor is either a TOTP code or a recovery code. Returns the tokens' scope. */
 export async function login(
   username: string,
@@ -232,11 +307,14 @@ export function logout(): void {
 export const hub = {
   me: () => api<Me>('GET', '/auth/me'),
   stats: () => api<Stats>('GET', '/stats'),
-  studies: (q: { limit: number; offset: number; state: string }) =>
+  studies: (q: { limit: number; offset: number; state: string; q?: string }) =>
     api<{ total: number; studies: Study[] }>(
       'GET',
-      `/studies?limit=${q.limit}&offset=${q.offset}${q.state ? `&state=${encodeURIComponent(q.state)}` : ''}`,
+      `/studies?limit=${q.limit}&offset=${q.offset}${q.state ? `&state=${encodeURIComponent(q.state)}` : ''}${q.q ? `&q=${encodeURIComponent(q.q)}` : ''}`,
     ),
+  analytics: (q: { start: string; end: string; bucket: string }) =>
+    api<Analytics>('GET', `/analytics?start=${q.start}&end=${q.end}&bucket=${q.bucket}`),
+  analyticsCsv: (q: { start: string; end: string }) => download(`/analytics/studies.csv?start=${q.start}&end=${q.end}`),
   deadJobs: () => api<{ total: number; jobs: Job[] }>('GET', '/jobs?state=dead&limit=200'),
   retryJob: (id: number) => api<Job>('POST', `/jobs/${id}/retry`),
   retryDead: () => api<{ retried: number[] }>('POST', '/jobs/retry-dead'),

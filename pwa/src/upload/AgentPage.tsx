@@ -7,7 +7,6 @@ import {
   diskSummary,
   hubContact,
   type QuarantineList,
-  reasonLabel,
   reasonRows,
   sourceLabel,
   STUDY_STATES,
@@ -47,7 +46,7 @@ function Totals({ report }: { report: AgentReport }) {
   const acc = accounting(t)
   const hub = hubContact(report.hub)
   const disk = diskSummary(report.disk)
-  const reasons = reasonRows(t.quarantine_reasons)
+  const reasons = reasonRows(t.quarantine_reasons, report.reasons)
   return (
     <div className="flex flex-col gap-3" data-testid="agent-totals">
       <p className={`rounded-lg px-3 py-2 text-sm ${acc.balanced ? 'bg-emerald-50 text-emerald-950' : 'bg-amber-100 text-amber-950'}`} data-testid="agent-summary" data-balanced={acc.balanced}>
@@ -120,7 +119,8 @@ function Quarantine({ q }: { q: QuarantineList }) {
             return (
               <li key={e.id} className="card flex flex-col gap-1 text-sm" data-testid="quarantine-entry" data-reason={e.reason}>
                 <p className="break-all font-semibold text-slate-900">{e.original_name || 'Unnamed file'}</p>
-                <p className="font-medium text-amber-900">{reasonLabel(e.reason)}</p>
+                <p className="font-medium text-amber-900">{e.label ?? e.reason}</p>
+                {e.what_to_do && <p className="text-slate-900">{e.what_to_do}</p>}
                 {e.message && <p className="text-slate-700">{e.message}</p>}
                 <p className="text-slate-700">
                   {sourceLabel(e.source)} ·{' '}

@@ -8,6 +8,8 @@ import { Home } from './Home'
 import { promptInstall, useCanInstall } from './install'
 import { Login } from './Login'
 import { NewUpload } from './NewUpload'
+import { useReportStream } from './reports'
+import { ReportPage } from './ReportView'
 import { session, useSession } from './session'
 import { hubBadge } from './status'
 import { StudyPage } from './StudyPage'
@@ -61,6 +63,7 @@ export function App() {
   const canInstall = useCanInstall()
   const server = useServerBatches(s?.username ?? null)
   const [checked, setChecked] = useState(false)
+  useReportStream(!!s)
 
   useEffect(() => {
     void queue.start()
@@ -84,6 +87,7 @@ export function App() {
   else if (hash.startsWith('#/agent') && isAdmin) page = <AgentPage />
   else if (hash.startsWith('#/new')) page = <NewUpload onDone={() => (window.location.hash = '#/')} />
   else if (hash.startsWith('#/study/')) page = <StudyPage localId={decodeURIComponent(hash.slice('#/study/'.length))} />
+  else if (hash.startsWith('#/report/')) page = <ReportPage studyUid={decodeURIComponent(hash.slice('#/report/'.length))} />
   else if (hash.startsWith('#/batch/')) page = <StudyPage serverId={decodeURIComponent(hash.slice('#/batch/'.length))} />
   else page = <Home server={server} agentReachable={reachable} />
 

@@ -1,6 +1,7 @@
 import { formatBytes, plural } from '../lib/format'
 import type { ServerBatch } from './api'
 import { useQueue } from './hooks'
+import { PushToggle, ReportList } from './ReportView'
 import { StudyCard } from './StudyCard'
 import { Alert } from './ui'
 
@@ -54,6 +55,8 @@ export function Home({ server, agentReachable }: { server: Map<string, ServerBat
       </div>
       <WaitingBanner agentReachable={agentReachable} />
       <OthersWaiting />
+      <ReportList />
+      {!empty && <PushToggle />}
       {snap.authRequired && <Alert tone="warn">Your session has ended. Sign in again to continue sending.</Alert>}
       {empty && (
         <div className="card text-slate-700">

@@ -1,6 +1,7 @@
 import { formatBytes, formatDicomDate, formatPersonName, plural } from '../lib/format'
 import type { QBatch, QFile } from '../queue/types'
 import type { ServerBatch } from './api'
+import { ReportBadge } from './ReportView'
 import { STAGE_LABEL, studyStatus } from './status'
 import { ProgressBar, StageSteps } from './ui'
 
@@ -17,6 +18,13 @@ export function titleOf(local?: QBatch, server?: ServerBatch): string {
     return [s.studyDescription || s.modality || 'Study', formatDicomDate(s.studyDate)].filter(Boolean).join(' · ')
   }
   return server?.label || 'Study'
+}
+
+export function studyUidsOf(local?: QBatch, server?: ServerBatch): string[] {
+  const uids = new Set<string>()
+  if (local?.study.studyInstanceUid) uids.add(local.study.studyInstanceUid)
+  for (const s of server?.studies ?? []) uids.add(s.study_instance_uid)
+  return [...uids]
 }
 
 export function StudyCard({ local, files, server, href }: CardProps) {
@@ -52,6 +60,7 @@ export function StudyCard({ local, files, server, href }: CardProps) {
         </div>
         {stat && <span className="shrink-0 rounded-full bg-red-700 px-2.5 py-1 text-xs font-bold text-white">STAT</span>}
       </div>
+      <ReportBadge studyUids={studyUidsOf(local, server)} />
       <StageSteps stage={st.stage} />
       <div className="flex flex-col gap-1">
         <div className="flex justify-between gap-2 text-sm">

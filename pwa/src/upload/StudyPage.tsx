@@ -2,7 +2,8 @@ import { formatBytes, formatDicomDate, formatPersonName, plural } from '../lib/f
 import { queue } from './engine'
 import { useQueue, useServerBatch } from './hooks'
 import { studyStatus } from './status'
-import { StudyCard } from './StudyCard'
+import { ReportSection } from './ReportView'
+import { StudyCard, studyUidsOf } from './StudyCard'
 import { Alert } from './ui'
 
 /** One study: `localId` for a batch queued on this device, or `serverId` for one known only to the agent. */
@@ -36,7 +37,16 @@ export function StudyPage({ localId, serverId }: { localId?: string; serverId?: 
         </a>
       </div>
       <StudyCard local={local} files={snap.files} server={server} />
-      {inPacs && <Alert tone="info">The study is in the PACS. Nothing more to do.</Alert>}
+      {studyUidsOf(local, server).map((uid) => (
+        <ReportSection key={uid} studyUid={uid} />
+      ))}
+      {st.outcome ? (
+        <Alert tone="warn" testId="study-outcome">
+          {st.outcome}
+        </Alert>
+      ) : (
+        inPacs && <Alert tone="info">The study is in the PACS. Nothing more to do.</Alert>
+      )}
       {st.problems.map((p, i) => (
         <Alert key={i} tone="warn">
           {p}
@@ -52,6 +62,12 @@ export function StudyPage({ localId, serverId }: { localId?: string; serverId?: 
             {st.refused.map((r) => (
               <li key={r.name} data-testid="refused-file" role="alert" className="rounded-lg bg-red-50 px-3 py-2 text-sm text-red-900">
                 <strong>{r.name}</strong>: {r.message}
+                {r.detail && (
+                  <details className="mt-1 text-xs text-slate-700">
+                    <summary>Technical detail for IT</summary>
+                    {r.detail}
+                  </details>
+                )}
               </li>
             ))}
           </ul>
@@ -78,7 +94,7 @@ export function StudyPage({ localId, serverId }: { localId?: string; serverId?: 
           {server && (
             <Item
               k="At the agent"
-              v={`${server.files.accepted} accepted, ${server.files.duplicate} duplicate, ${server.files.quarantined} quarantined of ${server.expected_files} expected`}
+              v={`${server.files.accepted} accepted, ${server.files.duplicate} already held, ${server.files.quarantined} refused, of ${server.expected_files} expected`}
             />
           )}
         </dl>

@@ -13,18 +13,23 @@ const totals = (o: Partial<AgentTotals> = {}): AgentTotals => ({
 })
 
 describe('reasonLabel', () => {
-  it('says reason codes in plain words', () => {
-    expect(reasonLabel('not_dicom')).toBe('Not a DICOM file')
-    expect(reasonLabel('truncated')).toBe('Cut short (incomplete copy)')
-    expect(reasonLabel('conflict')).toBe('Same image ID, different content')
-    expect(reasonLabel('too_large')).toMatch(/large/i)
-    expect(reasonLabel('missing_uid')).toMatch(/missing/i)
+  const words = {
+    not_dicom: { label: 'Not a DICOM file', explanation: 'the file is not a DICOM image', what_to_do: 'Export it as DICOM.' },
+    truncated: { label: 'Cut short (incomplete copy)', explanation: 'the file is cut short', what_to_do: 'Copy it again.' },
+  }
+  it("says reason codes in the agent's words", () => {
+    expect(reasonLabel('not_dicom', words)).toBe('Not a DICOM file')
+    expect(reasonLabel('truncated', words)).toBe('Cut short (incomplete copy)')
   })
-  it('shows an unknown code as it is', () => {
-    expect(reasonLabel('cosmic_ray')).toBe('cosmic_ray')
+  it('shows a code the agent sent no words for as it is', () => {
+    expect(reasonLabel('cosmic_ray', words)).toBe('cosmic_ray')
+    expect(reasonLabel('not_dicom')).toBe('not_dicom')
   })
   it('lists reasons most frequent first', () => {
-    expect(reasonRows({ truncated: 1, not_dicom: 4 }).map((r) => r.code)).toEqual(['not_dicom', 'truncated'])
+    expect(reasonRows({ truncated: 1, not_dicom: 4 }, words).map((r) => [r.code, r.label])).toEqual([
+      ['not_dicom', 'Not a DICOM file'],
+      ['truncated', 'Cut short (incomplete copy)'],
+    ])
     expect(reasonRows(undefined)).toEqual([])
   })
 })

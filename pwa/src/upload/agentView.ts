@@ -18,6 +18,8 @@ export interface AgentReport {
   disk: { free_bytes?: number; reserve_bytes?: number; refusing?: boolean } | null
   hub: { reachable: boolean; last_contact_at: number | null }
   lan: { open_uploads: number; bytes_expected: number } | null
+  /** Words for each quarantine reason in the totals. */
+  reasons?: Record<string, ReasonWords>
 }
 
 export interface QuarantineEntry {
@@ -26,6 +28,9 @@ export interface QuarantineEntry {
   source: string | null
   reason: string
   message: string | null
+  label?: string
+  explanation?: string
+  what_to_do?: string
   size: number | null
   quarantined_at: number // unix s
 }
@@ -35,29 +40,16 @@ export interface QuarantineList {
   entries: QuarantineEntry[]
 }
 
-const REASONS: Record<string, string> = {
-  empty: 'Empty file',
-  too_large: 'Too large for the agent',
-  not_dicom: 'Not a DICOM file',
-  unreadable: 'DICOM header cannot be read',
-  truncated: 'Cut short (incomplete copy)',
-  too_deep: 'Nested too deeply',
-  missing_uid: 'Image ID missing',
-  malformed_uid: 'Image ID malformed',
-  unknown_transfer_syntax: 'Unknown image encoding',
-  conflict: 'Same image ID, different content',
-  replaced: 'Replaced by another version',
-  archive_unreadable: 'Zip cannot be read',
-  archive_encrypted: 'Zip is password-protected',
-  archive_unsafe_path: 'Zip with unsafe paths',
-  archive_too_many_entries: 'Zip has too many files',
-  archive_too_large: 'Zip expands too large',
-  archive_bomb: 'Zip bomb (expands far too much)',
+/** A reason code in plain words, as the agent sends them (one table with its CLI). */
+export interface ReasonWords {
+  label: string
+  explanation: string
+  what_to_do: string
 }
 
-/** `not_dicom` → "Not a DICOM file"; an unknown code as it is. */
-export function reasonLabel(code: string): string {
-  return REASONS[code] ?? code
+/** `not_dicom` → "Not a DICOM file" from the agent's words; an unknown code as it is. */
+export function reasonLabel(code: string, words?: Record<string, ReasonWords> | null): string {
+  return words?.[code]?.label ?? code
 }
 
 /** `folder:inbox` → "Folder “inbox”", `pwa:nurse` → "Phone upload by nurse", `dimse:CT1` → "Scanner CT1 (DICOM send)". */
@@ -128,9 +120,12 @@ export const STUDY_STATES: Array<{ state: string; label: string }> = [
 ]
 
 /** Quarantine reasons, most frequent first, in words. */
-export function reasonRows(reasons: Record<string, number> | null | undefined): Array<{ code: string; label: string; n: number }> {
+export function reasonRows(
+  reasons: Record<string, number> | null | undefined,
+  words?: Record<string, ReasonWords> | null,
+): Array<{ code: string; label: string; n: number }> {
   return Object.entries(reasons ?? {})
-    .map(([code, n]) => ({ code, label: reasonLabel(code), n }))
+    .map(([code, n]) => ({ code, label: reasonLabel(code, words), n }))
     .sort((a, b) => b.n - a.n || a.label.localeCompare(b.label))
 }
 

@@ -31,7 +31,8 @@ export interface ServerBatch {
   sent_at: number | string | null
   expected_files: number
   files: { received: number; accepted: number; duplicate: number; quarantined: number }
-  refused: Array<{ filename: string; reason: string; message: string }>
+  /** `label`, `explanation`, `what_to_do`: the agent's plain words for the reason (one table with its CLI). */
+  refused: Array<{ filename: string; reason: string; message: string; label?: string; explanation?: string; what_to_do?: string }>
   studies: Array<{
     study_instance_uid: string
     stage: Stage

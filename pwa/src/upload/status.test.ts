@@ -31,6 +31,42 @@ describe('studyStatus', () => {
   })
 })
 
+describe('a study with refused files', () => {
+  const words = {
+    reason: 'truncated',
+    message: 'element (7FE0,0010) declares 524288 bytes but only 297952 remain in the file',
+    explanation: 'the file is cut short: a copy or transfer stopped before its end',
+    what_to_do: 'Copy or export the file again from where it came from, then send it again.',
+  }
+  const inPacs = (): ServerBatch =>
+    ({
+      ...server(['pacs']),
+      expected_files: 6,
+      files: { received: 6, accepted: 5, duplicate: 0, quarantined: 1 },
+      refused: [{ filename: 'cut.dcm', ...words }],
+    }) as unknown as ServerBatch
+  const six = () => Array.from({ length: 6 }, (_, i) => file({ id: `f${i}` }))
+
+  it('counts what is in the PACS and what was refused, adding up to what was picked', () => {
+    const st = studyStatus(local(), six(), inPacs())
+    expect(st.counts).toEqual({ entered: 6, inPacs: 5, refused: 1 })
+    expect(st.percent).toBe(83)
+    expect(st.progressLabel).toBe('In the PACS: 5 of 6 files, 1 refused')
+    expect(st.outcome).toBe(
+      '5 of 6 files are in the PACS; 1 was refused and is not in the PACS. See below what happened and what to do, then send that file again as a new upload.',
+    )
+  })
+  it("says why in the agent's plain words and keeps the technical message for IT", () => {
+    const [r] = studyStatus(local(), six(), inPacs()).refused
+    expect(r.message).toBe('The file is cut short: a copy or transfer stopped before its end. Copy or export the file again from where it came from, then send it again.')
+    expect(r.detail).toContain('declares 524288 bytes')
+  })
+  it('has nothing to add when every file went through', () => {
+    const st = studyStatus(local(), [file()], server(['pacs']))
+    expect(st).toMatchObject({ outcome: null, percent: 100, progressLabel: 'In the PACS' })
+  })
+})
+
 describe('hubBadge', () => {
   it('says the agent is unreachable while the browser is offline, whatever was known before', () => {
     expect(hubBadge(false, true, { reachable: true })).toMatchObject({ text: 'Agent unreachable', hubReachable: false, agentReachable: false })

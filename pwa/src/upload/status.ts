@@ -1,4 +1,5 @@
 /** What to show for a study: its stage and progress, from local queue state and the agent's view. */
+import { plural } from '../lib/format'
 import type { QBatch, QFile } from '../queue/types'
 import type { ServerBatch, Stage } from './api'
 
@@ -30,8 +31,22 @@ export interface StudyStatus {
   bytesTotal: number
   progressLabel: string
   problems: string[]
-  refused: Array<{ name: string; message: string }>
+  /** `message`: what happened and what to do, in words; `detail`: the agent's technical reason. */
+  refused: Array<{ name: string; message: string; detail?: string }>
   waitingFiles: number
+  /** Files of this study: picked (`entered`), in the PACS, refused; they add up once all is done. */
+  counts: { entered: number; inPacs: number; refused: number }
+  /** One sentence when some files were refused (null otherwise), for the study's page. */
+  outcome: string | null
+}
+
+/** "Cut short …. Copy … again." from the agent's words; its technical message if it sent none. */
+export function refusalWords(r: { reason: string; message: string; explanation?: string; what_to_do?: string }): string {
+  if (r.explanation) {
+    const said = r.explanation.charAt(0).toUpperCase() + r.explanation.slice(1)
+    return `${said}. ${r.what_to_do ?? ''}`.trim()
+  }
+  return r.message || r.reason
 }
 
 export function stageOf(local: QBatch | undefined, files: QFile[], server: ServerBatch | undefined): ShownStage {
@@ -55,12 +70,14 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
   const files = local ? allFiles.filter((f) => f.batchId === local.id) : []
   const stage = stageOf(local, files, server)
   const problems: string[] = []
-  const refused: Array<{ name: string; message: string }> = []
+  const refused: StudyStatus['refused'] = []
   for (const f of files) {
     if (f.state === 'refused') refused.push({ name: f.name, message: f.error ?? 'The agent refused this file.' })
   }
   for (const r of server?.refused ?? []) {
-    if (!refused.some((x) => x.name === r.filename)) refused.push({ name: r.filename, message: r.message || r.reason })
+    if (!refused.some((x) => x.name === r.filename)) {
+      refused.push({ name: r.filename, message: refusalWords(r), detail: r.explanation ? r.message || undefined : undefined })
+    }
   }
   if (local?.state === 'failed' && local.error && local.serverId !== null) {
     // Refused at /send (the agent no longer knows it, or this account may not send): as said.
@@ -107,7 +124,24 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
   }
   let percent = bytesTotal > 0 ? Math.floor((bytesDone / bytesTotal) * 100) : 0
   if (stage === 'hub' || stage === 'pacs') percent = 100
-  return { stage, percent, bytesDone, bytesTotal, progressLabel, problems, refused, waitingFiles }
+  // Every file picked is either through (in the PACS: accepted or already held) or refused.
+  const entered = local ? files.length : Math.max(server?.expected_files ?? 0, server?.files.received ?? 0)
+  const through = (server?.files.accepted ?? 0) + (server?.files.duplicate ?? 0)
+  const inPacs = stage === 'pacs' ? through : 0
+  const counts = { entered, inPacs, refused: refused.length }
+  let outcome: string | null = null
+  if (refused.length > 0 && (stage === 'hub' || stage === 'pacs')) {
+    const where = stage === 'pacs' ? 'in the PACS' : 'at the hub, on their way to the PACS'
+    const notThere = stage === 'pacs' ? 'not in the PACS' : 'not sent'
+    outcome =
+      `${through} of ${plural(entered, 'file')} ${through === 1 ? 'is' : 'are'} ${where}; ` +
+      `${refused.length} ${refused.length === 1 ? 'was' : 'were'} refused and ${refused.length === 1 ? 'is' : 'are'} ${notThere}. ` +
+      `See below what happened and what to do, then send ${refused.length === 1 ? 'that file' : 'those files'} again as a new upload.`
+    const label = stage === 'pacs' ? 'In the PACS' : 'At the hub'
+    progressLabel = `${label}: ${through} of ${plural(entered, 'file')}, ${refused.length} refused`
+    percent = entered > 0 ? Math.floor((through / entered) * 100) : 0
+  }
+  return { stage, percent, bytesDone, bytesTotal, progressLabel, problems, refused, waitingFiles, counts, outcome }
 }
 
 export interface HubBadgeState {

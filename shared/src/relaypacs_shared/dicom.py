@@ -12,8 +12,15 @@ Rules, each with one stable reason code (``DicomValidationError.reason``):
 - ``missing_uid``      SOP Class, SOP Instance, Study or Series Instance UID absent or empty
 - ``malformed_uid``    a UID that breaks PS3.5 9.1 (digits and dots, <= 64 chars, no leading zeros)
 - ``unknown_transfer_syntax``  a transfer syntax UID this build cannot decode even the header of
+- ``pixel_data_mismatch``  the transfer syntax says compressed (encapsulated) but the Pixel Data
+                       is stored native, or the other way round: a PACS or viewer would fail on it
 
 A MediaStorageSOPInstanceUID that differs from the SOPInstanceUID is a warning, not a refusal.
+
+A dataset stored without its Part 10 header (no preamble, no ``DICM``, no File Meta Information),
+as old exports and some RT planning systems write them, is recognised by
+:func:`raw_dataset_syntax` and given a header by :func:`wrap_raw_dataset`; the wrapped bytes are
+then validated like any file.
 
 Pixel data is never decoded: the header is parsed with pydicom and the rest of the file is walked
 element by element (lengths only), so a 2 GB multi-frame costs a few seeks, not 2 GB of memory.
@@ -22,17 +29,23 @@ element by element (lengths only), so a 2 GB multi-frame costs a few seeks, not 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from relaypacs_shared.errors import DicomValidationError
 
@@ -76,6 +89,20 @@ class InstanceInfo:
     size: int
     sha256: str
     warnings: tuple[str, ...] = ()
+    # Study-level facts for the dashboard's lists and analytics (never logged): Study Date as
+    # YYYYMMDD, Study Description, Accession Number; empty when absent or unreadable.
+    study_date: str = ""
+    study_description: str = ""
+    accession_number: str = ""
+
+
+def _text(ds: Any, name: str, limit: int) -> str:
+    """An optional text element, stripped and cut to ``limit``; empty if absent or unreadable."""
+    try:
+        value = ds.get(name)
+    except Exception:  # pydicom raises lazily on a malformed value
+        return ""
+    return str(value or "").strip("\x00 ")[:limit]
 
 
 def check_uid(value: str, name: str) -> str:
@@ -114,6 +141,95 @@ def precheck_file(path: Path, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) ->
                 "not_dicom", "not a DICOM file: no 'DICM' marker after the 128-byte preamble"
             )
     return size
+
+
+# Where RelayPACS writes File Meta Information itself (a raw dataset it wraps).
+IMPLEMENTATION_CLASS_UID = "2.25.14526045365208616717168138693470903751"
+IMPLEMENTATION_VERSION_NAME = "RELAYPACS"
+_EXPLICIT_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
+    b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+} | _LONG_VRS  # fmt: skip
+
+
+def raw_dataset_syntax(path: Path) -> UID | None:
+    """The transfer syntax of a dataset stored without its Part 10 header, or None.
+
+    Such a file starts directly with its first element, in group 0008 (the SOP Common module
+    opens every composite instance): Explicit VR Little Endian if a VR follows the tag, else
+    Implicit VR Little Endian with a length that fits in the file. Big endian raw datasets are
+    retired (PS3.5 A.3) and not recognised.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if len(head) < 12:
+        return None
+    group, _element = struct.unpack("<HH", head[:4])
+    if group != 0x0008:
+        return None
+    vr = head[4:6]
+    if vr in _EXPLICIT_VRS:
+        if vr in _LONG_VRS:
+            length = struct.unpack("<I", head[8:12])[0]
+            return ExplicitVRLittleEndian if head[6:8] == b"\0\0" and length < size else None
+        return ExplicitVRLittleEndian
+    length = struct.unpack("<I", head[4:8])[0]
+    return ImplicitVRLittleEndian if length < size else None
+
+
+def wrap_raw_dataset(src: Path, dest: Path, ts: UID) -> tuple[str, str] | None:
+    """Write ``src`` (a raw dataset in ``ts``) to ``dest`` behind a preamble, ``DICM`` and File
+    Meta Information naming its SOP Class and Instance; fsync. Returns (SHA-256 of ``dest``,
+    SHA-256 of ``src``), or None if the dataset has no SOP Class or Instance UID to name
+    (nothing is written then). The dataset's own bytes are copied unchanged."""
+    import io
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_file_meta_info
+
+    with src.open("rb") as f:
+        head = f.read(64 * 1024)
+    try:
+        ds = read_dataset(
+            io.BytesIO(head), ts.is_implicit_VR, True, stop_when=lambda tag, *_: tag > 0x00080018
+        )
+        sop_class = str(ds.get("SOPClassUID", "") or "").rstrip("\x00 ")
+        sop_instance = str(ds.get("SOPInstanceUID", "") or "").rstrip("\x00 ")
+    except Exception:
+        return None
+    if not sop_class or not sop_instance:
+        return None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    header = DicomBytesIO()
+    header.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(header, meta, enforce_standard=True)
+    out_hash, in_hash = hashlib.sha256(), hashlib.sha256()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with src.open("rb") as fin, dest.open("wb") as fout:
+            fout.write(header.getvalue())
+            out_hash.update(header.getvalue())
+            while block := fin.read(1024 * 1024):
+                in_hash.update(block)
+                out_hash.update(block)
+                fout.write(block)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return out_hash.hexdigest(), in_hash.hexdigest()
 
 
 def has_dicm_marker(path: Path) -> bool:
@@ -177,6 +293,7 @@ def validate_file(
                 raise DicomValidationError(
                     "truncated", "the image has no pixel data: the file was cut short"
                 )
+            _check_pixel_encoding(ts, walker.pixel_data_encapsulated)
         # The walk cannot see sequences of defined length in implicit VR (no VR on the wire);
         # the parsed dataset can.
         if _sequence_depth(ds, max_depth + 1) > max_depth:
@@ -210,6 +327,28 @@ def validate_file(
         size=size,
         sha256=sha256 or sha256_file(path),
         warnings=tuple(warnings),
+        study_date=date if len(date := _text(ds, "StudyDate", 8)) == 8 and date.isdigit() else "",
+        study_description=_text(ds, "StudyDescription", 64),
+        accession_number=_text(ds, "AccessionNumber", 16),
+    )
+
+
+def _check_pixel_encoding(ts: UID, encapsulated: bool | None) -> None:
+    """PS3.5 A.4: Pixel Data is encapsulated (undefined length, fragments in items) exactly
+    when the transfer syntax is a compressed one."""
+    if encapsulated is None or encapsulated == ts.is_encapsulated:
+        return
+    name = ts.name or str(ts)
+    if ts.is_encapsulated:
+        raise DicomValidationError(
+            "pixel_data_mismatch",
+            f"the file says its pixels are compressed ({name}) but they are stored "
+            "uncompressed: a PACS or viewer would fail to show it",
+        )
+    raise DicomValidationError(
+        "pixel_data_mismatch",
+        f"the file says its pixels are uncompressed ({name}) but they are stored "
+        "compressed: a PACS or viewer would fail to show it",
     )
 
 
@@ -285,6 +424,8 @@ class _Walker:
         self.endian = "<" if ts.is_little_endian else ">"
         self.max_depth = max_depth
         self.saw_pixel_data = False
+        # Whether the top-level Pixel Data (7FE0,0010) has undefined length (encapsulated).
+        self.pixel_data_encapsulated: bool | None = None
 
     def _read(self, n: int, where: str) -> bytes:
         data = self.f.read(n)
@@ -338,6 +479,7 @@ class _Walker:
                 if end is None and depth > 0:
                     return
                 raise DicomValidationError("unreadable", "unexpected item delimiter in a dataset")
+            pixel_data = depth == 0 and tag == (0x7FE0, 0x0010)
             if explicit:
                 vr = self._read(2, "a value representation")
                 if not (vr.isalpha() and vr.isupper()):
@@ -355,6 +497,8 @@ class _Walker:
             else:
                 vr = b""
                 length = self._length_u32()
+            if pixel_data:
+                self.pixel_data_encapsulated = length == _UNDEFINED
             if length == _UNDEFINED:
                 # SQ, encapsulated pixel data, or UN/implicit sequence: items until a delimiter.
                 # PS3.5 6.2.2: a UN of undefined length is a sequence in Implicit VR Little Endian.

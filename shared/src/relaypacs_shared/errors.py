@@ -6,8 +6,19 @@
     ├── DicomValidationError      a file is not an acceptable DICOM instance (carries a reason code)
     ├── ProtocolError             the agent/hub conversation went wrong
     │   ├── ChecksumMismatch      bytes do not hash to what was declared
-    │   ├── UnknownUpload         an upload or study the other side does not know
-    │   └── OffsetConflict        the sender's idea of an offset differs from the receiver's
+    │   │   └── UploadChecksumMismatch   ... a tus PATCH body (tus checksum extension)
+    │   ├── UnknownUpload         an upload or study the other side does not know (or may not see)
+    │   │   └── UploadExpired     a tus upload that passed its Upload-Expires
+    │   ├── OffsetConflict        the sender's idea of an offset differs from the receiver's
+    │   ├── UnsupportedVersion    no Tus-Resumable the server speaks
+    │   ├── UnsupportedMediaType  a PATCH body that is not application/offset+octet-stream
+    │   ├── TooLarge              more bytes than the receiver accepts or than were declared
+    │   ├── UploadLocked          a tus final concatenation cannot be patched
+    │   ├── UploadBusy            another request is writing this upload (Transient)
+    │   ├── NotFound              no such thing, or not one the caller may see
+    │   ├── Forbidden             the caller may not do this
+    │   ├── Conflict              held with other bytes (``missing``: which ones)
+    │   └── Incomplete            a commit before every declared instance arrived (``missing``)
     ├── RoutingError              routing rules or destination configuration are unusable
     ├── StorageError              spool or object store failed
     └── DestinationError          a PACS refused or could not be reached
@@ -15,6 +26,10 @@
 ``Transient`` is a marker mixed into any of them when retrying the same operation later may
 succeed (a timeout, a 503, a connection reset). Adapters translate third-party errors at the
 boundary with ``raise OurError(...) from exc``.
+
+No class here knows HTTP: ``relaypacs_shared.wire.PROBLEMS`` is the one table of problem codes and
+status codes, read by the hub's exception handlers and, in the other direction, by the agent's
+hub client.
 """
 
 from __future__ import annotations
@@ -50,6 +65,34 @@ class UnknownUpload(ProtocolError):
 
 
 class OffsetConflict(ProtocolError):
+    """``offset`` is what the receiver holds, when it is known (sent back as Upload-Offset)."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+class UploadChecksumMismatch(ChecksumMismatch):
+    pass
+
+
+class UploadExpired(UnknownUpload):
+    pass
+
+
+class UnsupportedVersion(ProtocolError):
+    pass
+
+
+class UnsupportedMediaType(ProtocolError):
+    pass
+
+
+class TooLarge(ProtocolError):
+    pass
+
+
+class UploadLocked(ProtocolError):
     pass
 
 
@@ -71,6 +114,30 @@ class TransientDestinationError(DestinationError, Transient):
 
 class TransientStorageError(StorageError, Transient):
     pass
+
+
+class UploadBusy(ProtocolError, Transient):
+    pass
+
+
+class NotFound(ProtocolError):
+    pass
+
+
+class Forbidden(ProtocolError):
+    pass
+
+
+class Conflict(ProtocolError):
+    def __init__(self, message: str, missing: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing or []
+
+
+class Incomplete(ProtocolError):
+    def __init__(self, message: str, missing: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.missing = missing or []
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -8,22 +8,39 @@
 - a success status (0x0000) is sent only once the instance is durably spooled and recorded; an
   instance the agent refuses is kept in quarantine and answered 0xC000 with the reason in
   ErrorComment; the disk reserve answers 0xA700 Out of Resources (PS3.4 Annex B.2.3);
+- a full disk while a dataset streams in is answered 0xA700 too, and the association goes on:
+  pynetdicom writes the stream in its network thread, where an ENOSPC would abort the
+  association, so its temporary file is wrapped (:class:`_StreamFile`) to remember the failure
+  and drop the rest of that dataset instead; the modality keeps its copy and sends it again;
 - a study sent in one association is ready ``release_grace`` seconds after the association is
   released (an abort leaves it to the quiet period).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import logging
+import os
+import sqlite3
+import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import structlog
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    dimse_messages,
+    evt,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from relaypacs_agent.ingest.pipeline import DiskFull, Ingestor, Source
@@ -34,6 +51,73 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+
+
+DISK_FULL_COMMENT = "agent disk full: not stored, send again later"
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_unwritten: set[str] = set()  # datasets whose stream the disk refused, by temporary path
+_unwritten_lock = threading.Lock()
+
+
+class _StreamFile:
+    """pynetdicom's temporary file for one incoming dataset, minus the abort on a full disk.
+
+    A write or flush the disk refuses (ENOSPC, quota, size limit) is remembered, the partial
+    file is emptied to give the space back, and the rest of the stream is dropped; the C-STORE
+    handler then answers 0xA700 for that dataset. Other errors are raised as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.failed: OSError | None = None
+        self._f: Any = None
+        try:
+            self._f = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115
+            self.name = self._f.name
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            self.name = str(Path(tempfile.gettempdir()) / f"unwritten-{uuid.uuid4().hex}.dcm")
+            self._fail(exc)
+        self.file = self  # pynetdicom flushes through ``.file``
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = exc
+        with _unwritten_lock:
+            _unwritten.add(self.name)
+        if self._f is not None:
+            with contextlib.suppress(OSError):
+                os.truncate(self.name, 0)
+            with contextlib.suppress(OSError):
+                self._f.close()  # its buffer cannot be written either
+            self._f = None
+
+    def _guard(self, op: str, *args: Any) -> None:
+        if self._f is None:
+            return
+        try:
+            getattr(self._f, op)(*args)
+        except OSError as exc:
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            self._fail(exc)
+
+    def write(self, data: bytes) -> int:
+        self._guard("write", data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._guard("flush")
+
+    def close(self) -> None:
+        self._guard("close")
+
+
+def _stream_failed(path: Path) -> bool:
+    with _unwritten_lock:
+        if str(path) in _unwritten:
+            _unwritten.discard(str(path))
+            return True
+    return False
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -81,6 +165,7 @@ class StoreSCP:
         # Process-wide pynetdicom settings: stream datasets to disk, and keep identifiers
         # (patient names) out of its log lines.
         _config.STORE_RECV_CHUNKED_DATASET = True
+        dimse_messages.NamedTemporaryFile = _StreamFile  # type: ignore[attr-defined,assignment]
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -128,6 +213,10 @@ class StoreSCP:
     def _on_store(self, event: evt.Event) -> int | Dataset:
         calling = _calling(event)
         path = Path(event.dataset_path)
+        if _stream_failed(path):
+            path.unlink(missing_ok=True)
+            log.error("dimse_refused_disk_full", calling_aet=calling)
+            return _status(STATUS_OUT_OF_RESOURCES, DISK_FULL_COMMENT)
         try:
             self.ingestor.check_reserve(path.stat().st_size)
             result = self.ingestor.ingest(
@@ -145,8 +234,17 @@ class StoreSCP:
             log.error("dimse_refused_disk_reserve", calling_aet=calling)
             return _status(STATUS_OUT_OF_RESOURCES, str(exc))
         except OSError as exc:
+            if exc.errno in _DISK_ERRNOS:
+                log.error("dimse_refused_disk_full", calling_aet=calling)
+                return _status(STATUS_OUT_OF_RESOURCES, DISK_FULL_COMMENT)
             log.error("dimse_store_failed", calling_aet=calling, error=str(exc)[:200])
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
+        except sqlite3.OperationalError as exc:
+            # "database or disk is full": the catalogue's disk, same answer.
+            if "full" not in str(exc):
+                raise
+            log.error("dimse_refused_disk_full", calling_aet=calling, where="catalogue")
+            return _status(STATUS_OUT_OF_RESOURCES, DISK_FULL_COMMENT)
         with self._lock:
             self.received[result.outcome] = self.received.get(result.outcome, 0) + 1
             if result.study_instance_uid and result.outcome != "quarantined":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -33,9 +34,18 @@ def copy_durable(src: Path, dest: Path) -> None:
     fsync_dir(dest.parent)
 
 
+def keep_private(path: Path) -> None:
+    """A file taken from elsewhere by rename or link keeps its old mode: make it ``0600``
+    (the copy fallbacks create theirs under the process's private umask)."""
+    # Another account's file cannot be linked, so it was copied: nothing to change then.
+    with contextlib.suppress(PermissionError):
+        path.chmod(0o600)
+
+
 def move_durable(src: Path, dest: Path) -> None:
     """Move ``src`` to ``dest``: a rename on the same filesystem, else a durable copy + unlink."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    keep_private(src)
     try:
         os.rename(src, dest)
     except OSError:
@@ -124,6 +134,7 @@ def place_in_spool(staged: Path, spool_dir: Path, sha256: str) -> Path:
         staged.unlink(missing_ok=True)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    keep_private(staged)
     try:
         os.replace(staged, dest)
     except OSError as exc:

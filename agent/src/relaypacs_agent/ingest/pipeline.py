@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -26,11 +27,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import structlog
+from pydicom.uid import UID
 
 from relaypacs_agent.ingest.files import (
     copy_durable,
@@ -46,8 +48,10 @@ from relaypacs_shared.dicom import (
     DEFAULT_MAX_SEQUENCE_DEPTH,
     InstanceInfo,
     precheck_file,
+    raw_dataset_syntax,
     sha256_file,
     validate_file,
+    wrap_raw_dataset,
 )
 from relaypacs_shared.errors import DicomValidationError, StorageError, Transient
 
@@ -125,6 +129,9 @@ class Ingestor:
         try:
             size = precheck_file(path, max_bytes=self.max_instance_bytes)
         except DicomValidationError as exc:
+            ts = raw_dataset_syntax(path) if exc.reason == "not_dicom" else None
+            if ts is not None:
+                return self._ingest_raw(path, src, sf, ts)
             self.quarantine(
                 path, source=src.label, reason=exc.reason, message=exc.message,
                 keep_original=src.keep_original, source_file=sf, original_name=src.display_name,
@@ -153,6 +160,62 @@ class Ingestor:
             if staged != path:
                 staged.unlink(missing_ok=True)  # gone already if it was spooled
 
+    def _ingest_raw(self, path: Path, src: Source, sf: SourceFile | None, ts: UID) -> IngestResult:
+        """A dataset without its Part 10 header: wrap a copy in one (transfer syntax inferred),
+        validate and keep the wrapped bytes, and record that they were wrapped. Refused, the
+        original goes to quarantine as it came."""
+        size = path.stat().st_size
+        if not src.owned:
+            self.check_reserve(size)
+        staged = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+        try:
+            try:
+                hashes = wrap_raw_dataset(path, staged, ts)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(f"the spool's disk is full: {exc}") from exc
+                raise
+            if hashes is None:
+                message = (
+                    "not a DICOM file: no 'DICM' marker, and no dataset with SOP Class and "
+                    "Instance UIDs at its start"
+                )
+                self.quarantine(
+                    path, source=src.label, reason="not_dicom", message=message,
+                    keep_original=src.keep_original, source_file=sf,
+                    original_name=src.display_name,
+                )  # fmt: skip
+                return IngestResult("quarantined", "not_dicom", size=size, message=message)
+            sha, original_sha = hashes
+            try:
+                info = validate_file(
+                    staged,
+                    max_bytes=self.max_instance_bytes + 1024,  # room for the added header
+                    max_depth=self.max_sequence_depth,
+                    sha256=sha,
+                )
+            except DicomValidationError as exc:
+                message = f"a dataset without a DICOM header, refused once wrapped: {exc.message}"
+                self.quarantine(
+                    path, source=src.label, reason=exc.reason, message=message,
+                    sha256=original_sha, keep_original=src.keep_original, source_file=sf,
+                    original_name=src.display_name,
+                )  # fmt: skip
+                return IngestResult("quarantined", exc.reason, size=size, message=message)
+            wrapped = {
+                "transfer_syntax": str(ts),
+                "original_sha256": original_sha,
+                "original_size": str(size),
+            }
+            note = (
+                f"stored without a DICOM file header: RelayPACS added one "
+                f"({ts.name} inferred); the original file's SHA-256 is {original_sha}"
+            )
+            info = replace(info, warnings=(*info.warnings, note))
+            return self._record(path, staged, info, src, sf, wrapped=wrapped)
+        finally:
+            staged.unlink(missing_ok=True)  # gone already if it was spooled
+
     def _stage(self, path: Path, src: Source) -> tuple[Path, str]:
         if src.owned:
             return path, hash_and_sync(path)
@@ -175,7 +238,13 @@ class Ingestor:
             raise
 
     def _record(
-        self, path: Path, staged: Path, info: InstanceInfo, src: Source, sf: SourceFile | None
+        self,
+        path: Path,
+        staged: Path,
+        info: InstanceInfo,
+        src: Source,
+        sf: SourceFile | None,
+        wrapped: dict[str, str] | None = None,
     ) -> IngestResult:
         source_path = src.source_path or str(path)
         bound = log.bind(study_uid=info.study_instance_uid, sop_uid=info.sop_instance_uid)
@@ -194,6 +263,7 @@ class Ingestor:
                         quiet_period=src.quiet_period,
                         metadata=dict(src.metadata),
                         source_file=sf,
+                        wrapped=wrapped,
                     )
                 except sqlite3.IntegrityError:
                     # Another process (``relaypacs-agent import``) recorded it first.
@@ -249,7 +319,9 @@ class Ingestor:
 
     def _let_go(self, path: Path, src: Source) -> None:
         if src.keep_original or src.owned:
-            return  # copy mode keeps it; an owned file was renamed into the spool or is gone
+            # Copy mode keeps it; an owned file was renamed into the spool or is gone, or (a
+            # wrapped raw dataset) its owner removes it like any temporary file of its own.
+            return
         # No fsync of the folder: if the unlink is lost to a crash, the file is seen again and
         # recognised as replayed.
         path.unlink(missing_ok=True)

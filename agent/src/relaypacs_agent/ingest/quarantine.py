@@ -19,33 +19,7 @@ from relaypacs_agent.ingest.files import place_in_spool, stage_copy
 from relaypacs_agent.ingest.pipeline import Ingestor, Source
 from relaypacs_shared.dicom import precheck_file, validate_file
 from relaypacs_shared.errors import DicomValidationError
-
-# Plain words for each reason code, for people at the facility.
-REASONS = {
-    "empty": "the file is empty",
-    "too_large": "the file is larger than the agent accepts",
-    "not_dicom": "not a DICOM file",
-    "unreadable": "the DICOM header cannot be read",
-    "truncated": "the file is cut short (an interrupted copy or transfer)",
-    "too_deep": "sequences are nested too deeply",
-    "missing_uid": "a required UID (SOP Class/Instance, Study, Series) is missing",
-    "malformed_uid": "a UID is malformed",
-    "unknown_transfer_syntax": "the transfer syntax is unknown",
-    "conflict": "another image with the same SOP Instance UID but different content is held",
-    "replaced": "the held version of an image a person replaced with another",
-    "archive_unreadable": "the archive cannot be read",
-    "archive_encrypted": "the archive is encrypted",
-    "archive_unsafe_path": "the archive has entries that would land outside its folder",
-    "archive_too_many_entries": "the archive has too many entries",
-    "archive_too_large": "the archive expands to more than the agent accepts",
-    "archive_bomb": "the archive expands far more than real images do (a zip bomb)",
-}
-
-
-def explain(reason: str) -> str:
-    if reason.startswith("hub_"):
-        return f"the hub refused it ({reason[4:]})"
-    return REASONS.get(reason, reason)
+from relaypacs_shared.refusals import explain, words  # one wording table (CLI, LAN API, PWA)
 
 
 class ReleaseRefused(Exception):
@@ -61,7 +35,7 @@ class Released:
 
 def entry_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
-    d["explanation"] = explain(row["reason"])
+    d.update(words(row["reason"]))
     d["exists"] = Path(row["path"]).exists()
     return d
 

@@ -8,6 +8,8 @@ share keeps changing one or the other while it copies). The scan is recursive.
 - a zip archive is expanded safely (``archive.Importer``) once it has settled;
 - below a folder holding a DICOMDIR (a CD or USB export), files that are not DICOM (the viewer,
   autorun files) are left alone instead of quarantined, and the DICOMDIR itself is not an image;
+  once every image it lists has been taken (move mode), the DICOMDIR and the folders its images
+  emptied are removed; files that were not taken (the viewer) are never removed;
 - in copy mode the originals stay and are remembered (path, size, mtime) in the catalogue, so
   they are not taken twice, even after a restart; a file changed since is taken again;
 - a file that vanishes is forgotten; one that cannot be read (locked, permissions) or that the
@@ -20,9 +22,11 @@ import hashlib
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pydicom
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -30,6 +34,7 @@ from watchdog.observers import Observer
 from relaypacs_agent.ingest.archive import Importer, is_dicomdir, is_zip
 from relaypacs_agent.ingest.pipeline import DiskFull, Ingestor, IngestResult, Source
 from relaypacs_agent.store.db import SourceFile
+from relaypacs_shared.archives import safe_relative_path
 from relaypacs_shared.dicom import has_dicm_marker
 
 log = structlog.get_logger("relaypacs.agent.watcher")
@@ -94,6 +99,10 @@ class InboxWatcher:
         self._ignored: dict[Path, tuple[int, int]] = {}
         self._wake = threading.Event()
         self.results: dict[str, int] = {}
+        # Move mode, below a DICOMDIR: what this run took (upper-cased paths), and the index's
+        # (size, mtime, images taken) when it was last found not done yet.
+        self._media_taken: set[str] = set()
+        self._media_checked: dict[Path, tuple[int, int, int]] = {}
 
     @property
     def copy_mode(self) -> bool:
@@ -142,7 +151,11 @@ class InboxWatcher:
                 ready.append((path, seen, in_media))
         for gone in set(self._seen) - present:
             del self._seen[gone]
-        return self._take(ready, now)
+        taken = self._take(ready, now)
+        if not self.copy_mode:
+            for root in media_roots:
+                self._tidy_media(Path(root))
+        return taken
 
     def _take(self, ready: list[tuple[Path, _Seen, bool]], now: float) -> list[IngestResult]:
         done: list[IngestResult] = []
@@ -167,10 +180,13 @@ class InboxWatcher:
 
         if singles:
             self.ingestor.ingest_many(iter(singles), workers=self.workers, on_result=collect)
+        media = {path for path, _seen, in_media in ready if in_media}
         for path, result in outcomes:
             seen = by_path[path]
             if isinstance(result, IngestResult):
                 self._finished(path, seen)
+                if path in media and not self.copy_mode:
+                    self._media_taken.add(str(path).upper())
                 self.results[result.outcome] = self.results.get(result.outcome, 0) + 1
                 done.append(result)
             else:
@@ -202,6 +218,64 @@ class InboxWatcher:
         if summary.refused:
             self.results["quarantined"] = self.results.get("quarantined", 0) + 1
             done.append(IngestResult("quarantined", summary.refused))
+
+    def _tidy_media(self, root: Path) -> None:
+        """Remove a CD export's DICOMDIR and emptied folders once every image it lists is taken.
+
+        An image counts as taken when it is no longer in the folder and either this run took it
+        or (after a restart) its SOP Instance UID is in the catalogue. A DICOMDIR whose images
+        are still arriving, or one that cannot be read, is left alone.
+        """
+        if any(p.is_relative_to(root) for p in self._seen):
+            return  # something below it is still settling
+        dicomdir = next((p for p in sorted(root.iterdir()) if is_dicomdir(p)), None)
+        if dicomdir is None:
+            return
+        try:
+            st = dicomdir.stat()
+        except FileNotFoundError:
+            return
+        taken_here = {t for t in self._media_taken if t.startswith(str(root).upper() + os.sep)}
+        key = (st.st_size, st.st_mtime_ns, len(taken_here))
+        if self._media_checked.get(dicomdir) == key:
+            return  # nothing changed since it was found not done
+        self._media_checked[dicomdir] = key
+        refs = _references(dicomdir)
+        if not refs:
+            return
+        present = {
+            str(Path(d, n).relative_to(root)).upper()
+            for d, _dirs, names in os.walk(root)
+            for n in names
+        }
+        for rel, sop in refs:
+            if rel.upper() in present:
+                return  # not taken (yet)
+            if str(root / rel).upper() not in taken_here and not (
+                sop and self.ingestor.store.get_instance(sop) is not None
+            ):
+                return  # never seen: still to arrive
+        dicomdir.unlink(missing_ok=True)
+        self._media_checked.pop(dicomdir, None)
+        self._media_taken -= taken_here
+        ref_dirs = {
+            str(Path(*Path(rel).parts[:i])).upper()
+            for rel, _sop in refs
+            for i in range(1, len(Path(rel).parts))
+        }
+        removed = 0
+        for d, _dirs, _names in os.walk(root, topdown=False):
+            folder = Path(d)
+            inside = folder != root and str(folder.relative_to(root)).upper() in ref_dirs
+            if inside or (folder == root and root != self.inbox):
+                try:
+                    folder.rmdir()  # only if empty: never a file that was not taken
+                    removed += 1
+                except OSError:
+                    pass
+        log.info(
+            "media_tidied", folder_ref=file_ref(root), images=len(refs), folders_removed=removed
+        )
 
     def _finished(self, path: Path, seen: _Seen) -> None:
         self._seen.pop(path, None)
@@ -266,6 +340,27 @@ class InboxWatcher:
 
     def _mode(self) -> str:
         return "copy" if self.copy_mode else "move"
+
+
+def _references(dicomdir: Path) -> list[tuple[str, str]]:
+    """(relative path, SOP Instance UID) of each file a DICOMDIR lists; [] if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(dicomdir, force=True)
+        out = []
+        for record in ds.get("DirectoryRecordSequence", []) or []:
+            file_id = record.get("ReferencedFileID")
+            if not file_id:
+                continue
+            parts = [file_id] if isinstance(file_id, str) else list(file_id)
+            rel = str(safe_relative_path("/".join(str(p).strip() for p in parts)))
+            sop = str(record.get("ReferencedSOPInstanceUIDInFile", "") or "").rstrip("\x00 ")
+            out.append((rel.replace("/", os.sep), sop))
+        return out
+    except Exception as exc:
+        log.warning("dicomdir_unreadable", error=f"{type(exc).__name__}: {exc}"[:200])
+        return []
 
 
 def _count(values: object) -> dict[str, int]:

@@ -105,7 +105,10 @@ class Store:
         quiet_period: float | None = None,
         metadata: dict[str, str] | None = None,
         source_file: SourceFile | None = None,
+        wrapped: dict[str, str] | None = None,
     ) -> None:
+        """Record an accepted instance; ``wrapped``: it came without a Part 10 header and was
+        given one (transfer syntax inferred, the original's hash), audited as such."""
         now = time.time()
         with self.tx() as conn:
             conn.execute(
@@ -144,6 +147,16 @@ class Store:
                 size=info.size,
                 sha256=info.sha256,
             )
+            if wrapped is not None:
+                audit_append(
+                    conn,
+                    f"source:{origin or source}",
+                    "instance.wrapped",
+                    info.sop_instance_uid,
+                    study_uid=info.study_instance_uid,
+                    came_from=source,
+                    **wrapped,
+                )
 
     @staticmethod
     def _touch_study(

@@ -172,10 +172,29 @@ _M004_WEB = """
         CREATE INDEX ix_web_uploads_batch ON web_uploads (batch_id);
 """
 
+# Reports of the facility's studies, taken from the hub's feed (relaypacs_agent.reports): the
+# text to read on the LAN with the WAN down, a PDF as a file under data_dir/reports.
+_M005_REPORTS = """
+        CREATE TABLE reports (
+            id INTEGER PRIMARY KEY,               -- the hub's report id
+            seq INTEGER NOT NULL,                 -- the hub feed's event number
+            study_instance_uid TEXT NOT NULL,
+            status TEXT NOT NULL,                 -- preliminary | final | amended
+            kind TEXT NOT NULL,                   -- text | sr | pdf | cda
+            title TEXT NOT NULL,
+            text TEXT NOT NULL,
+            document TEXT,                        -- file name of the PDF under reports/
+            hub_received_at TEXT NOT NULL,
+            received_at REAL NOT NULL
+        );
+        CREATE INDEX ix_reports_study ON reports (study_instance_uid, id);
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
     ("002_ingest", _M002_INGEST),
     ("003_audit", _M003_AUDIT),
     ("004_web", _M004_WEB),
+    ("005_reports", _M005_REPORTS),
 ]

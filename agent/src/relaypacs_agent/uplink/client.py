@@ -8,6 +8,7 @@ are retried here; the sender's loop retries whole studies later with a capped ba
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tenacity import (
 
 from relaypacs_agent.uplink.credential import CredentialAuth
 from relaypacs_shared.errors import ChecksumMismatch, ProtocolError, RelayError, Transient
+from relaypacs_shared.netopts import SocketOption, supported_options
 from relaypacs_shared.wire import (
     CommitRequest,
     InstanceReceipt,
@@ -82,18 +84,32 @@ class HubClient:
         transport: httpx.BaseTransport | None = None,
         ca_file: Path | None = None,
         credential_file: Path | None = None,
+        socket_options: list[SocketOption] | None = None,
     ) -> None:
         # The enrolled device credential when ``credential_file`` exists (re-read when renewed),
         # else the legacy agent ``token``.
         headers = {"User-Agent": "relaypacs-agent/0.1"}
+        verify = hub_ssl_context(ca_file)
+        if transport is None:
+            # Bounded TCP retransmission backoff for lossy links (relaypacs_shared.netopts).
+            options = supported_options() if socket_options is None else socket_options
+            # Keep connections for a minute (the hub keeps them 75 s): a new one costs a
+            # handshake, which a lossy link makes slow.
+            transport = httpx.HTTPTransport(
+                verify=verify,
+                socket_options=options,
+                limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=60.0),
+            )
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers,
             auth=CredentialAuth(credential_file, token),
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
-            verify=hub_ssl_context(ca_file),
+            verify=verify,
         )
+        # When the hub last answered anything (the heartbeat reports it): Unix time, or None.
+        self.last_contact: float | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -103,6 +119,7 @@ class HubClient:
             resp = self.http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
             raise HubUnavailable(f"hub unreachable: {type(exc).__name__}: {exc}") from exc
+        self.last_contact = time.time()
         if resp.status_code >= 500:
             raise HubUnavailable(f"hub answered {resp.status_code}")
         if resp.status_code >= 400:
@@ -157,11 +174,42 @@ class HubClient:
         resp = self._send("GET", f"/api/v1/studies/{study_uid}")
         return StudyStatus.model_validate(resp.json())
 
+    def report_feed(self, after: int, wait: float) -> dict[str, Any]:
+        """The facility's report events after ``after`` (long poll up to ``wait`` seconds)."""
+        resp = self._send(
+            "GET",
+            "/api/v1/reports/feed",
+            params={"after": after, "wait": wait},
+            timeout=httpx.Timeout(wait + 30.0, connect=10.0),
+        )
+        body: dict[str, Any] = resp.json()
+        return body
+
+    def report_document(self, report_id: int) -> bytes:
+        """The PDF of a report."""
+        return self._send("GET", f"/api/v1/reports/{report_id}/content").content
+
+    def push_key(self) -> str:
+        """The hub's VAPID public key (the browser's applicationServerKey)."""
+        return str(self._send("GET", "/api/v1/push/key").json()["public_key"])
+
+    def push_subscribe(self, subscription: dict[str, Any], username: str) -> None:
+        """Relay a browser's push subscription for this facility."""
+        self._send(
+            "POST", "/api/v1/push/subscriptions", json={**subscription, "username": username}
+        )
+
     def verifiers(self) -> dict[str, Any]:
         """The login verifiers of this agent's facility (for LAN login with the WAN down)."""
         resp = self._send("GET", "/api/v1/devices/verifiers")
         body: dict[str, Any] = resp.json()
         return body
+
+    def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Post the agent's health; the hub keeps the latest and exports it."""
+        resp = self._send("POST", "/api/v1/devices/heartbeat", json=body)
+        answer: dict[str, Any] = resp.json()
+        return answer
 
     def healthy(self) -> bool:
         try:

@@ -42,9 +42,15 @@ log = structlog.get_logger("relaypacs.agent.uplink")
 
 SEGMENT_SECONDS = 20.0  # a segment is about this much link time: the STAT preemption latency
 PATCH_SECONDS = 3.0  # a PATCH is about this much link time: the most a failure costs
-MIN_CHUNK = 64 * 1024
+# Under heavy loss a connection moves well under 1 KB/s, and a PATCH must finish within its write
+# timeout to count: the chunk halves after each failure down to this.
+MIN_CHUNK = 8 * 1024
 MAX_CHUNK = 8 * 1024 * 1024
-PARALLEL_MIN_PART = 1024 * 1024  # a segment is split into parallel parts of at least this
+PARALLEL_MIN_PART = 64 * 1024  # a segment is split into parallel parts of at least this
+# Under loss one TCP connection stalls on retransmissions while others still move: the streams
+# of a segment grow with the loss TCP measures (TCP_INFO), from the configured count up to this.
+MAX_STREAMS = 16
+LOSS_GAIN = 10.0  # streams = configured x (1 + LOSS_GAIN x loss): 3 at 0%, 4 at 5%, 12 at 30%
 RETRY_CAP = 4.0  # seconds between attempts inside a segment, at most
 MAX_SEGMENT_TRIES = 3  # an instance still missing after this many segments is sent alone
 
@@ -65,6 +71,18 @@ def in_window(window: str | None, now: datetime | None = None) -> bool:
     if start <= end:
         return start <= minutes < end
     return minutes >= start or minutes < end
+
+
+def streams_for(configured: int, loss: float | None) -> int:
+    """Parallel streams for a segment when TCP retransmits ``loss`` of what it sends: one stays
+    one (the operator's choice), else from ``configured`` up to MAX_STREAMS as loss grows; twice
+    ``configured`` before anything is measured (one stalled stream holds a whole segment)."""
+    if configured <= 1:
+        return 1
+    if loss is None:  # nothing measured yet (the first segment): hedge against a lossy link
+        return min(MAX_STREAMS, configured * 2)
+    wanted = round(configured * (1 + LOSS_GAIN * loss))
+    return max(configured, min(MAX_STREAMS, wanted))
 
 
 class Pacer:
@@ -240,7 +258,7 @@ class TransferSender:
     def target_segment_bytes(self) -> int:
         if self.rate_bps <= 0:
             return max(self.segment_min, min(self.segment_max, 4 * 1024 * 1024))
-        link = self.rate_bps * self.streams
+        link = self.rate_bps * self.streams_now()
         return int(max(self.segment_min, min(self.segment_max, link * SEGMENT_SECONDS)))
 
     def _pack(self, study_uid: str, todo: list[Any]) -> Any:
@@ -316,8 +334,9 @@ class TransferSender:
             "sha256": seg["sha256"],
         }
         parts = self.store.query("SELECT * FROM segment_parts WHERE segment_id = ?", (seg_id,))
-        if parts or (self.streams > 1 and length >= self.streams * PARALLEL_MIN_PART):
-            failures = self._upload_parallel(seg, meta, bound)
+        streams = min(self.streams_now(), length // PARALLEL_MIN_PART)
+        if parts or (self.streams > 1 and streams >= 2):
+            failures = self._upload_parallel(seg, meta, bound, streams)
         else:
             failures = self._upload_single(seg, meta, bound)
         if failures < 0:
@@ -351,7 +370,11 @@ class TransferSender:
 
         return self._send_range(seg, url, 0, session, saved, bound)
 
-    def _upload_parallel(self, seg: Any, meta: dict[str, str], bound: Any) -> int:
+    def streams_now(self) -> int:
+        """Parallel streams for the next segment: the configured count, more under loss."""
+        return streams_for(self.streams, self.tus.loss)
+
+    def _upload_parallel(self, seg: Any, meta: dict[str, str], bound: Any, streams: int) -> int:
         """tus concatenation: N partial uploads in parallel, then one final that joins them.
 
         Under random loss one TCP connection's throughput collapses; several in parallel keep
@@ -362,9 +385,10 @@ class TransferSender:
             "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
         )
         if not parts:
-            size = -(-length // self.streams)
+            size = -(-length // streams)
+            bound.info("segment_parts", streams=streams, tcp_loss=round(self.tus.loss or 0.0, 3))
             with self.store.tx() as conn:
-                for i in range(self.streams):
+                for i in range(streams):
                     start = i * size
                     conn.execute(
                         "INSERT INTO segment_parts (segment_id, idx, start, length) "
@@ -503,7 +527,10 @@ class TransferSender:
     def _learn_rate(self, bps: float) -> None:
         # Per-stream rate; segments are sized for all streams together (target_segment_bytes).
         self.rate_bps = bps if self.rate_bps <= 0 else 0.7 * self.rate_bps + 0.3 * bps
-        self.chunk = int(max(MIN_CHUNK, min(MAX_CHUNK, self.rate_bps * PATCH_SECONDS)))
+        # About PATCH_SECONDS of the measured rate, but at most twice the last chunk: after a
+        # failure halved it, one lucky fast PATCH must not jump it back to a size that fails.
+        target = min(MAX_CHUNK, self.rate_bps * PATCH_SECONDS, self.chunk * 2)
+        self.chunk = int(max(MIN_CHUNK, target))
 
     # -- stats --------------------------------------------------------------------------
 

@@ -7,12 +7,14 @@ Errors are translated at this boundary into the project's tree.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import httpx
 
 from relaypacs_agent.uplink.client import HubRefused, HubUnavailable
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, UnknownUpload
+from relaypacs_shared.netopts import tcp_loss
 from relaypacs_shared.tus import (
     OFFSET_CONTENT_TYPE,
     STATUS_CHECKSUM_MISMATCH,
@@ -31,6 +33,18 @@ PATCH_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=WRITE_STALL, pool=1
 class TusClient:
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
+        # Share of data segments TCP had to send again on the upload connections (TCP_INFO),
+        # smoothed over PATCHes; None until measured (or where the kernel does not tell).
+        self.loss: float | None = None
+        self._lock = threading.Lock()
+
+    def _observe(self, resp: httpx.Response) -> None:
+        stream = resp.extensions.get("network_stream")
+        got = tcp_loss(stream.get_extra_info("socket")) if stream is not None else None
+        if got is None:
+            return
+        with self._lock:
+            self.loss = got[0] if self.loss is None else 0.7 * self.loss + 0.3 * got[0]
 
     def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
         headers = {"Tus-Resumable": TUS_VERSION, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
@@ -103,6 +117,7 @@ class TusClient:
                 "Content-Length": str(len(data)),
             },
         )
+        self._observe(resp)
         if resp.status_code == 204:
             return int(resp.headers["upload-offset"])
         if resp.status_code == 409:

@@ -10,10 +10,7 @@ resumes with HEAD. The file is taken in (validated, spooled or quarantined) at i
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,19 +20,31 @@ from typing import Any
 import anyio
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from relaypacs_agent.ingest.pipeline import DiskFull
+from relaypacs_agent.reports import ReportInbox
 from relaypacs_agent.web.auth import UPLOADERS, LanAuth, LanSession, LoginRefused
 from relaypacs_agent.web.batches import BatchService, batch_json
+from relaypacs_agent.web.reports import (
+    events,
+    list_reports,
+    push_key,
+    push_subscribe,
+    report_document,
+    study_report,
+)
+from relaypacs_shared import tus
+from relaypacs_shared.errors import RelayError, UnknownUpload, UploadBusy
+from relaypacs_shared.httpguard import BodyLimit
+from relaypacs_shared.refusals import words
+from relaypacs_shared.wire import API_PREFIX, problem_of
 
 log = structlog.get_logger("relaypacs.agent.web")
 
-TUS_VERSION = "1.0.0"
-_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII digits only ("²".isdigit() is True)
-TUS_EXTENSIONS = "creation,creation-with-upload,termination"
 _WRITE_BUFFER = 1024 * 1024
 _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
@@ -69,6 +78,8 @@ class WebContext:
     wake_sender: Callable[[], None]
     pwa_dir: Path | None
     last_contact_at: Callable[[], float | None]
+    reports: ReportInbox | None = None
+    hub: Any = None  # relaypacs_agent.uplink.client.HubClient: relays push subscriptions
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
@@ -181,6 +192,8 @@ async def agent_status(request: Request, ctx: WebContext, _s: LanSession | None)
         "last_contact_at": ctx.last_contact_at(),
     }
     body["lan"] = await anyio.to_thread.run_sync(ctx.batches.summary)
+    reasons = (status.get("totals") or {}).get("quarantine_reasons") or {}
+    body["reasons"] = {code: words(code) for code in reasons}  # the CLI's words, for the PWA
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
@@ -194,6 +207,7 @@ async def quarantine(request: Request, ctx: WebContext, _s: LanSession | None) -
             "source": r["source"],
             "reason": r["reason"],
             "message": r["message"],
+            **words(r["reason"]),
             "size": r["size"],
             "quarantined_at": r["quarantined_at"],
         }
@@ -255,79 +269,71 @@ async def send_batch(request: Request, ctx: WebContext, s: LanSession | None) ->
 
 
 # -- tus -------------------------------------------------------------------------------------
+# The request rules are the shared tus core's (relaypacs_shared.tus, the dialect in docs/tus.md);
+# what is the agent's own: a phone's cut PATCH keeps what arrived, and a file is taken in
+# (validated, spooled or quarantined) at its last byte.
+
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination")
+
+
+def _tus_limits(ctx: WebContext) -> tus.ServerLimits:
+    return tus.ServerLimits(
+        max_size=ctx.max_upload_bytes, extensions=TUS_EXTENSIONS, checksum_algorithms=()
+    )
 
 
 def _tus(headers: dict[str, str] | None = None) -> dict[str, str]:
-    return {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store", **(headers or {})}
+    return tus.base_headers(headers)
 
 
 def _tus_problem(status: int, code: str, detail: str) -> Response:
     return problem(status, code, detail, _tus())
 
 
-def parse_upload_metadata(raw: str) -> dict[str, str]:
-    """``Upload-Metadata``: comma-separated ``key base64value`` pairs (tus 1.0 creation)."""
-    out: dict[str, str] = {}
-    for pair in raw.split(","):
-        pair = pair.strip()
-        if not pair:
-            continue
-        key, _, value = pair.partition(" ")
-        try:
-            out[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise ValueError(f"Upload-Metadata value of {key!r} is not base64 UTF-8") from exc
-    return out
-
-
-async def tus_options(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
-    return Response(
-        status_code=204,
-        headers=_tus(
-            {
-                "Tus-Version": TUS_VERSION,
-                "Tus-Extension": TUS_EXTENSIONS,
-                "Tus-Max-Size": str(ctx.max_upload_bytes),
-            }
-        ),
+def _tus_error(exc: RelayError) -> Response:
+    """A tus rule broken: the answer from the shared problem table, with the tus headers."""
+    status, body = problem_of(exc)
+    return JSONResponse(
+        body.model_dump(exclude_defaults=True), status_code=status, headers=tus.error_headers(exc)
     )
 
 
-def _version_ok(request: Request) -> bool:
-    return request.headers.get("tus-resumable") == TUS_VERSION
+def _upload_state(row: Any) -> tus.UploadState:
+    return tus.UploadState(offset=row["offset"], length=row["length"])
+
+
+async def tus_options(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
+    return Response(status_code=204, headers=_tus(tus.options_headers(_tus_limits(ctx))))
 
 
 async def tus_create(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
     assert s is not None
-    if not _version_ok(request):
-        return Response(status_code=412, headers={"Tus-Version": TUS_VERSION})
-    raw_length = request.headers.get("upload-length")
-    if raw_length is None or not _DIGITS.fullmatch(raw_length):
-        return _tus_problem(400, "invalid", "Upload-Length is required (no deferred lengths)")
-    length = int(raw_length)
-    if length > ctx.max_upload_bytes:
-        return _tus_problem(413, "too_large", "this file is larger than the agent accepts")
     try:
-        meta = parse_upload_metadata(request.headers.get("upload-metadata", ""))
-    except ValueError as exc:
-        return _tus_problem(400, "invalid", str(exc))
-    batch_id = meta.get("batch", "")
+        req = tus.parse_creation(request.headers, _tus_limits(ctx))
+    except RelayError as exc:
+        return _tus_error(exc)
+    assert req.length is not None  # no deferred lengths, no concatenation here
+    batch_id = req.metadata.get("batch", "")
     if _own(ctx, batch_id, s) is None:
         return _tus_problem(404, "no_batch", "create the batch first (POST /api/v1/batches)")
     try:
-        ctx.batches.ingestor.check_reserve(length)
+        ctx.batches.ingestor.check_reserve(req.length)
     except DiskFull:
         return _tus_problem(
             507, "disk_full", "the agent's disk is nearly full; ask IT to free space, then retry"
         )
     row = await anyio.to_thread.run_sync(
-        ctx.batches.create_upload, batch_id, s.username, meta.get("filename", "upload"), length
+        ctx.batches.create_upload,
+        batch_id,
+        s.username,
+        req.metadata.get("filename", "upload"),
+        req.length,
     )
-    headers = _tus({"Location": f"/api/v1/uploads/{row['id']}", "Upload-Offset": "0"})
-    if request.headers.get("content-type") == "application/offset+octet-stream":
-        resp = await _append(request, ctx, row)  # creation-with-upload
+    headers = _tus({"Location": f"{API_PREFIX}/uploads/{row['id']}", "Upload-Offset": "0"})
+    if req.has_body:
+        resp = _patch_refused(request, ctx, row, 0) or await _append(request, ctx, row)
         headers["Upload-Offset"] = resp.headers.get("Upload-Offset", "0")
-    if length == 0:
+    if req.length == 0:
         await _finish(request, ctx, row["id"])
     return Response(status_code=201, headers=headers)
 
@@ -346,7 +352,7 @@ async def tus_head(request: Request, ctx: WebContext, s: LanSession | None) -> R
     row = _own_upload(ctx, request, s)
     if row is None:
         return Response(status_code=404, headers=_tus())
-    headers = _tus({"Upload-Offset": str(row["offset"]), "Upload-Length": str(row["length"])})
+    headers = tus.upload_headers(_upload_state(row))
     if row["outcome"]:
         headers["X-RelayPACS-Outcome"] = row["outcome"]
     return Response(status_code=200, headers=headers)
@@ -354,22 +360,14 @@ async def tus_head(request: Request, ctx: WebContext, s: LanSession | None) -> R
 
 async def tus_patch(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
     assert s is not None
-    if not _version_ok(request):
-        return Response(status_code=412, headers={"Tus-Version": TUS_VERSION})
-    row = _own_upload(ctx, request, s)
-    if row is None:
-        return _tus_problem(404, "not_found", "no such upload")
-    if request.headers.get("content-type") != "application/offset+octet-stream":
-        return _tus_problem(415, "bad_content_type", "use application/offset+octet-stream")
-    raw_offset = request.headers.get("upload-offset", "")
-    if not _DIGITS.fullmatch(raw_offset) or int(raw_offset) != row["offset"]:
-        return Response(
-            status_code=409, headers=_tus({"Upload-Offset": str(row["offset"])})
-        )  # resync with HEAD
-    declared = request.headers.get("content-length", "")
-    if _DIGITS.fullmatch(declared) and row["offset"] + int(declared) > row["length"]:
-        return _tus_problem(413, "too_large", "more bytes than the upload's length")
-    return await _append(request, ctx, row)
+    try:
+        tus.require_version(request.headers)
+        row = _own_upload(ctx, request, s)
+        if row is None:
+            raise UnknownUpload("no such upload")
+    except RelayError as exc:
+        return _tus_error(exc)
+    return _patch_refused(request, ctx, row, None) or await _append(request, ctx, row)
 
 
 _locks: dict[str, anyio.Lock] = {}
@@ -390,11 +388,23 @@ async def _chunks(request: Request) -> Any:
         yield chunk
 
 
+def _patch_refused(request: Request, ctx: WebContext, row: Any, offset: int | None) -> Any:
+    """A PATCH (or a creation's body, ``offset`` 0) against the shared rules: None if it may
+    be written, else the answer."""
+    try:
+        tus.check_patch(
+            _upload_state(row), tus.parse_patch(request.headers, _tus_limits(ctx), offset=offset)
+        )
+    except RelayError as exc:
+        return _tus_error(exc)
+    return None
+
+
 async def _append(request: Request, ctx: WebContext, row: Any) -> Response:
     upload_id = row["id"]
     lock = _locks.setdefault(upload_id, anyio.Lock())
     if lock.locked():
-        return _tus_problem(423, "busy", "another request is writing this upload; retry")
+        return _tus_error(UploadBusy("another request is writing this upload; retry"))
     try:
         async with lock:
             return await _append_locked(request, ctx, upload_id)
@@ -503,8 +513,10 @@ def _sync_close(f: Any) -> None:
 
 async def tus_delete(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
     assert s is not None
-    if not _version_ok(request):
-        return Response(status_code=412, headers={"Tus-Version": TUS_VERSION})
+    try:
+        tus.require_version(request.headers)
+    except RelayError as exc:
+        return _tus_error(exc)
     row = _own_upload(ctx, request, s)
     if row is None:
         return Response(status_code=404, headers=_tus())
@@ -512,7 +524,7 @@ async def tus_delete(request: Request, ctx: WebContext, s: LanSession | None) ->
         return _tus_problem(409, "already_taken", "this file is already with the agent")
     lock = _locks.setdefault(row["id"], anyio.Lock())
     if lock.locked():
-        return _tus_problem(423, "busy", "this upload is being written; retry")
+        return _tus_error(UploadBusy("this upload is being written; retry"))
     try:
         async with lock:
             if not await anyio.to_thread.run_sync(ctx.batches.terminate, row["id"]):
@@ -561,25 +573,46 @@ async def pwa(request: Request, ctx: WebContext, _s: LanSession | None) -> Respo
 
 
 ROUTES: list[tuple[str, list[str], Policy, Handler]] = [
-    ("/api/v1/info", ["GET"], PUBLIC, info),
-    ("/api/v1/auth/login", ["POST"], PUBLIC, login),
-    ("/api/v1/auth/logout", ["POST"], ANY_USER, logout),
-    ("/api/v1/auth/me", ["GET"], ANY_USER, me),
-    ("/api/v1/status", ["GET"], ADMIN, agent_status),
-    ("/api/v1/quarantine", ["GET"], ADMIN, quarantine),
-    ("/api/v1/batches", ["GET"], UPLOADER, list_batches),
-    ("/api/v1/batches", ["POST"], UPLOADER, create_batch),
-    ("/api/v1/batches/{batch_id}", ["GET"], UPLOADER, get_batch),
-    ("/api/v1/batches/{batch_id}/send", ["POST"], UPLOADER, send_batch),
-    ("/api/v1/uploads", ["OPTIONS"], PUBLIC, tus_options),
-    ("/api/v1/uploads", ["POST"], UPLOADER, tus_create),
-    ("/api/v1/uploads/{upload_id}", ["OPTIONS"], PUBLIC, tus_options),
-    ("/api/v1/uploads/{upload_id}", ["HEAD"], UPLOADER, tus_head),
-    ("/api/v1/uploads/{upload_id}", ["PATCH"], UPLOADER, tus_patch),
-    ("/api/v1/uploads/{upload_id}", ["DELETE"], UPLOADER, tus_delete),
+    (API_PREFIX + "/info", ["GET"], PUBLIC, info),
+    (API_PREFIX + "/auth/login", ["POST"], PUBLIC, login),
+    (API_PREFIX + "/auth/logout", ["POST"], ANY_USER, logout),
+    (API_PREFIX + "/auth/me", ["GET"], ANY_USER, me),
+    (API_PREFIX + "/status", ["GET"], ADMIN, agent_status),
+    (API_PREFIX + "/quarantine", ["GET"], ADMIN, quarantine),
+    (API_PREFIX + "/batches", ["GET"], UPLOADER, list_batches),
+    (API_PREFIX + "/batches", ["POST"], UPLOADER, create_batch),
+    (API_PREFIX + "/batches/{batch_id}", ["GET"], UPLOADER, get_batch),
+    (API_PREFIX + "/batches/{batch_id}/send", ["POST"], UPLOADER, send_batch),
+    (API_PREFIX + "/uploads", ["OPTIONS"], PUBLIC, tus_options),
+    (API_PREFIX + "/uploads", ["POST"], UPLOADER, tus_create),
+    (API_PREFIX + "/uploads/{upload_id}", ["OPTIONS"], PUBLIC, tus_options),
+    (API_PREFIX + "/uploads/{upload_id}", ["HEAD"], UPLOADER, tus_head),
+    (API_PREFIX + "/uploads/{upload_id}", ["PATCH"], UPLOADER, tus_patch),
+    (API_PREFIX + "/uploads/{upload_id}", ["DELETE"], UPLOADER, tus_delete),
+    (API_PREFIX + "/studies/{study_uid}/report", ["GET"], ANY_USER, study_report),
+    (API_PREFIX + "/reports", ["GET"], ANY_USER, list_reports),
+    (API_PREFIX + "/reports/{report_id:int}/document", ["GET"], ANY_USER, report_document),
+    (API_PREFIX + "/events", ["GET"], ANY_USER, events),
+    (API_PREFIX + "/push/key", ["GET"], ANY_USER, push_key),
+    (API_PREFIX + "/push/subscriptions", ["POST"], ANY_USER, push_subscribe),
     ("/", ["GET"], PUBLIC, pwa),
     ("/{path:path}", ["GET"], PUBLIC, pwa),
 ]
+
+
+JSON_MAX_BYTES = 1024**2
+
+
+def _body_limit(ctx: WebContext) -> Callable[[str, str], int | None]:
+    def limit_for(method: str, path: str) -> int | None:
+        if path.startswith(API_PREFIX + "/uploads"):
+            if method == "PATCH":
+                return None
+            if method == "POST":
+                return ctx.max_upload_bytes
+        return JSON_MAX_BYTES
+
+    return limit_for
 
 
 def create_web_app(ctx: WebContext) -> Starlette:
@@ -587,7 +620,9 @@ def create_web_app(ctx: WebContext) -> Starlette:
         Route(path, guarded(policy, handler, ctx), methods=methods)
         for path, methods, policy, handler in ROUTES
     ]
-    app = Starlette(routes=routes)
+    # 413 before a body larger than its route accepts is read; a tus PATCH is bounded by its
+    # upload's declared length instead.
+    app = Starlette(routes=routes, middleware=[Middleware(BodyLimit, limit_for=_body_limit(ctx))])
     app.state.ctx = ctx
     app.state.started = time.time()
     return app

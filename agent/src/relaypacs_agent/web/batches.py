@@ -25,6 +25,7 @@ from relaypacs_agent import audit
 from relaypacs_agent.ingest.pipeline import Ingestor, IngestResult, Source
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.progress import transfer_progress
+from relaypacs_shared.refusals import words
 
 log = structlog.get_logger("relaypacs.agent.web")
 
@@ -119,8 +120,15 @@ class BatchService:
             if outcome in counts:
                 counts[outcome] += 1
             if outcome == "quarantined":
+                # The reason in plain words and what to do (the CLI's words); the technical
+                # message stays for IT.
                 refused.append(
-                    {"filename": u["filename"], "reason": u["reason"], "message": u["message"]}
+                    {
+                        "filename": u["filename"],
+                        "reason": u["reason"],
+                        "message": u["message"],
+                        **words(u["reason"] or ""),
+                    }
                 )
             elif u["study_instance_uid"]:
                 study_uids[u["study_instance_uid"]] = study_uids.get(u["study_instance_uid"], 0) + 1

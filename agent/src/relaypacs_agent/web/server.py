@@ -13,9 +13,11 @@ from typing import Any
 
 import structlog
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from relaypacs_agent.config import AgentSettings
 from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.reports import ReportInbox
 from relaypacs_agent.status import read_status
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
@@ -23,6 +25,11 @@ from relaypacs_agent.uplink.credential import CredentialFile, credential_path
 from relaypacs_agent.web.app import WebContext, create_web_app
 from relaypacs_agent.web.auth import LanAuth
 from relaypacs_agent.web.batches import BatchService
+from relaypacs_shared.httpguard import (
+    ConnectionGuard,
+    connection_limits,
+    quiet_repeated_server_logs,
+)
 
 log = structlog.get_logger("relaypacs.agent.web")
 
@@ -65,6 +72,7 @@ class WebServer:
         *,
         wake_sender: Any = None,
         client: HubClient | None = None,
+        reports: ReportInbox | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or HubClient(
@@ -96,6 +104,8 @@ class WebServer:
             wake_sender=(lambda: wake_sender.set()) if wake_sender is not None else (lambda: None),
             pwa_dir=find_pwa_dir(settings.pwa_dir),
             last_contact_at=lambda: self.last_contact_at,
+            reports=reports,
+            hub=self.client,
         )
         self.app = create_web_app(self.ctx)
         self.server: uvicorn.Server | None = None
@@ -110,6 +120,15 @@ class WebServer:
         recovered = self.batches.recover()
         if recovered:
             log.info("lan_uploads_recovered", uploads=recovered)
+        # Idle and slow connections, file handles and log floods (docs/security.md).
+        quiet_repeated_server_logs()
+        cap, backlog = connection_limits(self.settings.web_max_connections)
+        guard = ConnectionGuard(
+            max_connections=cap,
+            header_timeout=self.settings.web_header_timeout_seconds,
+            body_timeout=self.settings.web_body_timeout_seconds,
+            name="agent-web",
+        )
         config = uvicorn.Config(
             self.app,
             host=self.settings.web_host,
@@ -120,6 +139,9 @@ class WebServer:
             access_log=False,  # paths carry nothing personal, but file names may: none logged
             lifespan="off",
             timeout_keep_alive=30,
+            http=guard.protocol_class(H11Protocol),
+            server_header=False,
+            backlog=backlog,
         )
         if not self.settings.web_tls_cert and not _loopback(self.settings.web_host):
             # Allowed (a pilot on a closed LAN), but said loudly: passwords cross the LAN in
@@ -153,6 +175,11 @@ class WebServer:
             tls=bool(self.settings.web_tls_cert),
             pwa=self.ctx.pwa_dir is not None,
         )
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The server's threads (the HTTP server and the verifier refresher), for the watchdog."""
+        return list(getattr(self, "_threads", []))
 
     def _keep_fresh(self, stop: threading.Event) -> None:
         next_sync = 0.0

@@ -24,6 +24,8 @@ class HubState:
     tus: Any = None  # relaypacs_hub.ingest.tus.TusService
     auth: Any = None  # relaypacs_hub.auth.service.AuthService
     limiter: Any = None  # relaypacs_hub.ratelimit.Limiter; None: no rate limits
+    reports: Any = None  # relaypacs_hub.reports.service.FeedSignal
+    push: Any = None  # relaypacs_hub.reports.push.PushSender
 
 
 def get_state(request: Request) -> HubState:
@@ -110,7 +112,8 @@ async def _principal(state: HubState, authorization: str | None) -> Principal | 
 class Policy:
     """A route's declared callers. Every hub route depends on exactly one (see the route table
     test): ``public``; ``agent`` (an enrolled device's credential, or the legacy agent token
-    unless ``allow_agent_token`` is off; open while neither is configured, as in development);
+    unless ``allow_agent_token`` is off; open to callers with no credential only when
+    ``anonymous_agents`` is turned on, for development and tests);
     ``device`` (an enrolled device only); a set of user ``roles``; ``admin_token``: the admin
     machine token too."""
 
@@ -141,11 +144,11 @@ class Policy:
             return anonymous
         if (
             self.agent
+            and state.settings.anonymous_agents
             and state.settings.agent_token is None
-            and state.settings.allow_agent_token
-            and not _is_device_credential(authorization)
+            and not authorization
         ):
-            return anonymous  # no agent credential configured (development, tests)
+            return anonymous  # explicitly opened for development and tests; never by default
         who = await _principal(state, authorization)
         if who is None:
             raise _unauthorized("credentials are required")

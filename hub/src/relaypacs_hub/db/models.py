@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -46,6 +47,12 @@ class Study(Base):
     # Written by the sender for the radiologist (clinical data: shown to readers, never logged).
     clinical_history: Mapped[str | None] = mapped_column(Text, nullable=True)
     referring_clinician: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # From the instances' headers as they arrive (clinical data: shown, never logged).
+    # Modalities of the study, backslash-separated as in (0008,0061), e.g. "CT\\SR".
+    modalities: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), nullable=True)  # YYYYMMDD
+    study_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Instance(Base):
@@ -136,6 +143,8 @@ class Upload(Base):
     concat: Mapped[str] = mapped_column(String(16), default="none")  # none | partial | final
     parts_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # Who created it ("device:<id>", "user:<name>", ...): nobody else may see it (migration 0010).
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | complete | processed
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -277,3 +286,124 @@ class StudyFacility(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     facility: Mapped[str] = mapped_column(String(64), index=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+# -- reports (migration 0010) -----------------------------------------------------------------
+
+
+class Report(Base):
+    """A radiology report of a study: found in an archive, received by HL7 or posted through the
+    API. ``text`` is readable text (SR rendered, CDA sections, the posted text); ``content``
+    the PDF or the posted DICOM object."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    facility: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    source: Mapped[str] = mapped_column(String(96))  # archive:<dest> | hl7 | api:<username>
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    kind: Mapped[str] = mapped_column(String(8))  # text | sr | pdf | cda
+    status: Mapped[str] = mapped_column(String(16))  # preliminary | final | amended
+    title: Mapped[str] = mapped_column(String(200), default="Report")
+    text: Mapped[str] = mapped_column(Text, default="")
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    predecessors_json: Mapped[str] = mapped_column(Text, default="[]")
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ReportEvent(Base):
+    """The per-facility feed agents follow with a cursor (``seq``)."""
+
+    __tablename__ = "report_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    facility: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    report_id: Mapped[int] = mapped_column(Integer, ForeignKey("reports.id"))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class StudyReport(Base):
+    """A delivered study's report status, its times and when the archives are asked next."""
+
+    __tablename__ = "study_reports"
+    __table_args__ = (Index("ix_study_reports_due", "next_poll_at"),)
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    facility: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    stat: Mapped[bool] = mapped_column(Boolean, default=False)
+    # none | preliminary | final | amended
+    report_status: Mapped[str] = mapped_column(String(16), default="none")
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    preliminary_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    final_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    amended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    time_to_report_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    next_poll_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    last_polled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ReportSkip(Base):
+    """An archive object of a delivered study that is not a report (dose SR, key objects, a
+    malformed SR), with the reason: looked at once, not fetched again."""
+
+    __tablename__ = "report_skips"
+
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(255))
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ServiceLease(Base):
+    """A lease one hub replica holds to run a singleton loop (the report poller)."""
+
+    __tablename__ = "service_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class PushSubscription(Base):
+    """A browser's Web Push subscription, made on an agent's LAN app and relayed to the hub."""
+
+    __tablename__ = "push_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(1024), unique=True)
+    p256dh: Mapped[str] = mapped_column(String(255))
+    auth: Mapped[str] = mapped_column(String(64))
+    facility: Mapped[str] = mapped_column(String(64), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# -- agent heartbeats (migration 0009) --------------------------------------------------------
+
+
+class AgentHeartbeat(Base):
+    """The latest heartbeat of one agent (agents sit behind NAT: they report, the hub exports
+    it). ``agent_key`` is the device id of an enrolled agent, else ``unenrolled:<name>``."""
+
+    __tablename__ = "agent_heartbeats"
+
+    agent_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    facility: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    backlog_studies: Mapped[int] = mapped_column(Integer, default=0)
+    backlog_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    oldest_waiting_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disk_reserve_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    quarantine_json: Mapped[str] = mapped_column(Text, default="{}")  # reason -> open count
+    last_hub_contact_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

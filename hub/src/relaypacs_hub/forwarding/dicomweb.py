@@ -549,11 +549,96 @@ class DicomWebDestination:
         raise error(f"QIDO-RS answered HTTP {response.status_code}: {excerpt(response.content)}")
 
     async def _qido_page(self, url: str, offset: int) -> list[str]:
+        data = await self._qido_json(url, {"limit": str(QIDO_PAGE_SIZE), "offset": str(offset)})
+        uids = [_first_str(item, SOP_INSTANCE_UID) for item in data]
+        return [uid for uid in uids if uid is not None]
+
+    async def search_instances(self, study_instance_uid: str) -> list[tuple[str, str, str]]:
+        """(series, SOP instance, SOP class) UIDs of every instance the archive holds for the
+        study, by QIDO-RS (report discovery)."""
+        url = f"{self.base_url}/studies/{study_instance_uid}/instances"
+        found: dict[str, tuple[str, str, str]] = {}
+        offset = 0
+        for _ in range(_QIDO_MAX_PAGES):
+            page = await self._qido_json(
+                url,
+                {
+                    "limit": str(QIDO_PAGE_SIZE),
+                    "offset": str(offset),
+                    "includefield": "00080016,0020000E",
+                },
+            )
+            fresh = 0
+            for item in page:
+                sop = _first_str(item, SOP_INSTANCE_UID)
+                series = _first_str(item, "0020000E")
+                sop_class = _first_str(item, "00080016")
+                if sop and series and sop_class and sop not in found:
+                    found[sop] = (series, sop, sop_class)
+                    fresh += 1
+            if not page or not fresh:
+                break
+            offset += len(page)
+        return list(found.values())
+
+    async def retrieve_instance(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> bytes:
+        """One instance as DICOM Part 10 bytes, by WADO-RS."""
+        url = (
+            f"{self.base_url}/studies/{study_instance_uid}/series/{series_instance_uid}"
+            f"/instances/{sop_instance_uid}"
+        )
         response = await self._request(
-            "GET",
-            url,
-            params={"limit": str(QIDO_PAGE_SIZE), "offset": str(offset)},
-            headers={"Accept": "application/dicom+json"},
+            "GET", url, headers={"Accept": 'multipart/related; type="application/dicom"'}
+        )
+        if response.status_code != 200:
+            error = (
+                TransientDestinationError
+                if response.status_code >= 500 or response.status_code in _TRANSIENT_STATUSES
+                else DestinationError
+            )
+            raise error(
+                f"archive answered HTTP {response.status_code} to WADO-RS:"
+                f" {excerpt(response.content)}"
+            )
+        return first_multipart_part(response.headers.get("content-type", ""), response.content)
+
+    async def orthanc_changes(self, since: int | None) -> tuple[list[str], int]:
+        """Orthanc only (profile ``orthanc``): Study Instance UIDs of studies that got a new
+        instance after change ``since`` (None: start at the latest change), and the new cursor.
+        A cheaper signal than a QIDO-RS poll: ask QIDO-RS only about those."""
+        root = self.base_url.removesuffix("/dicom-web")
+        params = {"last": ""} if since is None else {"since": str(since), "limit": "200"}
+        response = await self._request("GET", f"{root}/changes", params=params)
+        if response.status_code != 200:
+            raise TransientDestinationError(
+                f"Orthanc answered HTTP {response.status_code} to /changes"
+            )
+        try:
+            body = json.loads(response.content)
+            last = int(body["Last"])
+            changes = body.get("Changes") or []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DestinationError("Orthanc answered /changes with an unreadable body") from exc
+        if since is None:
+            return [], last
+        studies: list[str] = []
+        for change in changes:
+            if change.get("ChangeType") != "NewInstance":
+                continue
+            answer = await self._request(
+                "GET", f"{root}/instances/{change.get('ID')}/tags", params={"simplify": ""}
+            )
+            if answer.status_code == 200:
+                uid = json.loads(answer.content).get("StudyInstanceUID")
+                if isinstance(uid, str) and uid not in studies:
+                    studies.append(uid)
+        return studies, last
+
+    async def _qido_json(self, url: str, params: Mapping[str, str]) -> list[Mapping[str, Any]]:
+        response = await self._request(
+            "GET", url, params=dict(params), headers={"Accept": "application/dicom+json"}
         )
         status = response.status_code
         if status == 404 and self.profile == "dcm4chee-arc" and response.content.strip():
@@ -586,8 +671,7 @@ class DicomWebDestination:
                 f"archive answered QIDO-RS with a body that is not a list of data sets:"
                 f" {excerpt(response.content)}"
             )
-        uids = [_first_str(item, SOP_INSTANCE_UID) for item in data if isinstance(item, dict)]
-        return [uid for uid in uids if uid is not None]
+        return [item for item in data if isinstance(item, dict)]
 
     async def _request(
         self, method: str, url: str, *, body: Body | None = None, **kwargs: Any
@@ -635,6 +719,29 @@ class DicomWebDestination:
         await self._client.aclose()
         if self.tokens is not None:
             await self.tokens.aclose()
+
+
+def first_multipart_part(content_type: str, body: bytes) -> bytes:
+    """The body of the first part of a multipart/related answer (a single-part answer: the
+    body itself)."""
+    if not content_type.lower().startswith("multipart/"):
+        return body
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        raise DestinationError("archive answered WADO-RS with multipart but no boundary")
+    delimiter = b"--" + boundary.encode()
+    start = body.find(delimiter)
+    if start < 0:
+        raise DestinationError("archive answered WADO-RS with no part")
+    part_start = body.find(b"\r\n\r\n", start)
+    end = body.find(b"\r\n" + delimiter, part_start)
+    if part_start < 0 or end < 0:
+        raise DestinationError("archive answered WADO-RS with a cut multipart body")
+    return body[part_start + 4 : end]
 
 
 # -- DICOM JSON helpers ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ import structlog
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub import metrics
 from relaypacs_hub.audit import audit
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import (
@@ -438,6 +439,24 @@ class ForwardingWorker:
         return row
 
     async def _finish(self, job: ForwardJob) -> float | None:
+        seconds = await self._finish_row(job)
+        if seconds is not None:
+            async with self.sessionmaker() as session:
+                found = (
+                    await session.execute(
+                        select(Study.service_level, StudyRoute.facility)
+                        .select_from(Study)
+                        .outerjoin(
+                            StudyRoute, StudyRoute.study_instance_uid == Study.study_instance_uid
+                        )
+                        .where(Study.study_instance_uid == job.study_instance_uid)
+                    )
+                ).first()
+            level, facility = (found[0], found[1]) if found else ("routine", None)
+            metrics.delivered(job.destination, level, facility, seconds)
+        return seconds
+
+    async def _finish_row(self, job: ForwardJob) -> float | None:
         async with self.sessionmaker() as session, session.begin():
             row = await self._own(session, job)
             if row is None:
@@ -505,6 +524,7 @@ class ForwardingWorker:
                 limit = min(limit, PERMANENT_FAILURE_ATTEMPTS)
             if row.attempts >= limit:
                 row.state = "dead"
+                metrics.forward_outcome(row.destination, "dead")
                 log.error(
                     "job_dead",
                     job_id=row.id,
@@ -525,6 +545,7 @@ class ForwardingWorker:
                 )
             else:
                 row.state = "pending"
+                metrics.forward_outcome(row.destination, "retry")
                 delay = min(
                     2.0 * 2 ** (row.attempts - 1), self.settings.forward_backoff_max_seconds
                 )

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub import metrics
 from relaypacs_hub.db.models import ForwardJob, Instance, Study, StudyRoute, utcnow
 from relaypacs_hub.ingest.receive import held_instances
 from relaypacs_hub.routing.router import Router
@@ -71,6 +72,7 @@ async def commit_study(
         if missing:
             raise StudyIncomplete(missing)
         existing = await session.get(Study, study_uid)
+        first = existing is None or existing.committed_at is None
         level = (
             "stat"
             if request.service_level == "stat"
@@ -160,6 +162,7 @@ async def commit_study(
             job.priority = route.priority
             job.next_attempt_at = stamp
             job.updated_at = stamp
+    metrics.committed(facility, level, first=first)
     log.info(
         "study_committed",
         study_uid=study_uid,

@@ -18,8 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub import metrics
 from relaypacs_hub.audit import audit
-from relaypacs_hub.db.models import Instance, Study
+from relaypacs_hub.db.models import Instance, Study, StudyFacility
 from relaypacs_hub.storage.base import ObjectStore, content_key
 from relaypacs_shared.dicom import validate_file
 from relaypacs_shared.errors import ChecksumMismatch, DicomValidationError, ProtocolError
@@ -123,11 +124,13 @@ async def record_instance(
             study = await session.get(Study, study_uid)
             try:
                 if study is None:
-                    session.add(Study(study_instance_uid=study_uid))
+                    study = Study(study_instance_uid=study_uid)
+                    session.add(study)
                     await session.flush()  # the instance row references it
             except IntegrityError:
                 await session.rollback()
                 continue
+            note_study_facts(study, fields)
             session.add(
                 Instance(
                     sop_instance_uid=sop_uid,
@@ -151,8 +154,26 @@ async def record_instance(
                 await session.rollback()
                 continue
             log.info("instance_stored", study_uid=study_uid, sop_uid=sop_uid, size=size)
+            async with sessionmaker() as session:
+                origin = await session.get(StudyFacility, study_uid)
+            metrics.instance_stored(origin.facility if origin else None, size)
             return InstanceReceipt(sop_instance_uid=sop_uid, sha256=sha, size=size, status="stored")
     raise ProtocolError("could not record the instance after concurrent updates; retry")
+
+
+def note_study_facts(study: Study, fields: dict[str, object]) -> None:
+    """Keep the study's modalities, date, description and accession from an instance's header:
+    the first non-empty value of each, and every modality seen (in first-seen order)."""
+    modality = str(fields.get("modality") or "")
+    seen = study.modalities.split("\\") if study.modalities else []
+    if modality and modality not in seen:
+        joined = "\\".join([*seen, modality])
+        if len(joined) <= 64:
+            study.modalities = joined
+    for name in ("study_date", "study_description", "accession_number"):
+        value = str(fields.get(name) or "")
+        if value and not getattr(study, name):
+            setattr(study, name, value)
 
 
 async def held_instances(session: AsyncSession, study_uid: str) -> dict[str, str]:

@@ -1,16 +1,21 @@
 """tus 1.0 uploads on the hub: state in the database, bytes in the upload store.
 
-Each PATCH body is first staged to a local file while its checksum is computed, so a damaged or
-interrupted body is discarded without touching the upload (tus checksum extension). Only then is
-the upload row locked (``SELECT ... FOR UPDATE`` on PostgreSQL, so any hub replica may serve any
-PATCH; a process-local lock as well for SQLite), the offset checked and the bytes appended.
+The request rules (headers, offsets, lengths, checksums, concatenation) are the shared core's
+(``relaypacs_shared.tus``); this module keeps the state. Each PATCH body is first staged to a
+local file while its checksum is computed, so a damaged or interrupted body is discarded without
+touching the upload (tus checksum extension). Only then is the upload row locked
+(``SELECT ... FOR UPDATE`` on PostgreSQL, so any hub replica may serve any PATCH; a
+process-local lock as well for SQLite), the offset checked again and the bytes appended.
+
+Every upload has an owner (the enrolled device, user or token that created it): to anybody else
+it does not exist (404 on HEAD, PATCH, DELETE; refused as a part of a concatenation).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -25,25 +30,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.db.models import Upload, utcnow
 from relaypacs_hub.storage.uploads import UploadStore
-from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, ProtocolError
+from relaypacs_shared.errors import TooLarge, UnknownUpload, UploadExpired
+from relaypacs_shared.tus import (
+    BodyCheck,
+    Creation,
+    PatchRequest,
+    UploadState,
+    check_concat_part,
+    check_patch,
+)
 
 log = structlog.get_logger("relaypacs.hub.tus")
 
-
-class UploadGone(ProtocolError):
-    """Unknown, terminated or expired upload (404 / 410)."""
-
-    def __init__(self, message: str, status: int = 404) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class UploadTooLarge(ProtocolError):
-    pass
-
-
-class UploadLocked(ProtocolError):
-    pass
+# A staged PATCH body nobody has written to for this long belongs to a request that died with
+# its process (a crash, a kill): the janitor removes it.
+STAGING_STALE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class UploadView:
     concat: str
     parts: list[str]
     state: str
+    owner: str | None
+
+    @property
+    def tus(self) -> UploadState:
+        return UploadState(self.offset, self.length, self.concat)
 
 
 def _view(u: Upload) -> UploadView:
@@ -68,7 +74,18 @@ def _view(u: Upload) -> UploadView:
         concat=u.concat,
         parts=json.loads(u.parts_json) if u.parts_json else [],
         state=u.state,
+        owner=u.owner,
     )
+
+
+def _visible(u: Upload | None, owner: str | None) -> Upload:
+    """The upload if ``owner`` may see it. Rows from before owners were recorded (None) stay
+    reachable until they expire."""
+    if u is None or (u.owner is not None and u.owner != owner):
+        raise UnknownUpload("unknown upload")
+    if u.state == "open" and u.expires_at < utcnow():
+        raise UploadExpired("the upload expired")
+    return u
 
 
 class TusService:
@@ -86,20 +103,13 @@ class TusService:
         self.expiry = timedelta(seconds=expiry_seconds)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def create(
-        self,
-        *,
-        length: int | None,
-        metadata: dict[str, str],
-        concat: str = "none",
-        parts: list[str] | None = None,
-    ) -> UploadView:
-        if length is not None and length > self.max_size:
-            raise UploadTooLarge(f"upload of {length} bytes exceeds Tus-Max-Size {self.max_size}")
+    async def create(self, req: Creation, owner: str | None) -> UploadView:
         upload_id = uuid.uuid4().hex
         now = utcnow()
-        if concat == "final":
-            length = await self._check_parts(parts or [])
+        length = req.length
+        parts = list(req.parts)
+        if req.concat == "final":
+            length = await self._check_parts(parts, owner)
         await self.store.create(upload_id)
         async with self.sessionmaker() as session, session.begin():
             session.add(
@@ -107,80 +117,63 @@ class TusService:
                     id=upload_id,
                     length=length,
                     offset=0,
-                    metadata_json=json.dumps(metadata),
+                    metadata_json=json.dumps(req.metadata),
                     storage_key=upload_id,
-                    concat=concat,
+                    concat=req.concat,
                     parts_json=json.dumps(parts) if parts else None,
-                    study_instance_uid=metadata.get("study") or None,
+                    study_instance_uid=req.metadata.get("study") or None,
+                    owner=owner,
                     state="open",
                     created_at=now,
                     updated_at=now,
                     expires_at=now + self.expiry,
                 )
             )
-        if concat == "final":
-            size = await self.store.concat(upload_id, parts or [])
+        if req.concat == "final":
+            size = await self.store.concat(upload_id, parts)
             async with self.sessionmaker() as session, session.begin():
                 u = await session.get(Upload, upload_id)
                 assert u is not None
                 u.offset = size
                 u.state = "complete"
                 # The protocol lets the server drop partial uploads once concatenated.
-                for pid in parts or []:
+                for pid in parts:
                     part = await session.get(Upload, pid)
                     if part is not None:
                         await session.delete(part)
-            for pid in parts or []:
+            for pid in parts:
                 await self.store.delete(pid)
-        log.info("upload_created", upload_id=upload_id, length=length, concat=concat)
-        return await self.get(upload_id)
+        log.info("upload_created", upload_id=upload_id, length=length, concat=req.concat)
+        return await self.get(upload_id, owner)
 
-    async def _check_parts(self, parts: list[str]) -> int:
-        if not parts:
-            raise ProtocolError("Upload-Concat: final needs at least one partial upload")
+    async def _check_parts(self, parts: list[str], owner: str | None) -> int:
         total = 0
         async with self.sessionmaker() as session:
             for pid in parts:
                 u = await session.get(Upload, pid)
-                if u is None or u.concat != "partial":
-                    raise ProtocolError(f"{pid} is not a partial upload of this server")
-                if u.length is None or u.offset != u.length:
-                    raise ProtocolError(f"partial upload {pid} is not complete yet")
-                total += u.length
+                if u is not None and u.owner is not None and u.owner != owner:
+                    u = None  # another caller's partial upload is as unknown as a made-up one
+                total += check_concat_part(pid, _view(u).tus if u is not None else None)
         if total > self.max_size:
-            raise UploadTooLarge("concatenated upload exceeds Tus-Max-Size")
+            raise TooLarge("the concatenated upload exceeds Tus-Max-Size")
         return total
 
-    async def get(self, upload_id: str) -> UploadView:
+    async def get(self, upload_id: str, owner: str | None) -> UploadView:
         async with self.sessionmaker() as session:
-            u = await session.get(Upload, upload_id)
-            if u is None:
-                raise UploadGone("unknown upload")
-            if u.state == "open" and u.expires_at < utcnow():
-                raise UploadGone("the upload expired", status=410)
-            return _view(u)
+            return _view(_visible(await session.get(Upload, upload_id), owner))
 
     async def stage(
-        self,
-        body: AsyncIterator[bytes],
-        checksum: tuple[str, bytes] | None,
-        limit: int,
-        upload_id: str = "",
-    ) -> tuple[Path, int, bool]:
-        """Stage a PATCH body; return (file, bytes, complete). Raises ChecksumMismatch."""
+        self, body: AsyncIterator[bytes], check: BodyCheck, upload_id: str = ""
+    ) -> tuple[Path, int]:
+        """Stage a PATCH body to a local file; return (file, bytes). A body that breaks the
+        rules (too long, checksum) leaves nothing behind."""
         tmp = self.store.staging_dir() / f"{uuid.uuid4().hex}.part"
-        h = hashlib.new(checksum[0]) if checksum else None
-        n = 0
         complete = True
         try:
             async with await anyio.open_file(tmp, "wb") as f:
                 try:
                     async for chunk in body:
-                        n += len(chunk)
-                        if n > limit:
-                            raise UploadTooLarge("PATCH body runs past Upload-Length")
-                        if h:
-                            h.update(chunk)
+                        check.feed(chunk)
                         await f.write(chunk)
                 except (OSError, anyio.EndOfStream, anyio.BrokenResourceError):
                     complete = False
@@ -188,38 +181,28 @@ class TusService:
                     if type(exc).__name__ != "ClientDisconnect":
                         raise
                     complete = False
+            log.info("patch_received", upload_id=upload_id, bytes=check.received, complete=complete)
+            check.verify(complete)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        log.info("patch_received", upload_id=upload_id, bytes=n, complete=complete)
-        if checksum and (not complete or h is None or h.digest() != checksum[1]):
-            tmp.unlink(missing_ok=True)
-            if not complete:
-                raise ProtocolError("connection lost mid-PATCH: the partial body is discarded")
-            raise ChecksumMismatch("Upload-Checksum does not match the PATCH body")
-        return tmp, n, complete
+        return tmp, check.received
 
     async def patch(
-        self, upload_id: str, offset: int, chunk: Path, n: int, length: int | None = None
+        self, upload_id: str, owner: str | None, req: PatchRequest, chunk: Path, n: int
     ) -> UploadView:
         async with self._locks[upload_id], self.sessionmaker() as session, session.begin():
-            u = await session.scalar(select(Upload).where(Upload.id == upload_id).with_for_update())
-            if u is None:
-                raise UploadGone("unknown upload")
-            if u.state == "open" and u.expires_at < utcnow():
-                raise UploadGone("the upload expired", status=410)
-            if u.concat == "final":
-                raise UploadLocked("a final concatenation cannot be patched")
-            if u.length is None and length is not None:
-                if length > self.max_size:
-                    raise UploadTooLarge("Upload-Length exceeds Tus-Max-Size")
-                u.length = length
-            if offset != u.offset:
-                raise OffsetConflict(f"Upload-Offset {offset} != current offset {u.offset}")
-            if u.length is not None and offset + n > u.length:
-                raise UploadTooLarge("PATCH body runs past Upload-Length")
+            u = _visible(
+                await session.scalar(
+                    select(Upload).where(Upload.id == upload_id).with_for_update()
+                ),
+                owner,
+            )
+            # Again under the lock: another replica may have moved the offset meanwhile.
+            length = check_patch(_view(u).tus, PatchRequest(req.offset, None, req.length, n))
+            u.length = length
             if n:
-                u.offset = await self.store.append(upload_id, offset, chunk)
+                u.offset = await self.store.append(upload_id, req.offset, chunk)
             now = utcnow()
             u.updated_at = now
             u.expires_at = now + self.expiry
@@ -227,21 +210,22 @@ class TusService:
                 u.state = "complete"
             return _view(u)
 
-    async def delete(self, upload_id: str) -> None:
+    async def delete(self, upload_id: str, owner: str | None) -> None:
         async with self._locks[upload_id]:
             async with self.sessionmaker() as session, session.begin():
                 u = await session.scalar(
                     select(Upload).where(Upload.id == upload_id).with_for_update()
                 )
-                if u is None:
-                    raise UploadGone("unknown upload")
+                if u is None or (u.owner is not None and u.owner != owner):
+                    raise UnknownUpload("unknown upload")
                 await session.delete(u)
             await self.store.delete(upload_id)
         self._locks.pop(upload_id, None)
         log.info("upload_terminated", upload_id=upload_id)
 
     async def expire(self) -> int:
-        """Remove unfinished uploads past their expiry; returns how many."""
+        """Remove unfinished uploads past their expiry, and staged PATCH bodies a dead request
+        left behind; returns how many uploads."""
         now = utcnow()
         async with self.sessionmaker() as session, session.begin():
             rows = list(
@@ -255,4 +239,20 @@ class TusService:
             await self.store.delete(u.id)
         if rows:
             log.info("uploads_expired", count=len(rows))
+        await anyio.to_thread.run_sync(self.clean_staging)
         return len(rows)
+
+    def clean_staging(self, older_than: float = STAGING_STALE_SECONDS) -> int:
+        """Remove staged ``.part`` files nothing has written to for ``older_than`` seconds."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for part in self.store.staging_dir().glob("*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # its request finished meanwhile
+        if removed:
+            log.info("staging_cleaned", files=removed)
+        return removed

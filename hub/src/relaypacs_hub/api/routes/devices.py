@@ -3,6 +3,7 @@ renew it, and admins list and revoke devices."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -13,7 +14,8 @@ from relaypacs_hub.api.deps import AdminAuth, AgentAuth, DeviceAuth, PublicAcces
 from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
 from relaypacs_hub.auth.service import facilities_of
-from relaypacs_hub.db.models import User, aware_utc
+from relaypacs_hub.db.models import AgentHeartbeat, Device, User, aware_utc, utcnow
+from relaypacs_shared.wire import Heartbeat
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -150,6 +152,49 @@ async def verifiers(
         users=len(feed),
     )
     return VerifierFeed(generated_at=datetime.now(UTC), users=feed)
+
+
+class HeartbeatAnswer(BaseModel):
+    agent: str = Field(description="The name the hub exports this agent's metrics under.")
+    facility: str | None
+    received_at: datetime
+
+
+@router.post("/heartbeat", response_model=HeartbeatAnswer)
+async def heartbeat(body: Heartbeat, state: State, who: AgentAuth) -> HeartbeatAnswer:
+    """An agent's health report (backlog, oldest waiting study, disk free against its reserve,
+    quarantine by reason, last hub contact, version). The hub keeps the latest per agent and
+    exports it at `/metrics`. An enrolled device is named and placed by its enrollment; an
+    agent on the legacy token (or the open development mode) by what it reports."""
+    if who.device_id is not None:
+        async with state.sessionmaker() as session:
+            device = await session.get(Device, who.device_id)
+        key, name = who.device_id, device.name if device else body.name
+        facility: str | None = who.agent_facility
+    else:
+        key, name, facility = f"unenrolled:{body.name}", body.name, body.facility
+    now = utcnow()
+    contact = body.last_hub_contact_at
+    if contact is not None and contact.tzinfo is not None:
+        contact = contact.astimezone(UTC).replace(tzinfo=None)
+    async with state.sessionmaker() as session, session.begin():
+        row = await session.get(AgentHeartbeat, key, with_for_update=True)
+        if row is None:
+            row = AgentHeartbeat(agent_key=key)
+            session.add(row)
+        row.device_id = who.device_id
+        row.facility = facility
+        row.name = name
+        row.version = body.version
+        row.received_at = now
+        row.backlog_studies = body.backlog_studies
+        row.backlog_bytes = body.backlog_bytes
+        row.oldest_waiting_seconds = body.oldest_waiting_seconds
+        row.disk_free_bytes = body.disk_free_bytes
+        row.disk_reserve_bytes = body.disk_reserve_bytes
+        row.quarantine_json = json.dumps(body.quarantine, sort_keys=True)
+        row.last_hub_contact_at = contact
+    return HeartbeatAnswer(agent=name, facility=facility, received_at=aware_utc(now) or now)
 
 
 @router.get("", response_model=list[DeviceInfo])

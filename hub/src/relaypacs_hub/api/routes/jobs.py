@@ -17,6 +17,7 @@ from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, utcnow
 from relaypacs_hub.forwarding.runtime import DeliveryDep
+from relaypacs_shared.wire import INT64_MAX
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["admin: jobs"])
 
@@ -67,9 +68,7 @@ class RetryResult(BaseModel):
 
 
 # A job id is a SQL integer: out of its range is a 422, not a driver overflow (a 500).
-# Database integers are signed 64-bit: anything larger must be a 422, not an overflow.
-MAX_DB_INT = 2**63 - 1
-JobId = Annotated[int, Path(ge=1, le=MAX_DB_INT)]
+JobId = Annotated[int, Path(ge=1, le=INT64_MAX)]
 
 
 def _problem(code: int, kind: str, detail: str) -> HTTPException:
@@ -84,7 +83,7 @@ async def list_jobs(
     destination: str | None = None,
     study: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> JobList:
     """Forwarding jobs, newest change first. ``?state=dead`` lists the parked ones and why."""
     conditions = []

@@ -16,7 +16,7 @@ from relaypacs_hub.db.models import Instance, ManifestEntry, utcnow
 from relaypacs_hub.ingest.segments import process_pending
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError
-from relaypacs_shared.wire import ManifestAnswer
+from relaypacs_shared.wire import INT64_MAX, ManifestAnswer
 
 router = APIRouter(prefix="/api/v1/studies", tags=["manifests"])
 
@@ -25,7 +25,7 @@ class ManifestInstance(BaseModel):
     sop_instance_uid: str
     series_instance_uid: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=0, le=2**63 - 1)  # a database BIGINT: larger is a 422, not a 500
+    size: int = Field(ge=0, le=INT64_MAX)
 
 
 class ManifestRequest(BaseModel):

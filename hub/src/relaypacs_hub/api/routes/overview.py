@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, and_, case, false, func, select
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, select
 
 from relaypacs_hub.api.deps import State, StudyBrowser, facility_scope
 from relaypacs_hub.db.models import (
@@ -73,6 +73,17 @@ class StudySummary(BaseModel):
         default=None, description="What the sender wrote for the radiologist."
     )
     referring_clinician: str | None = None
+    modalities: list[str] = Field(default_factory=list, description="As in (0008,0061).")
+    study_date: str | None = Field(default=None, description="Study Date, YYYY-MM-DD.")
+    study_description: str | None = None
+    accession_number: str | None = None
+
+
+def iso_date(dicom_date: str | None) -> str | None:
+    """YYYYMMDD as YYYY-MM-DD; None when absent."""
+    if not dicom_date or len(dicom_date) != 8:
+        return None
+    return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
 
 
 class StudyPage(BaseModel):
@@ -155,13 +166,26 @@ async def list_studies(
     who: StudyBrowser,
     study_state: Annotated[StudyState | None, Query(alias="state")] = None,
     facility: Facility = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StudyPage:
     """Studies, most recently received first, each with its destinations. ``?state=failed``
-    lists those with a dead forwarding job; ``?facility=`` one facility's."""
+    lists those with a dead forwarding job; ``?facility=`` one facility's; ``?q=`` searches the
+    description, accession number, modality, facility and the start of the Study UID."""
     view = _View()
     conditions = _scope_condition(view.facility, facility_scope(who))
+    if q is not None:
+        like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        conditions.append(
+            or_(
+                Study.study_description.ilike(like, escape="\\"),
+                Study.accession_number.ilike(like, escape="\\"),
+                Study.modalities.ilike(like, escape="\\"),
+                view.facility.ilike(like, escape="\\"),
+                Study.study_instance_uid.startswith(q, autoescape=True),
+            )
+        )
     if study_state is not None:
         conditions.append(view.state == study_state)
     if facility is not None:
@@ -208,6 +232,10 @@ async def list_studies(
                 time_to_pacs_seconds=ttp,
                 clinical_history=study.clinical_history,
                 referring_clinician=study.referring_clinician,
+                modalities=study.modalities.split("\\") if study.modalities else [],
+                study_date=iso_date(study.study_date),
+                study_description=study.study_description,
+                accession_number=study.accession_number,
                 destinations=[
                     DestinationState(
                         name=j.destination,

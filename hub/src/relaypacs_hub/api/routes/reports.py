@@ -1,0 +1,346 @@
+"""Reports: a radiologist or admin posts one (text, a DICOM SR or Encapsulated PDF, or a plain
+PDF); readers get a study's report status and reports; agents follow their facility's feed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import delete, select
+
+from relaypacs_hub.api.deps import (
+    AgentAuth,
+    DeviceAuth,
+    Policy,
+    Principal,
+    State,
+    StudyReader,
+    facility_scope,
+)
+from relaypacs_hub.audit import audit
+from relaypacs_hub.db.models import PushSubscription, Report, Study, StudyReport
+from relaypacs_hub.reports.push import check_endpoint
+from relaypacs_hub.reports.service import (
+    NewReport,
+    NoFinalReport,
+    feed_page,
+    record_report,
+    report_json,
+    study_facility,
+    study_report_json,
+)
+from relaypacs_shared.dicom import check_uid
+from relaypacs_shared.errors import DicomValidationError
+from relaypacs_shared.reports import ReportRejected, check_pdf, parse_report
+from relaypacs_shared.wire import INT32_MAX
+
+router = APIRouter(tags=["reports"])
+
+REPORTERS = Policy("radiologist, admin", frozenset({"radiologist", "admin"}), admin_token=True)
+ReporterAuth = Annotated[Principal, Depends(REPORTERS)]
+
+MAX_TEXT = 100_000
+FEED_MAX_WAIT = 55.0
+
+
+class TextReport(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_TEXT, description="The report as plain text.")
+    status: Literal["preliminary", "final", "amended"] = "final"
+    title: str = Field(default="Radiology report", max_length=200)
+
+
+def _problem(code: int, kind: str, detail: str) -> HTTPException:
+    return HTTPException(status_code=code, detail={"code": kind, "detail": detail})
+
+
+def _uid(value: str) -> str:
+    try:
+        return check_uid(value, "StudyInstanceUID")
+    except DicomValidationError as exc:
+        raise _problem(422, "malformed_uid", exc.message) from exc
+
+
+async def _readable_study(state: State, who: Principal, study_uid: str) -> str | None:
+    """The study's facility, once the caller is allowed to see it (404 unknown, 403 another
+    facility's study)."""
+    async with state.sessionmaker() as session:
+        if await session.get(Study, study_uid) is None:
+            raise _problem(404, "unknown_study", "the hub holds no instance of this study")
+        facility = await study_facility(session, study_uid)
+    allowed: list[str] | None
+    if who.kind == "anonymous":  # an agent route with no agent credential configured (dev)
+        allowed = None
+    elif who.kind == "agent":
+        allowed = [who.agent_facility] if who.agent_facility is not None else None
+    else:
+        allowed = facility_scope(who)
+    if allowed is not None and facility not in allowed:
+        raise _problem(403, "forbidden", "this study belongs to another facility")
+    return facility
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _problem(413, "too_large", f"a report may be at most {limit} bytes")
+    return bytes(body)
+
+
+@router.post(
+    "/api/v1/studies/{study_uid}/reports",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": TextReport.model_json_schema()},
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def post_report(
+    study_uid: str,
+    request: Request,
+    state: State,
+    who: ReporterAuth,
+    report_status: Annotated[
+        Literal["preliminary", "final", "amended"],
+        Query(alias="status", description="Status of a posted PDF (JSON and DICOM carry theirs)."),
+    ] = "final",
+    title: Annotated[str, Query(max_length=200)] = "Radiology report",
+) -> dict[str, Any]:
+    """Post a report for a study: JSON ``{"text", "status", "title"}``, a DICOM SR or
+    Encapsulated PDF (``application/dicom``), or a PDF (``application/pdf``, ``?status=``).
+    The study's facility sees it at its agent."""
+    study_uid = _uid(study_uid)
+    await _readable_study(state, who, study_uid)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await _read_body(request, state.settings.report_max_bytes)
+    new: NewReport
+    source = f"api:{who.name}"
+    if content_type in ("application/json", ""):
+        try:
+            posted = TextReport.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            raise _problem(
+                422, "invalid_report", f"{where or 'body'}: {first.get('msg', 'invalid')}"
+            ) from exc
+        new = NewReport(study_uid, source, "text", posted.status, posted.title, posted.text.strip())
+    elif content_type == "application/dicom":
+        try:
+            parsed = await anyio.to_thread.run_sync(parse_report, body)
+        except ReportRejected as exc:
+            raise _problem(422, "not_a_report", exc.reason) from exc
+        if parsed.study_instance_uid != study_uid:
+            raise _problem(
+                422, "study_mismatch", "the DICOM object belongs to another study than the URL"
+            )
+        new = NewReport(
+            study_uid,
+            source,
+            parsed.kind,
+            parsed.status,
+            parsed.title,
+            parsed.text,
+            content=parsed.content,
+            content_type=parsed.content_type,
+            sop_instance_uid=parsed.sop_instance_uid,
+            predecessors=parsed.predecessors,
+        )
+    elif content_type == "application/pdf":
+        try:
+            pdf = check_pdf(body)
+        except ReportRejected as exc:
+            raise _problem(422, "not_a_report", exc.reason) from exc
+        new = NewReport(study_uid, source, "pdf", report_status, title, "", pdf, "application/pdf")
+    else:
+        raise _problem(
+            415,
+            "unsupported_media_type",
+            "send application/json, application/dicom (SR or Encapsulated PDF) or application/pdf",
+        )
+    try:
+        report, created = await record_report(state.sessionmaker, new, signal=state.reports)
+    except NoFinalReport as exc:
+        raise _problem(409, "no_final_report", str(exc)) from exc
+    await audit(
+        state.sessionmaker,
+        who.name,
+        "report.posted",
+        study_uid,
+        source=request.client.host if request.client else None,
+        report_id=report.id,
+        status=report.status,
+        kind=report.kind,
+        duplicate=not created,
+    )
+    async with state.sessionmaker() as session:
+        row = await session.get(StudyReport, study_uid)
+        return {
+            "report": report_json(report, with_text=False),
+            "study": study_report_json(row, study_uid),
+        }
+
+
+@router.get("/api/v1/studies/{study_uid}/reports")
+async def get_reports(
+    study_uid: str, request: Request, state: State, who: StudyReader
+) -> dict[str, Any]:
+    """A study's report status (none, preliminary, final, amended) with its times, and its
+    reports, newest first (text included; a PDF through ``/api/v1/reports/{id}/content``)."""
+    study_uid = _uid(study_uid)
+    await _readable_study(state, who, study_uid)
+    async with state.sessionmaker() as session:
+        row = await session.get(StudyReport, study_uid)
+        reports = list(
+            await session.scalars(
+                select(Report)
+                .where(Report.study_instance_uid == study_uid)
+                .order_by(Report.id.desc())
+            )
+        )
+    if reports and who.kind == "user":
+        await audit(
+            state.sessionmaker,
+            who.name,
+            "report.read",
+            study_uid,
+            source=request.client.host if request.client else None,
+            reports=len(reports),
+        )
+    return {**study_report_json(row, study_uid), "reports": [report_json(r) for r in reports]}
+
+
+@router.get("/api/v1/reports/{report_id}/content")
+async def get_report_content(
+    report_id: Annotated[int, Path(ge=1, le=INT32_MAX)],
+    request: Request,
+    state: State,
+    who: StudyReader,
+) -> Response:
+    """The PDF of a report (``has_content``)."""
+    async with state.sessionmaker() as session:
+        report = await session.get(Report, report_id)
+    if report is None or report.content is None:
+        raise _problem(404, "unknown_report", "no such report document")
+    await _readable_study(state, who, report.study_instance_uid)
+    await audit(
+        state.sessionmaker,
+        who.name,
+        "report.read",
+        report.study_instance_uid,
+        source=request.client.host if request.client else None,
+        report_id=report.id,
+    )
+    return Response(
+        report.content,
+        media_type=report.content_type or "application/octet-stream",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/api/v1/reports/feed")
+async def report_feed(
+    state: State,
+    who: AgentAuth,
+    after: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="The cursor: last `seq` already taken.")
+    ] = 0,
+    wait: Annotated[
+        float, Query(ge=0, le=FEED_MAX_WAIT, description="Seconds to wait for an event.")
+    ] = 0.0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    """The calling agent's facility's report events after ``after`` (long poll: waits up to
+    ``wait`` seconds for one). Answers ``cursor`` to send as ``after`` next time."""
+    facility = who.agent_facility
+    loop_time = anyio.current_time
+    deadline = loop_time() + wait
+    while True:
+        page = await feed_page(state.sessionmaker, facility, after, limit)
+        remaining = deadline - loop_time()
+        if page or remaining <= 0:
+            break
+        await state.reports.wait(min(1.0, remaining))
+    return {
+        "cursor": page[-1][0].seq if page else after,
+        "events": [
+            {"seq": event.seq, "at": event.at.isoformat() + "Z", "report": report_json(report)}
+            for event, report in page
+        ],
+    }
+
+
+# -- Web Push subscriptions, relayed by the agents --------------------------------------------
+
+
+class PushKeys(BaseModel):
+    p256dh: str = Field(min_length=40, max_length=255, pattern=r"^[A-Za-z0-9_-]+=*$")
+    auth: str = Field(min_length=16, max_length=64, pattern=r"^[A-Za-z0-9_-]+=*$")
+
+
+class PushSubscriptionIn(BaseModel):
+    endpoint: str = Field(min_length=10, max_length=1024)
+    keys: PushKeys
+    username: str = Field(min_length=1, max_length=64)
+
+
+@router.get("/api/v1/push/key")
+async def push_key(state: State, who: AgentAuth) -> dict[str, str]:
+    """The hub's VAPID public key, for the browser's ``applicationServerKey``."""
+    return {"public_key": state.push.public_key}
+
+
+@router.post("/api/v1/push/subscriptions", status_code=status.HTTP_201_CREATED)
+async def push_subscribe(
+    body: PushSubscriptionIn, request: Request, state: State, who: DeviceAuth
+) -> dict[str, Any]:
+    """Keep a browser's push subscription for the device's facility (the agent relays it)."""
+    reason = check_endpoint(body.endpoint)
+    if reason:
+        raise _problem(422, "invalid_endpoint", reason)
+    facility = who.agent_facility or ""
+    async with state.sessionmaker() as session, session.begin():
+        row = await session.scalar(
+            select(PushSubscription).where(PushSubscription.endpoint == body.endpoint)
+        )
+        if row is None:
+            row = PushSubscription(endpoint=body.endpoint)
+            session.add(row)
+        row.p256dh = body.keys.p256dh
+        row.auth = body.keys.auth
+        row.facility = facility
+        row.username = body.username
+        row.last_error = None
+    await audit(
+        state.sessionmaker,
+        who.name,
+        "push.subscribed",
+        body.username,
+        source=request.client.host if request.client else None,
+        facility=facility,
+    )
+    return {"subscribed": True, "facility": facility}
+
+
+@router.delete("/api/v1/push/subscriptions", status_code=status.HTTP_204_NO_CONTENT)
+async def push_unsubscribe(
+    state: State, who: DeviceAuth, endpoint: Annotated[str, Query(max_length=1024)]
+) -> Response:
+    """Forget a subscription of the device's facility."""
+    async with state.sessionmaker() as session, session.begin():
+        await session.execute(
+            delete(PushSubscription).where(
+                PushSubscription.endpoint == endpoint,
+                PushSubscription.facility == (who.agent_facility or ""),
+            )
+        )
+    return Response(status_code=204)

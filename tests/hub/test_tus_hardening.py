@@ -1,0 +1,181 @@
+"""The hub's tus endpoint under hostile input: header tricks, other callers' uploads, debris."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from relaypacs_hub.config import HubSettings
+from relaypacs_shared.tus import encode_metadata
+from tests.hub.authfix import auth_settings, hub_client
+from tests.hub.test_devices import _auth, _enroll
+
+V = {"Tus-Resumable": "1.0.0"}
+OCTETS = "application/offset+octet-stream"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> HubSettings:
+    return auth_settings(tmp_path)
+
+
+def _raw(value: str) -> bytes:
+    """The header's bytes as a client would send them (a single 0xB2 reads as "²")."""
+    return value.encode("latin-1") if all(ord(c) < 256 for c in value) else value.encode()
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "1²", " 12x", "-1", "9" * 20])
+async def test_non_ascii_or_malformed_lengths_are_a_400_not_a_500(
+    settings: HubSettings, value: str
+) -> None:
+    async with hub_client(settings) as (_app, client):
+        dev = _auth(await _enroll(client, "fac-a"))
+        r = await client.post(
+            "/api/v1/uploads",
+            headers={**V, **dev, "Upload-Length": _raw(value)},
+        )
+        assert r.status_code == 400, r.text
+        assert "Upload-Length" in r.json()["detail"]
+        assert r.headers["Tus-Resumable"] == "1.0.0"
+        url = await client.post("/api/v1/uploads", headers={**V, **dev, "Upload-Length": "4"})
+        r = await client.patch(
+            url.headers["Location"],
+            content=b"abcd",
+            headers={
+                **V,
+                **dev,
+                "Content-Type": OCTETS,
+                "Upload-Offset": _raw(value),
+            },
+        )
+        assert r.status_code == 400, r.text
+        assert "Upload-Offset" in r.json()["detail"]
+
+
+async def test_a_study_uid_over_64_characters_is_a_clear_400(
+    settings: HubSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with hub_client(settings) as (_app, client):
+        dev = _auth(await _enroll(client, "fac-a"))
+        study = "1.2." + "3" * 80
+        r = await client.post(
+            "/api/v1/uploads",
+            headers={
+                **V,
+                **dev,
+                "Upload-Length": "4",
+                "Upload-Metadata": encode_metadata({"study": study}),
+            },
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["detail"].startswith("Upload-Metadata study:")
+        assert "not a valid UID" in r.json()["detail"]
+
+
+async def test_upload_metadata_limits(settings: HubSettings) -> None:
+    async with hub_client(settings) as (_app, client):
+        dev = _auth(await _enroll(client, "fac-a"))
+        many = ",".join(f"k{i} {base64.b64encode(b'v').decode()}" for i in range(40))
+        huge = encode_metadata({"filename": "x" * 5000})
+        for meta in (many, huge, "bad\x7fkey YQ=="):
+            r = await client.post(
+                "/api/v1/uploads",
+                headers={**V, **dev, "Upload-Length": "4", "Upload-Metadata": meta},
+            )
+            assert r.status_code == 400, r.text
+            assert "Upload-Metadata" in r.json()["detail"]
+
+
+async def test_another_device_cannot_see_touch_or_concatenate_an_upload(
+    settings: HubSettings,
+) -> None:
+    async with hub_client(settings) as (_app, client):
+        a = _auth(await _enroll(client, "fac-a", "a"))
+        b = _auth(await _enroll(client, "fac-b", "b"))
+
+        async def partial(who: dict[str, str], data: bytes) -> str:
+            r = await client.post(
+                "/api/v1/uploads",
+                headers={**V, **who, "Upload-Length": str(len(data)), "Upload-Concat": "partial"},
+            )
+            assert r.status_code == 201, r.text
+            url = r.headers["Location"]
+            r = await client.patch(
+                url,
+                content=data,
+                headers={**V, **who, "Content-Type": OCTETS, "Upload-Offset": "0"},
+            )
+            assert r.status_code == 204, r.text
+            return str(url)
+
+        url = await partial(a, b"secret")
+        assert (await client.head(url, headers={**V, **b})).status_code == 404
+        r = await client.patch(
+            url, content=b"x", headers={**V, **b, "Content-Type": OCTETS, "Upload-Offset": "6"}
+        )
+        assert r.status_code == 404
+        assert (await client.delete(url, headers={**V, **b})).status_code == 404
+        r = await client.post(
+            "/api/v1/uploads", headers={**V, **b, "Upload-Concat": f"final;{url}"}
+        )
+        assert r.status_code == 404, r.text
+        assert r.json()["code"] == "unknown_upload"
+        # Still whole for its owner, who may concatenate it.
+        h = await client.head(url, headers={**V, **a})
+        assert h.status_code == 200 and h.headers["Upload-Offset"] == "6"
+        r = await client.post(
+            "/api/v1/uploads", headers={**V, **a, "Upload-Concat": f"final;{url}"}
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["Upload-Length"] == "6"
+
+
+async def test_offset_conflict_tells_the_offset(settings: HubSettings) -> None:
+    async with hub_client(settings) as (_app, client):
+        dev = _auth(await _enroll(client, "fac-a"))
+        url = await client.post("/api/v1/uploads", headers={**V, **dev, "Upload-Length": "8"})
+        r = await client.patch(
+            url.headers["Location"],
+            content=b"abcd",
+            headers={**V, **dev, "Content-Type": OCTETS, "Upload-Offset": "3"},
+        )
+        assert r.status_code == 409
+        assert r.json()["code"] == "offset_conflict"
+        assert r.headers["Upload-Offset"] == "0"
+
+
+async def test_the_janitor_removes_staged_bodies_a_crash_left(settings: HubSettings) -> None:
+    async with hub_client(settings) as (app, _client):
+        tus = app.state.hub.tus
+        staging = tus.store.staging_dir()
+        stale, fresh = staging / "dead.part", staging / "live.part"
+        stale.write_bytes(b"x" * 1000)
+        fresh.write_bytes(b"y")
+        hours_ago = time.time() - 2 * 3600
+        os.utime(stale, (hours_ago, hours_ago))
+        await tus.expire()
+        assert not stale.exists()
+        assert fresh.exists()  # a PATCH may still be writing it
+
+
+async def test_a_failed_statement_never_carries_its_values(tmp_path: Path) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relaypacs_hub.db.session import make_engine
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v TEXT NOT NULL UNIQUE)"))
+            await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "DOE^JANE"})
+            with pytest.raises(SQLAlchemyError) as caught:
+                await conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "DOE^JANE"})
+        assert "DOE^JANE" not in str(caught.value)
+        assert "hidden due to hide_parameters" in str(caught.value)
+    finally:
+        await engine.dispose()
