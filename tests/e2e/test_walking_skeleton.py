@@ -159,6 +159,39 @@ def test_make_demo_delivers_three_studies_and_quarantines_bad_files(tmp_path: Pa
         assert r.json()["role"] == "admin"
         dashboard = httpx.get(f"http://127.0.0.1:{port}/dashboard/")
         assert dashboard.status_code == (200 if built else 503)
+
+        # The report loop's outside contract: a report posted at the hub with the demo
+        # account's hub token is readable at the agent's LAN app within 90 s; 404 before.
+        lan = {"Authorization": f"Bearer {r.json()['token']}"}
+        study_uid = drop.studies[0].study_instance_uid
+        report_url = f"{web}/api/v1/studies/{study_uid}/report"
+        before = httpx.get(report_url, headers=lan)
+        assert before.status_code == 404, before.text
+        assert before.json()["code"] == "no_report"
+        hub_login = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/login",
+            json={"username": "demo", "password": password},
+        )
+        assert hub_login.status_code == 200, hub_login.text
+        text = "CT head: no acute intracranial abnormality."
+        posted = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/studies/{study_uid}/reports",
+            json={"text": text, "status": "final"},
+            headers={"Authorization": f"Bearer {hub_login.json()['access_token']}"},
+        )
+        assert posted.status_code in (200, 201), posted.text
+        t0 = time.monotonic()
+        report = wait_for(
+            lambda: (lambda g: g.json() if g.status_code == 200 else None)(
+                httpx.get(report_url, headers=lan)
+            ),
+            90,
+            "the report at the agent's LAN app",
+            interval=0.5,
+        )
+        assert report["status"] == "final"
+        assert report["text"] == text
+        assert time.monotonic() - t0 < 90
     finally:
         # Ctrl-C, as a person would: both processes stop cleanly.
         if demo.poll() is None:
