@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: compose-test agent-bundle test-py312 demo test test-fast lint docs install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward bench-reports clean
+.PHONY: compose-test agent-bundle test-py312 demo test test-fast lint docs install system-deps services npm-deps pwa pwa-test bench-ingest bench-wan bench-forward bench-reports bench-load clean
 
 install:  ## Python environment for all workspace packages (installs uv if missing)
 	@bash scripts/ensure-uv.sh
@@ -54,6 +54,10 @@ bench-wan: install system-deps  ## RelayPACS vs plain STOW-RS over shaped links 
 
 bench-forward: install system-deps  ## hub -> Orthanc forwarding rate vs direct STOW-RS
 	$(UV) run python bench/forward/run.py
+
+bench-load: install system-deps  ## 200 simulated agents for 10 min against 2 hub replicas behind nginx, one killed half-way
+	$(UV) run python bench/load/run.py --kill
+	$(UV) run python bench/load/run.py --curve 1,2,3 --minutes 3 --out bench/load/curve.json
 
 bench-reports: install system-deps  ## final SR in Orthanc -> readable at the agent, vs a plain poll
 	$(UV) run python bench/reports/run.py

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages used as real peers by the integration tests: Orthanc with its DICOMweb plugin,
 # dcmtk, dicom3tools, the WAN kit's nftables / iproute2, Chromium for the PWA's browser tests and
-# promtool for the alert rules, debootstrap for the agent installer's clean Debian root.
+# promtool for the alert rules, debootstrap for the agent installer's clean Debian root, nginx as
+# the load balancer in front of hub replicas.
 # Installed only when missing; the Orthanc service is not started (tests start their own Orthanc
 # processes on free ports).
 set -euo pipefail
@@ -21,12 +22,15 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # The agent installer's test installs into a clean Debian bookworm root made by debootstrap.
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# nginx balances hub replicas in the load benchmark and its replica-kill test; its service is not
+# started.
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "installing Debian packages: ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# Keep package scripts from starting the packaged Orthanc service on its default ports.
+# Keep package scripts from starting the packaged Orthanc and nginx services on their default ports.
 policy_created=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
