@@ -308,6 +308,33 @@ async def test_logins_are_audited_without_passwords(hub: Hub) -> None:
     assert PASSWORD not in dump and "hunter2-typo" not in dump
 
 
+
+async def test_a_password_typed_as_the_username_is_kept_nowhere(hub: Hub) -> None:
+    """An attack run found a password typed into the username field stored in the audit log,
+    and 422 answers echoing the submitted password back."""
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    secret = "Tr0ub4dor&3-typed-in-the-wrong-field"
+    r = await client.post("/api/v1/auth/login", json={"username": secret, "password": "x"})
+    assert r.status_code == 401
+    again = await client.post("/api/v1/auth/login", json={"username": secret, "password": "y"})
+    assert again.status_code == 401
+    records = [r.record async for r in read_log(app.state.hub.sessionmaker)]
+    failures = [r for r in records if r.action == "login" and r.outcome == "minor_failure"]
+    assert len(failures) == 2
+    # The same unknown name is recognisable as the same, without being readable.
+    assert failures[0].actor == failures[1].actor and failures[0].actor.startswith("unknown:")
+    dump = json.dumps([str(r) for r in records])
+    assert secret not in dump
+    # A body that does not fit the model: where and what, never the values sent.
+    r = await client.post("/api/v1/auth/login", json={"password": secret})
+    assert r.status_code == 422
+    assert secret not in r.text
+    assert r.json()["code"] == "invalid_request"
+    assert "username" in r.json()["message"]
+    r = await client.post("/api/v1/auth/login", json={"username": ["a"], "password": secret})
+    assert r.status_code == 422 and secret not in r.text
+
 def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
     settings = HubSettings(environment="production", agent_token="t" * 40, data_dir=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="JWT_PRIVATE_KEY_FILE"):

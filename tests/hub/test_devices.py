@@ -17,7 +17,15 @@ from relaypacs_dev.generate import generate_study
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import AuditLogEntry, Device, EnrollmentCode, utcnow
 from relaypacs_shared.wire import format_content_digest
-from tests.hub.authfix import ADMIN_TOKEN, AGENT_TOKEN, auth_settings, bearer, hub_client
+from tests.hub.authfix import (
+    ADMIN_TOKEN,
+    AGENT_TOKEN,
+    PASSWORD,
+    add_user,
+    auth_settings,
+    bearer,
+    hub_client,
+)
 
 ADMIN = bearer(ADMIN_TOKEN)
 
@@ -225,6 +233,24 @@ async def test_a_device_sends_and_reads_only_for_its_facility(
         # The legacy agent token still reads every facility.
         r = await client.get(f"/api/v1/studies/{uid_b}", headers=bearer(AGENT_TOKEN))
         assert r.status_code == 200
+
+        # People too read only their facilities' studies (a radiologist of clinic A once read
+        # clinic B's study state); an admin reads every one.
+        await add_user(_app, "rad-a", "radiologist", ["fac-a"])
+        await add_user(_app, "rad-b", "radiologist", ["fac-b"])
+        await add_user(_app, "boss", "admin", ["fac-a"])
+        for user, status_code in (("rad-a", 403), ("rad-b", 200), ("boss", 200)):
+            login = await client.post(
+                "/api/v1/auth/login", json={"username": user, "password": PASSWORD}
+            )
+            assert login.status_code == 200, login.text
+            token = bearer(login.json()["access_token"])
+            r = await client.get(f"/api/v1/studies/{uid_b}", headers=token)
+            assert r.status_code == status_code, (user, r.text)
+            if status_code == 403:
+                assert r.json()["code"] == "forbidden"
+            else:
+                assert r.json()["study_instance_uid"] == uid_b
 
 
 async def test_agent_token_can_be_switched_off(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.auth import devices
 from relaypacs_hub.config import HubSettings
+from relaypacs_hub.db.models import Study
 from relaypacs_hub.storage.base import ObjectStore
 
 
@@ -213,3 +214,27 @@ def route_policy(dependant: Any) -> list[Policy]:
     for d in dependant.dependencies:
         found += route_policy(d)
     return found
+
+
+async def readable_study(state: HubState, who: Principal, study_uid: str) -> str | None:
+    """The study's facility, once the caller may see the study: 404 when the hub holds no
+    instance of it, 403 when it belongs to a facility outside the caller's (a device reads its
+    own facility's studies, a user those of their facilities, an admin every one)."""
+    async with state.sessionmaker() as session:
+        if await session.get(Study, study_uid) is None:
+            raise HTTPException(
+                404, {"code": "unknown_study", "detail": "the hub holds no instance of this study"}
+            )
+        facility = await devices.study_facility(session, study_uid)
+    allowed: list[str] | None
+    if who.kind == "anonymous":  # an agent route with no agent credential configured (dev)
+        allowed = None
+    elif who.kind == "agent":
+        allowed = [who.agent_facility] if who.agent_facility is not None else None
+    else:
+        allowed = facility_scope(who)
+    if allowed is not None and facility not in allowed:
+        raise HTTPException(
+            403, {"code": "forbidden", "detail": "this study belongs to another facility"}
+        )
+    return facility

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from relaypacs_hub import metrics
@@ -48,6 +49,30 @@ async def rate_limited(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body, status_code=429, headers=headers)
 
 
+async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """A request that does not fit its model: where and what, never the value that was sent
+    (a password typed into the wrong field must not come back in the answer, nor reach a log)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    where = ", ".join(".".join(str(p) for p in e["loc"][1:] or e["loc"]) for e in errors[:5])
+    return JSONResponse(
+        {
+            "code": "invalid_request",
+            "message": f"the request is not valid: check {where}",
+            "detail": errors,
+        },
+        status_code=422,
+    )
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(RelayError, relay_error)
     app.add_exception_handler(RateLimited, rate_limited)

@@ -124,9 +124,10 @@ class AuthService:
             reason = "unknown_user" if user is None else "disabled" if user.disabled else "password"
             if user is not None and not user.disabled:
                 self._count_failure(user, now)
-            await audit(
-                session, username, "login", username, "minor_failure", source, reason=reason
-            )
+            # An unknown name is often a password typed into the wrong field: the audit keeps
+            # only a short hash of it (enough to see one name tried again and again).
+            who = username if user is not None else unknown_name(username)
+            await audit(session, who, "login", who, "minor_failure", source, reason=reason)
             return _BAD_LOGIN
         if user.totp_enabled and not await self._second_factor(
             session, user, totp_code, recovery_code
@@ -313,3 +314,8 @@ class AuthService:
             .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
+
+
+def unknown_name(username: str) -> str:
+    """How the audit names a login attempt for a user that does not exist: never the text typed."""
+    return "unknown:" + hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()[:12]

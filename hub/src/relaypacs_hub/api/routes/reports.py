@@ -17,10 +17,10 @@ from relaypacs_hub.api.deps import (
     Principal,
     State,
     StudyReader,
-    facility_scope,
+    readable_study,
 )
 from relaypacs_hub.audit import audit
-from relaypacs_hub.db.models import PushSubscription, Report, Study, StudyReport
+from relaypacs_hub.db.models import PushSubscription, Report, StudyReport
 from relaypacs_hub.reports.push import check_endpoint
 from relaypacs_hub.reports.service import (
     NewReport,
@@ -28,7 +28,6 @@ from relaypacs_hub.reports.service import (
     feed_page,
     record_report,
     report_json,
-    study_facility,
     study_report_json,
 )
 from relaypacs_shared.dicom import check_uid
@@ -60,25 +59,6 @@ def _uid(value: str) -> str:
         return check_uid(value, "StudyInstanceUID")
     except DicomValidationError as exc:
         raise _problem(422, "malformed_uid", exc.message) from exc
-
-
-async def _readable_study(state: State, who: Principal, study_uid: str) -> str | None:
-    """The study's facility, once the caller is allowed to see it (404 unknown, 403 another
-    facility's study)."""
-    async with state.sessionmaker() as session:
-        if await session.get(Study, study_uid) is None:
-            raise _problem(404, "unknown_study", "the hub holds no instance of this study")
-        facility = await study_facility(session, study_uid)
-    allowed: list[str] | None
-    if who.kind == "anonymous":  # an agent route with no agent credential configured (dev)
-        allowed = None
-    elif who.kind == "agent":
-        allowed = [who.agent_facility] if who.agent_facility is not None else None
-    else:
-        allowed = facility_scope(who)
-    if allowed is not None and facility not in allowed:
-        raise _problem(403, "forbidden", "this study belongs to another facility")
-    return facility
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -119,7 +99,7 @@ async def post_report(
     Encapsulated PDF (``application/dicom``), or a PDF (``application/pdf``, ``?status=``).
     The study's facility sees it at its agent."""
     study_uid = _uid(study_uid)
-    await _readable_study(state, who, study_uid)
+    await readable_study(state, who, study_uid)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await _read_body(request, state.settings.report_max_bytes)
     new: NewReport
@@ -197,7 +177,7 @@ async def get_reports(
     """A study's report status (none, preliminary, final, amended) with its times, and its
     reports, newest first (text included; a PDF through ``/api/v1/reports/{id}/content``)."""
     study_uid = _uid(study_uid)
-    await _readable_study(state, who, study_uid)
+    await readable_study(state, who, study_uid)
     async with state.sessionmaker() as session:
         row = await session.get(StudyReport, study_uid)
         reports = list(
@@ -231,7 +211,7 @@ async def get_report_content(
         report = await session.get(Report, report_id)
     if report is None or report.content is None:
         raise _problem(404, "unknown_report", "no such report document")
-    await _readable_study(state, who, report.study_instance_uid)
+    await readable_study(state, who, report.study_instance_uid)
     await audit(
         state.sessionmaker,
         who.name,

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AgentAuth, Principal, State, StudyReader
+from relaypacs_hub.api.deps import AgentAuth, Principal, State, StudyReader, readable_study
 from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
@@ -144,12 +144,7 @@ async def post_commit(
 async def get_study(study_uid: str, state: State, who: StudyReader) -> StudyStatus:
     """Where a study stands: committed or not, and per destination delivered and confirmed."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
-    if who.agent_facility is not None:  # a device reads only the studies of its facility
-        async with state.sessionmaker() as session:
-            owner = await devices.study_facility(session, study_uid)
-            held = owner is not None or await session.get(Study, study_uid) is not None
-        if held and owner != who.agent_facility:
-            raise _problem(403, "forbidden", "this study belongs to another facility")
+    await readable_study(state, who, study_uid)
     return await _status(state, study_uid)
 
 
