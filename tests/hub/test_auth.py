@@ -308,7 +308,6 @@ async def test_logins_are_audited_without_passwords(hub: Hub) -> None:
     assert PASSWORD not in dump and "hunter2-typo" not in dump
 
 
-
 async def test_a_password_typed_as_the_username_is_kept_nowhere(hub: Hub) -> None:
     """An attack run found a password typed into the username field stored in the audit log,
     and 422 answers echoing the submitted password back."""
@@ -334,6 +333,7 @@ async def test_a_password_typed_as_the_username_is_kept_nowhere(hub: Hub) -> Non
     assert "username" in r.json()["message"]
     r = await client.post("/api/v1/auth/login", json={"username": ["a"], "password": secret})
     assert r.status_code == 422 and secret not in r.text
+
 
 def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
     settings = HubSettings(environment="production", agent_token="t" * 40, data_dir=tmp_path)  # type: ignore[arg-type]
