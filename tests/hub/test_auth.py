@@ -336,7 +336,11 @@ async def test_a_password_typed_as_the_username_is_kept_nowhere(hub: Hub) -> Non
 
 
 def test_production_refuses_to_start_without_a_signing_key(tmp_path: Path) -> None:
-    settings = HubSettings(environment="production", agent_token="t" * 40, data_dir=tmp_path)  # type: ignore[arg-type]
+    settings = HubSettings(
+        environment="production",
+        agent_token="3f9a1c7e5b2d4086a9e1f3c5b7d90e2a4c6b8d0f1e3a5c7b",
+        data_dir=tmp_path,
+    )  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="JWT_PRIVATE_KEY_FILE"):
         create_app(settings)
 

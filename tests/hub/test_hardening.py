@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -108,3 +109,72 @@ async def test_body_limits_per_route(tmp_path: Path) -> None:
         assert r.status_code != 413
         r = await client.put("/api/v1/studies/1.2.3/instances/1.2.3.4", content=b"x" * 100_001)
         assert r.status_code == 413
+
+
+async def test_security_headers_on_every_answer(tmp_path: Path) -> None:
+    """nosniff, no-referrer and no-store on API answers (tokens, study states), errors included;
+    HSTS when the hub serves TLS; the CDN-loading API pages only in development."""
+    import trustme
+
+    settings = HubSettings(data_dir=tmp_path / "hub", worker_enabled=False)
+    async with hub_client(settings) as (_app, client):
+        answers = [
+            await client.get("/api/v1/devices/verifiers"),  # 401
+            await client.post("/api/v1/auth/login", json={"username": "nobody", "password": "x"}),
+            await client.post("/api/v1/auth/login", json={}),  # 422
+            await client.get("/healthz"),
+        ]
+        assert [r.status_code for r in answers] == [401, 401, 422, 200]
+        for r in answers:
+            assert r.headers["x-content-type-options"] == "nosniff", r.request.url
+            assert r.headers["referrer-policy"] == "no-referrer"
+            assert r.headers["x-frame-options"] == "DENY"
+            assert "strict-transport-security" not in r.headers  # plain HTTP
+        for r in answers[:3]:
+            assert r.headers["cache-control"] == "no-store"
+        assert (await client.get("/docs")).status_code == 200  # development
+    key_file = tmp_path / "hub" / "jwt-signing-key.pem"  # made by the development run above
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("hub.example")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    production = HubSettings(
+        environment="production",
+        data_dir=tmp_path / "prod",
+        worker_enabled=False,
+        agent_token="3f9a1c7e5b2d4086a9e1f3c5b7d90e2a4c6b8d0f1e3a5c7b",  # type: ignore[arg-type]
+        jwt_private_key_file=key_file,
+        tls_certfile=tmp_path / "cert.pem",
+        tls_keyfile=tmp_path / "key.pem",
+    )
+    async with hub_client(production) as (_app, client):
+        r = await client.get("/healthz")
+        assert r.headers["strict-transport-security"].startswith("max-age=31536000")
+        assert (await client.get("/docs")).status_code == 404
+        assert (await client.get("/redoc")).status_code == 404
+        assert (await client.get("/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("agent_token", "a" * 36),  # the attack run's 36 x "a"
+        ("admin_token", "x"),  # and its one-character admin token
+        ("admin_token", "Password1Password1Password1Password1"),
+        ("metrics_token", "0123456789" * 4),
+    ],
+)
+def test_production_refuses_guessable_tokens(tmp_path: Path, setting: str, value: str) -> None:
+    strong = "3f9a1c7e5b2d4086a9e1f3c5b7d90e2a4c6b8d0f1e3a5c7b"
+    values = {"agent_token": strong, setting: value}
+    with pytest.raises(ValueError, match=f"RELAYPACS_HUB_{setting.upper()} is guessable"):
+        HubSettings(environment="production", data_dir=tmp_path, **values)  # type: ignore[arg-type]
+    # Development takes anything (the demo and the tests use short tokens).
+    HubSettings(data_dir=tmp_path, **values)  # type: ignore[arg-type]
+    # A random token passes.
+    HubSettings(
+        environment="production",
+        data_dir=tmp_path,
+        **{**values, setting: secrets.token_hex(16)},  # type: ignore[arg-type]
+    )

@@ -506,7 +506,7 @@ def test_settings_refuse_s3_without_endpoint_and_default_secrets_in_production()
         HubSettings(object_store="s3", s3_endpoint="")
     with pytest.raises(ValueError, match="S3_ENDPOINT"):
         HubSettings(object_store="s3", s3_endpoint="https://minio.lan:9000")
-    token = "t" * 40
+    token = "3f9a1c7e5b2d4086a9e1f3c5b7d90e2a4c6b8d0f1e3a5c7b"
     for secret in ("", "minioadmin"):
         with pytest.raises(ValueError, match="S3_SECRET_KEY"):
             HubSettings(

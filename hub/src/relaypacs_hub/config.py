@@ -5,6 +5,8 @@ Every setting needs a description: ``docs/configuration.md`` is generated from t
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +19,40 @@ from relaypacs_shared.netpolicy import is_loopback_host
 _WELL_KNOWN_S3_SECRETS = frozenset(
     {"minioadmin", "minio123", "testing", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
 )
+
+
+# Bits a production token must carry by the estimate of ``secret_bits`` (a random 32-character
+# hex token estimates at about 115, `openssl rand -hex 32` at about 240; 36 x "a" at 0).
+MIN_SECRET_BITS = 96
+
+
+def secret_bits(value: str) -> float:
+    """Estimated entropy of a secret: the Shannon entropy of its characters times the number of
+    characters that do not repeat earlier text (runs of 3 or more that occurred before count for
+    nothing).
+
+    Not a proof of randomness, but it refuses what people type by hand: one character repeated,
+    a word or a digit run written several times.
+    """
+    n = len(value)
+    if not n:
+        return 0.0
+    counts = Counter(value)
+    per_char = -sum(c / n * math.log2(c / n) for c in counts.values())
+    novel, i = 0, 0
+    while i < n:
+        longest = 0
+        for j in range(i):
+            k = 0
+            while i + k < n and value[j + k] == value[i + k]:
+                k += 1
+            longest = max(longest, k)
+        if longest >= 3:
+            i += longest
+        else:
+            novel += 1
+            i += 1
+    return novel * per_char
 
 
 class HubSettings(BaseSettings):
@@ -324,12 +360,28 @@ class HubSettings(BaseSettings):
     def _refuse_unsafe_production(self) -> HubSettings:
         if self.environment == "production" and self.anonymous_agents:
             raise ValueError("RELAYPACS_HUB_ANONYMOUS_AGENTS is for development only")
-        if self.environment == "production" and self.allow_agent_token:
+        if self.environment != "production":
+            return self
+        if self.allow_agent_token:
             token = self.agent_token.get_secret_value() if self.agent_token else ""
             if len(token) < 32:
                 raise ValueError(
                     "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production "
                     "(or RELAYPACS_HUB_ALLOW_AGENT_TOKEN=false once agents are enrolled)"
+                )
+        for name in ("agent_token", "admin_token", "metrics_token"):
+            secret = getattr(self, name)
+            if secret is None or (name == "agent_token" and not self.allow_agent_token):
+                continue
+            value = secret.get_secret_value()
+            if "change-me" in value.lower():
+                continue  # the example file's placeholder: refused in its own words below
+            bits = secret_bits(value)
+            if len(value) < 32 or bits < MIN_SECRET_BITS:
+                raise ValueError(
+                    f"RELAYPACS_HUB_{name.upper()} is guessable ({len(value)} characters, about "
+                    f"{bits:.0f} bits by its characters; {MIN_SECRET_BITS} needed): use a random "
+                    "value of at least 32 characters, e.g. `openssl rand -hex 32`"
                 )
         return self
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from relaypacs_hub import metrics
 from relaypacs_hub.api import problems
 from relaypacs_hub.api.deps import HubState
+from relaypacs_hub.api.headers import SecurityHeaders
 from relaypacs_hub.api.routes import (
     analytics,
     dashboard,
@@ -174,7 +175,16 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
             await engine.dispose()
             log.info("hub_stopped")
 
-    app = FastAPI(title="RelayPACS hub", version="0.1.0", lifespan=lifespan)
+    # The interactive API pages load their scripts from a CDN: development only (the API
+    # reference is docs/api.md, and /openapi.json stays).
+    production = settings.environment == "production"
+    app = FastAPI(
+        title="RelayPACS hub",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None if production else "/docs",
+        redoc_url=None if production else "/redoc",
+    )
 
     @app.exception_handler(HTTPException)
     async def _problem_handler(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -197,6 +207,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     for error in DATABASE_ERRORS:
         app.add_exception_handler(error, _database_handler)
     app.add_middleware(CountRequests)
+    app.add_middleware(SecurityHeaders, hsts=settings.tls_certfile is not None)
 
     @app.exception_handler(Exception)
     async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
