@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
+from sqlalchemy import select
 
+from relaypacs_dev.generate import generate_study
 from relaypacs_hub.config import HubSettings
+from relaypacs_hub.db.models import Upload
+from relaypacs_shared.segments import SegmentItem, build_segment
 from relaypacs_shared.tus import encode_metadata
 from tests.hub.authfix import auth_settings, hub_client
 from tests.hub.test_devices import _auth, _enroll
@@ -179,3 +185,65 @@ async def test_a_failed_statement_never_carries_its_values(tmp_path: Path) -> No
         assert "hidden due to hide_parameters" in str(caught.value)
     finally:
         await engine.dispose()
+
+
+async def test_a_segment_entry_larger_than_its_manifest_entry_is_refused_before_work(
+    tmp_path: Path,
+) -> None:
+    """The sizes the manifest declared bound what a segment may inflate to: an entry claiming
+    more is refused before it is decompressed, and the instance stays missing."""
+
+    study = generate_study(tmp_path / "src", instances=2, seed=9, rows=32, columns=32)
+    items = []
+    for i, f in enumerate(study.files):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        true_size = f.stat().st_size
+        items.append(
+            SegmentItem(
+                path=f,
+                sop_instance_uid=ds.SOPInstanceUID,
+                series_instance_uid=ds.SeriesInstanceUID,
+                sha256=hashlib.sha256(f.read_bytes()).hexdigest(),
+                # The second entry lies about its size in the segment's index.
+                size=true_size if i == 0 else 2**30,
+                compress=True,
+            )
+        )
+    uid = study.study_instance_uid
+    manifest = {
+        "instances": [
+            {
+                "sop_instance_uid": it.sop_instance_uid,
+                "series_instance_uid": it.series_instance_uid,
+                "sha256": it.sha256,
+                "size": f.stat().st_size,
+            }
+            for it, f in zip(items, study.files, strict=True)
+        ]
+    }
+    seg = build_segment(tmp_path / "seg.bin", segment_id="s1", study_instance_uid=uid, items=items)
+    body = seg.path.read_bytes()
+    settings = HubSettings(data_dir=tmp_path / "hub", worker_enabled=False, anonymous_agents=True)
+    async with hub_client(settings) as (_app, client):
+        r = await client.post(f"/api/v1/studies/{uid}/manifest", json=manifest)
+        assert r.status_code == 200 and len(r.json()["missing"]) == 2
+        meta = encode_metadata(
+            {"kind": "relaypacs-segment", "study": uid, "segment": "s1", "sha256": seg.sha256}
+        )
+        r = await client.post(
+            "/api/v1/uploads",
+            headers={**V, "Upload-Length": str(len(body)), "Upload-Metadata": meta},
+        )
+        assert r.status_code == 201, r.text
+        r = await client.patch(
+            r.headers["location"],
+            content=body,
+            headers={**V, "Content-Type": OCTETS, "Upload-Offset": "0"},
+        )
+        assert r.status_code == 204, r.text
+        r = await client.post(f"/api/v1/studies/{uid}/manifest", json=manifest)
+        # The honest entry is stored; the lying one is still missing.
+        assert r.json()["missing"] == [items[1].sop_instance_uid]
+        async with _app.state.hub.sessionmaker() as session:
+            errors = [u.error for u in await session.scalars(select(Upload))]
+        assert any(e and "entry declares 1073741824 bytes, the manifest" in e for e in errors)

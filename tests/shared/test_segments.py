@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from relaypacs_shared.errors import ChecksumMismatch, ProtocolError
 from relaypacs_shared.segments import (
     MAGIC,
+    SegmentEntry,
     SegmentItem,
     build_segment,
     extract_entry,
@@ -140,3 +141,37 @@ def test_only_native_transfer_syntaxes_are_compressed() -> None:
     assert not should_compress("1.2.840.10008.1.2.4.50")  # JPEG baseline
     assert not should_compress("1.2.840.10008.1.2.4.90")  # JPEG 2000
     assert not should_compress("1.2.840.10008.1.2.1.99")  # deflated
+
+
+def test_a_few_kilobytes_that_inflate_to_a_gigabyte_cost_one_block(tmp_path: Path) -> None:
+    """An attack run sent a 9.5 KB segment entry that decompressed to 1 GiB: decompression now
+    runs in bounded blocks and stops at the declared size."""
+    import tracemalloc
+
+    import zstandard
+
+    comp = io.BytesIO()
+    with zstandard.ZstdCompressor(level=19).stream_writer(comp, closefd=False) as w:
+        zeros = bytes(1024 * 1024)
+        for _ in range(1024):
+            w.write(zeros)
+    payload = comp.getvalue()
+    assert len(payload) < 100_000
+    seg = MAGIC + payload
+    entry = SegmentEntry(
+        sop_instance_uid="1.2.3",
+        series_instance_uid="1.2",
+        sha256="0" * 64,
+        size=4096,
+        encoding="zstd",
+        offset=len(MAGIC),
+        length=len(payload),
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="beyond its declared size"):
+            extract_entry(io.BytesIO(seg), entry, io.BytesIO())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak

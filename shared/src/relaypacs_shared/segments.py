@@ -208,32 +208,47 @@ def read_index(f: BinaryIO, length: int) -> SegmentIndex:
     return index
 
 
+class _EntryReader:
+    """The stored bytes of one entry, as a file the decompressor reads from."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self.f = f
+        self.remaining = length
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.remaining if n is None or n < 0 else min(n, self.remaining)
+        if want <= 0:
+            return b""
+        block = self.f.read(want)
+        if not block:
+            raise ProtocolError("segment entry truncated")
+        self.remaining -= len(block)
+        return block
+
+
 def extract_entry(f: BinaryIO, entry: SegmentEntry, out: BinaryIO) -> str:
-    """Write one entry's original bytes to ``out``; return their SHA-256 (hex)."""
+    """Write one entry's original bytes to ``out``; return their SHA-256 (hex).
+
+    Decompression runs in blocks of at most 1 MiB of output, stopped as soon as the entry's
+    declared size is passed: a few KB crafted to expand to gigabytes cost at most one block.
+    """
     f.seek(entry.offset)
     h = hashlib.sha256()
-
-    def chunks() -> Iterator[bytes]:
-        remaining = entry.length
-        while remaining > 0:
-            block = f.read(min(_CHUNK, remaining))
-            if not block:
-                raise ProtocolError("segment entry truncated")
-            remaining -= len(block)
-            yield block
-
+    src = _EntryReader(f, entry.length)
     written = 0
     if entry.encoding == "zstd":
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        for block in chunks():
-            data = dobj.decompress(block)
-            written += len(data)
-            if written > entry.size:
-                raise ProtocolError("entry decompresses beyond its declared size")
-            h.update(data)
-            out.write(data)
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=_CHUNK)
+        try:
+            while data := reader.read(_CHUNK):
+                written += len(data)
+                if written > entry.size:
+                    raise ProtocolError("entry decompresses beyond its declared size")
+                h.update(data)
+                out.write(data)
+        except zstandard.ZstdError as exc:
+            raise ProtocolError(f"entry is not valid zstd data: {exc}") from exc
     else:
-        for block in chunks():
+        while block := src.read(_CHUNK):
             written += len(block)
             h.update(block)
             out.write(block)

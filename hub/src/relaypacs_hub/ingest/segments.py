@@ -82,6 +82,14 @@ async def process_upload(
                 if m is None or m.sha256 != entry.sha256:
                     outcome.rejected[sop] = "not declared in the study's manifest with this hash"
                     continue
+                if entry.size != m.size or entry.size > max_instance_bytes:
+                    # Checked before any work: the size bounds the decompression.
+                    outcome.rejected[sop] = (
+                        f"entry declares {entry.size} bytes, the manifest {m.size}"
+                        if entry.size != m.size
+                        else f"entry of {entry.size} bytes is over the instance limit"
+                    )
+                    continue
                 if held.get(sop) == entry.sha256:
                     outcome.already_held += 1
                     continue
