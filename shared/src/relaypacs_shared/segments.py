@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -237,7 +237,7 @@ def extract_entry(f: BinaryIO, entry: SegmentEntry, out: BinaryIO) -> str:
     src = _EntryReader(f, entry.length)
     written = 0
     if entry.encoding == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=_CHUNK)
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_size=_CHUNK)  # type: ignore[arg-type]
         try:
             while data := reader.read(_CHUNK):
                 written += len(data)
