@@ -178,3 +178,20 @@ def test_production_refuses_guessable_tokens(tmp_path: Path, setting: str, value
         data_dir=tmp_path,
         **{**values, setting: secrets.token_hex(16)},  # type: ignore[arg-type]
     )
+
+
+async def test_enrollment_attempts_are_rate_limited_per_address(tmp_path: Path) -> None:
+    """Anonymous enrollment attempts were unlimited, each one an audit row."""
+    settings = HubSettings(data_dir=tmp_path / "hub", worker_enabled=False, enroll_rate_per_ip=3)
+    async with hub_client(settings) as (_app, client):
+        codes = []
+        for i in range(3):
+            r = await client.post(
+                "/api/v1/devices/enroll", json={"code": f"guess-{i}", "name": "x"}
+            )
+            codes.append(r.status_code)
+        assert codes == [400, 400, 400]
+        r = await client.post("/api/v1/devices/enroll", json={"code": "guess-4", "name": "x"})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after"]) > 0
+        assert r.json()["code"] == "rate_limited"

@@ -240,6 +240,12 @@ class HubSettings(BaseSettings):
     login_rate_window_seconds: float = Field(
         default=60.0, gt=0, description="Sliding window of the login rate limits, in seconds."
     )
+    enroll_rate_per_ip: int = Field(
+        default=10,
+        ge=0,
+        description="Enrollment attempts (`POST /api/v1/devices/enroll`, no credential needed) per "
+        "client address per `login_rate_window_seconds` (0: no limit).",
+    )
     upload_create_rate: int = Field(
         default=1200,
         ge=0,

@@ -172,6 +172,10 @@ def login_user_rule(settings: HubSettings) -> Rule:
     return Rule("login-user", settings.login_rate_per_user, settings.login_rate_window_seconds)
 
 
+def enroll_rule(settings: HubSettings) -> Rule:
+    return Rule("enroll-ip", settings.enroll_rate_per_ip, settings.login_rate_window_seconds)
+
+
 def upload_create_rule(settings: HubSettings) -> Rule:
     return Rule(
         "upload-create", settings.upload_create_rate, settings.upload_create_rate_window_seconds

@@ -15,6 +15,7 @@ from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
 from relaypacs_hub.auth.service import facilities_of
 from relaypacs_hub.db.models import AgentHeartbeat, Device, User, aware_utc, utcnow
+from relaypacs_hub.ratelimit import RateLimited, enforce, enroll_rule
 from relaypacs_shared.wire import Heartbeat
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -89,7 +90,14 @@ async def issue_code(
 async def enroll(
     body: EnrollRequest, state: State, _auth: PublicAccess, request: Request
 ) -> CredentialAnswer:
-    """Exchange a one-time code for a device credential; the code is used up."""
+    """Exchange a one-time code for a device credential; the code is used up.
+
+    Rate limited per client address (429 with ``Retry-After``): codes cannot be guessed at
+    speed, and the audit log is not flooded with failed attempts."""
+    try:
+        await enforce(state.limiter, enroll_rule(state.settings), _source(request) or "unknown")
+    except RateLimited as exc:
+        raise HTTPException(429, exc.body, {"Retry-After": exc.retry_after_header}) from exc
     try:
         device, secret = await devices.enroll(
             state.sessionmaker, body.code, body.name, _source(request)
