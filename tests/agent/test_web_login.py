@@ -105,6 +105,38 @@ async def test_a_user_removed_at_the_hub_loses_the_session_at_next_sync(tmp_path
         assert (await web.client.get("/api/v1/auth/me", headers=headers)).status_code == 401
 
 
+async def test_a_password_reset_at_the_hub_ends_the_lan_sessions(tmp_path: Path) -> None:
+    """LAN sessions once outlived a password reset at the hub (the attack run's finding)."""
+    from argon2 import PasswordHasher
+
+    hub = FakeHub()
+    async with web_app(tmp_path, hub=hub) as web:
+        mine = await web.login("clinician1")
+        other = await web.login("radiographer1")
+        new_hash = PasswordHasher().hash("a new password after a leak")
+        hub.users = [
+            {**u, "password_hash": new_hash} if u["username"] == "clinician1" else u
+            for u in hub.users
+        ]
+        assert web.auth.sync()
+        assert (await web.client.get("/api/v1/auth/me", headers=mine)).status_code == 401
+        # Only that user's sessions end.
+        assert (await web.client.get("/api/v1/auth/me", headers=other)).status_code == 200
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "clinician1", "password": PASSWORD}
+        )
+        assert r.status_code == 401
+        r = await web.client.post(
+            "/api/v1/auth/login",
+            json={"username": "clinician1", "password": "a new password after a leak"},
+        )
+        assert r.status_code == 200
+        ended = web.auth.store.query(
+            "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'lan.sessions_ended'"
+        )
+        assert ended[0]["n"] == 1
+
+
 async def test_other_facility_refused_unrestricted_allowed(tmp_path: Path) -> None:
     hub = FakeHub(users=[user("south1", "clinician", ["south"]), user("roamer", "admin", [])])
     async with web_app(tmp_path, hub=hub, facility="north") as web:

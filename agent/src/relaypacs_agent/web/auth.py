@@ -141,6 +141,10 @@ class LanAuth:
             now = time.time()
             users = feed.get("users", [])
             with self.store.tx() as conn:
+                before = {
+                    str(r[0]): str(r[1])
+                    for r in conn.execute("SELECT username, password_hash FROM lan_users")
+                }
                 conn.execute("DELETE FROM lan_users")  # a user disabled at the hub is gone here
                 for u in users:
                     conn.execute(
@@ -158,6 +162,23 @@ class LanAuth:
                             now,
                         ),
                     )
+                # A password changed (or reset) at the hub ends the user's LAN sessions, as it
+                # ends their sessions at the hub.
+                now_hashes = {str(u["username"]): str(u["password_hash"]) for u in users}
+                for name, old_hash in before.items():
+                    if name in now_hashes and now_hashes[name] != old_hash:
+                        ended = conn.execute(
+                            "DELETE FROM lan_sessions WHERE username = ?", (name,)
+                        ).rowcount
+                        if ended:
+                            audit.append(
+                                conn,
+                                "agent",
+                                "lan.sessions_ended",
+                                name,
+                                reason="password_changed",
+                                sessions=ended,
+                            )
                 conn.execute(
                     "INSERT OR REPLACE INTO lan_meta (key, value) "
                     "VALUES ('verifiers_synced_at', ?)",
