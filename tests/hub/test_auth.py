@@ -202,6 +202,43 @@ async def test_logout_revokes_the_refresh_token(hub: Hub) -> None:
     assert r.status_code == 401
 
 
+async def test_access_tokens_end_with_their_session_not_minutes_later(hub: Hub) -> None:
+    """Access tokens lived their 10 minutes after a logout, a refresh token caught reused, or a
+    password reset (the attack run's finding)."""
+    app, client = hub
+    await add_user(app, "alice", "clinician")
+    await add_user(app, "root", "admin")
+    admin = bearer((await tokens(client, "root"))["access_token"])
+
+    async def me(t: dict[str, Any]) -> int:
+        r = await client.get("/api/v1/auth/me", headers=bearer(t["access_token"]))
+        return r.status_code
+
+    # Logout.
+    a, b = await tokens(client, "alice"), await tokens(client, "alice")
+    assert await me(a) == 200
+    r = await client.post("/api/v1/auth/logout", json={"refresh_token": a["refresh_token"]})
+    assert r.status_code == 204
+    assert await me(a) == 401
+    assert await me(b) == 200  # another device's session goes on
+
+    # A refresh token used twice: the whole family, access tokens included.
+    r = await client.post("/api/v1/auth/refresh", json={"refresh_token": b["refresh_token"]})
+    rotated = r.json()
+    assert await me(rotated) == 200
+    await client.post("/api/v1/auth/refresh", json={"refresh_token": b["refresh_token"]})
+    assert await me(rotated) == 401
+
+    # A password reset by an admin ends every session of the user.
+    c = await tokens(client, "alice")
+    assert await me(c) == 200
+    r = await client.patch(
+        "/api/v1/users/alice", json={"password": "a brand new passphrase 42"}, headers=admin
+    )
+    assert r.status_code == 200, r.text
+    assert await me(c) == 401
+
+
 async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) -> None:
     app, client = hub
     await add_user(app, "alice", "radiographer")

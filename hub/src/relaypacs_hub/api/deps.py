@@ -107,6 +107,9 @@ async def _principal(state: HubState, authorization: str | None) -> Principal | 
     user = await state.auth.active_user(claims.sub)
     if user is None:  # deleted or disabled since the token was issued
         raise _unauthorized("invalid or expired access token")
+    if claims.fam is not None and not await state.auth.family_alive(claims.fam):
+        # signed out, refresh token caught reused, or the account changed since
+        raise _unauthorized("invalid or expired access token")
     return Principal("user", user.username, user.role, facilities_of(user), claims.scope)
 
 

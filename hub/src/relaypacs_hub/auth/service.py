@@ -71,12 +71,13 @@ class AuthService:
     # -- tokens --------------------------------------------------------------------------------
 
     async def _issue(self, session: AsyncSession, user: User, family: str | None) -> TokenPair:
-        access = self.issuer.issue(user.username, user.role, facilities_of(user))
+        family = family or str(uuid.uuid4())
+        access = self.issuer.issue(user.username, user.role, facilities_of(user), family=family)
         refresh = secrets.token_urlsafe(32)
         session.add(
             RefreshToken(
                 token_hash=_sha256(refresh),
-                family_id=family or str(uuid.uuid4()),
+                family_id=family,
                 user_id=user.id,
                 expires_at=utcnow() + timedelta(days=self.settings.refresh_token_days),
             )
@@ -277,6 +278,22 @@ class AuthService:
         if user is None or user.disabled:
             raise AuthError(401, "unauthorized", "unknown or disabled user")
         return user
+
+    async def family_alive(self, family: str) -> bool:
+        """Whether a refresh-token family still holds a usable token: an access token of a
+        family that was logged out, caught reused, or revoked by an account change is refused
+        at once instead of living out its minutes."""
+        async with self.sessionmaker() as session:
+            found = await session.scalar(
+                select(RefreshToken.id)
+                .where(
+                    RefreshToken.family_id == family,
+                    RefreshToken.revoked_at.is_(None),
+                    RefreshToken.expires_at > utcnow(),
+                )
+                .limit(1)
+            )
+        return found is not None
 
     async def active_user(self, username: str) -> User | None:
         async with self.sessionmaker() as session:

@@ -33,6 +33,9 @@ class AccessClaims:
     fac: list[str]
     jti: str
     scope: str  # "full", or "totp-enroll" for a user who must enroll a second factor first
+    # The refresh-token family the token was issued with (logout, reuse detection and account
+    # changes revoke the family, and the access token with it). None: an enroll-only token.
+    fam: str | None = None
 
 
 def _write_new_key(path: Path) -> None:
@@ -89,6 +92,7 @@ class TokenIssuer:
         facilities: list[str],
         scope: str = "full",
         now: datetime | None = None,
+        family: str | None = None,
     ) -> str:
         now = now or datetime.now(UTC)
         claims: dict[str, Any] = {
@@ -102,6 +106,8 @@ class TokenIssuer:
             "exp": int((now + self.ttl).timestamp()),
             "jti": uuid.uuid4().hex,
         }
+        if family is not None:
+            claims["fam"] = family
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> AccessClaims:
@@ -125,4 +131,5 @@ class TokenIssuer:
             fac=[str(f) for f in fac],
             jti=str(c["jti"]),
             scope=str(c.get("scope", "full")),
+            fam=str(c["fam"]) if c.get("fam") is not None else None,
         )
