@@ -239,6 +239,20 @@ async def test_access_tokens_end_with_their_session_not_minutes_later(hub: Hub) 
     assert await me(c) == 401
 
 
+async def test_usernames_differing_only_by_case_are_one_name(hub: Hub) -> None:
+    app, client = hub
+    await add_user(app, "root", "admin")
+    admin = bearer((await tokens(client, "root"))["access_token"])
+    body = {"password": "a long enough passphrase", "role": "clinician", "facilities": ["fac-a"]}
+    r = await client.post("/api/v1/users", json={"username": "alice", **body}, headers=admin)
+    assert r.status_code == 201, r.text
+    for name in ("Alice", "ALICE", "alice"):
+        r = await client.post("/api/v1/users", json={"username": name, **body}, headers=admin)
+        assert r.status_code == 409, name
+        assert r.json()["code"] == "user_exists"
+        assert "alice" in r.json()["detail"]
+
+
 async def test_totp_from_enrollment_to_login_and_a_recovery_code_once(hub: Hub) -> None:
     app, client = hub
     await add_user(app, "alice", "radiographer")

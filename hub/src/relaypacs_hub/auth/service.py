@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.audit import audit
@@ -311,9 +311,18 @@ class AuthService:
         facilities: list[str],
     ) -> User:
         async with self.sessionmaker() as session, session.begin():
-            exists = await session.scalar(select(User.id).where(User.username == username))
+            # "Alice" and "alice" would be two accounts to the hub but one person to everybody
+            # reading an audit log or a study list: names are unique whatever their case.
+            exists = await session.scalar(
+                select(User.username).where(func.lower(User.username) == username.lower())
+            )
             if exists is not None:
-                raise AuthError(409, "user_exists", f"user {username} already exists")
+                detail = (
+                    f"user {username} already exists"
+                    if exists == username
+                    else f"user {exists} already exists (names differing only by case are one name)"
+                )
+                raise AuthError(409, "user_exists", detail)
             user = User(
                 username=username,
                 role=role,

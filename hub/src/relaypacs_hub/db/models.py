@@ -16,6 +16,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -213,6 +215,8 @@ class User(Base):
     """A person at the hub: a role, the facilities they belong to, an argon2 password hash."""
 
     __tablename__ = "users"
+    # Names are unique whatever their case (migration 0012).
+    __table_args__ = (Index("ix_users_username_lower", func.lower(text("username")), unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
