@@ -220,3 +220,57 @@ async def test_uploads_abandoned_for_days_are_dropped_and_finished_ones_kept(
         assert not web.batches.part_path(stale).exists()
         assert web.batches.upload(done.rsplit("/", 1)[1])["state"] == "done"
         assert web.batches.upload(fresh)["state"] == "open"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("reserve_mb", [2, 0], ids=["reserve", "no-reserve"])
+async def test_parallel_uploads_on_a_small_disk_get_507_never_a_full_disk(
+    tmp_path: Path, reserve_mb: int
+) -> None:
+    """Eight parallel LAN uploads once filled the agent's disk to 0 bytes and the PATCH died
+    with an unhandled ENOSPC (the reserve was checked only when an upload was created). Now the
+    reserve holds while bytes arrive; without a reserve the full disk is a 507 too; the offset
+    answered is what the agent holds whole, so the phone resumes from it once space is back."""
+    import os
+
+    from tests.support.smallfs import small_filesystem
+
+    size = 4 * 1024 * 1024
+    with small_filesystem(tmp_path / "disk", 14 * 1024 * 1024) as disk:
+        async with web_app(disk, min_free_bytes=reserve_mb * 1024 * 1024) as web:
+            h = await web.login("radiographer1")
+            urls = [await _new_upload(web, h, size) for _ in range(4)]
+            body = os.urandom(size)
+            answers: list[Any] = [None] * 4
+            lowest_free = [1 << 62]
+
+            async def send(i: int) -> None:
+                answers[i] = await web.client.patch(
+                    urls[i], content=body, headers=patch_headers(h, 0)
+                )
+
+            async def watch() -> None:
+                while any(a is None for a in answers):
+                    st = os.statvfs(disk)
+                    lowest_free[0] = min(lowest_free[0], st.f_bavail * st.f_frsize)
+                    await anyio.sleep(0.01)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                for i in range(4):
+                    tg.start_soon(send, i)
+            codes = sorted(a.status_code for a in answers)
+            # Four 4 MB files cannot all fit on 14 MB: at least one is told the disk is full.
+            # (A file that arrives whole is refused as not DICOM, 422: its bytes are random.)
+            assert 507 in codes and set(codes) <= {204, 422, 507}, codes
+            for a in answers:
+                if a.status_code == 507:
+                    assert a.json()["code"] == "disk_full"
+                    assert "free space" in a.json()["detail"]
+                    held = int(a.headers["upload-offset"])
+                    assert 0 <= held < size
+                    r = await web.client.head(a.request.url.path, headers={**h, **TUS})
+                    assert int(r.headers["upload-offset"]) == held
+            if reserve_mb:
+                # The reserve held (less one write buffer that was in flight).
+                assert lowest_free[0] >= (reserve_mb - 1) * 1024 * 1024, lowest_free[0]

@@ -10,6 +10,8 @@ resumes with HEAD. The file is taken in (validated, spooled or quarantined) at i
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -429,6 +431,15 @@ async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> R
         fixed = await anyio.to_thread.run_sync(ctx.batches.reconcile, upload_id)
         return Response(status_code=409, headers=_tus({"Upload-Offset": str(fixed["offset"])}))
     buf = bytearray()
+    reserve = ctx.batches.ingestor.check_reserve
+
+    def write(data: bytes) -> None:
+        # The disk reserve holds while bytes arrive, not only when the upload was created:
+        # parallel uploads from several phones must not fill the disk between them.
+        reserve(len(data))
+        f.write(data)
+        f.flush()
+
     try:
         async for chunk in _chunks(request):  # keep what arrived: the phone resumes from it
             if len(chunk) > length - offset - len(buf):
@@ -436,7 +447,7 @@ async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> R
                 break
             buf += chunk
             if len(buf) >= _WRITE_BUFFER:
-                await anyio.to_thread.run_sync(f.write, bytes(buf))
+                await anyio.to_thread.run_sync(write, bytes(buf))
                 offset += len(buf)
                 buf.clear()
         if too_much:  # a body longer than the upload: none of it counts
@@ -444,9 +455,24 @@ async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> R
             offset = start
             await anyio.to_thread.run_sync(f.truncate, start)
         if buf:
-            await anyio.to_thread.run_sync(f.write, bytes(buf))
+            await anyio.to_thread.run_sync(write, bytes(buf))
             offset += len(buf)
         await anyio.to_thread.run_sync(_sync_close, f)
+    except (DiskFull, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            f.close()
+            raise
+        # Keep what was written whole, answer 507 with that offset: the phone keeps its copy
+        # and resumes from there once space is freed.
+        await anyio.to_thread.run_sync(_keep_upto, f, offset)
+        await anyio.to_thread.run_sync(ctx.batches.set_offset, upload_id, offset)
+        log.error("lan_upload_disk_full", upload_id=upload_id, offset=offset)
+        return problem(
+            507,
+            "disk_full",
+            "the agent's disk is nearly full; ask IT to free space, then retry",
+            _tus({"Upload-Offset": str(offset)}),
+        )
     except BaseException:
         f.close()
         raise
@@ -503,6 +529,19 @@ def _open_at(path: Path, offset: int) -> Any:
     f.truncate(offset)  # bytes past the recorded offset were never acknowledged
     f.seek(offset)
     return f
+
+
+def _keep_upto(f: Any, offset: int) -> None:
+    """After a failed write: drop the partial bytes past ``offset`` and close."""
+    try:
+        with contextlib.suppress(OSError):
+            f.flush()
+        f.truncate(offset)
+        with contextlib.suppress(OSError):
+            os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 def _sync_close(f: Any) -> None:
