@@ -46,7 +46,13 @@ from relaypacs_hub.db.models import (
     utcnow,
 )
 from relaypacs_hub.forwarding.dicomweb import DicomWebDestination
-from relaypacs_hub.reports.service import FeedSignal, NewReport, record_report, study_facility
+from relaypacs_hub.reports.service import (
+    FeedSignal,
+    NewReport,
+    record_report,
+    study_facility,
+    study_report_row,
+)
 from relaypacs_hub.routing.facts import element_values, read_header
 from relaypacs_hub.storage.base import ObjectStore
 from relaypacs_shared.errors import RelayError
@@ -182,12 +188,7 @@ class ReportPoller:
             accession = await self._accession(study_uid)
             async with self.sessionmaker() as session, session.begin():
                 study = await session.get(Study, study_uid)
-                row = await session.get(StudyReport, study_uid)
-                if row is None:
-                    row = StudyReport(
-                        study_instance_uid=study_uid, report_status="none", polls=0, stat=False
-                    )
-                    session.add(row)
+                row = await study_report_row(session, study_uid)
                 row.facility = row.facility or await study_facility(session, study_uid)
                 row.stat = study is not None and study.service_level == "stat"
                 row.accession_number = row.accession_number or accession

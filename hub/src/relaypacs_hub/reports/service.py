@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.db.models import (
@@ -92,18 +94,31 @@ async def report_start(session: AsyncSession, study_uid: str) -> datetime | None
 async def study_report_row(
     session: AsyncSession, study_uid: str, *, now: datetime | None = None
 ) -> StudyReport:
+    """The study's report-tracking row, made when missing.
+
+    Made with INSERT ... ON CONFLICT DO NOTHING: the poller noting a delivery and a report
+    arriving (API, HL7, archive) may both make it at the same moment, on any replica.
+    """
     row = await session.get(StudyReport, study_uid)
-    if row is None:
-        study = await session.get(Study, study_uid)
-        row = StudyReport(
-            study_instance_uid=study_uid,
-            facility=await study_facility(session, study_uid),
-            report_status="none",
-            stat=study is not None and study.service_level == "stat",
-            polls=0,
-        )
-        session.add(row)
-        await session.flush()
+    if row is not None:
+        return row
+    study = await session.get(Study, study_uid)
+    values = {
+        "study_instance_uid": study_uid,
+        "facility": await study_facility(session, study_uid),
+        "report_status": "none",
+        "stat": study is not None and study.service_level == "stat",
+        "polls": 0,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(StudyReport)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+    )
+    row = await session.get(StudyReport, study_uid, populate_existing=True)
+    assert row is not None
     return row
 
 
