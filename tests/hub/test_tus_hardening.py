@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from relaypacs_dev.generate import generate_study
+from relaypacs_hub.audit import read_log
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import Upload
 from relaypacs_shared.segments import SegmentItem, build_segment
@@ -247,3 +248,11 @@ async def test_a_segment_entry_larger_than_its_manifest_entry_is_refused_before_
         async with _app.state.hub.sessionmaker() as session:
             errors = [u.error for u in await session.scalars(select(Upload))]
         assert any(e and "entry declares 1073741824 bytes, the manifest" in e for e in errors)
+        # One audit record for the segment, with its counts (not one per instance: the chain
+        # is a cluster-wide serialised append).
+        records = [r.record async for r in read_log(_app.state.hub.sessionmaker)]
+        segment = [r for r in records if r.action == "segment.received"]
+        assert len(segment) == 1 and segment[0].target == uid
+        assert segment[0].details["instances"] == 1 and segment[0].details["rejected"] == 1
+        assert segment[0].outcome == "minor_failure"
+        assert not [r for r in records if r.action == "instance.received"]

@@ -189,6 +189,7 @@ def head(records: Sequence[ChainedRecord]) -> Anchor | None:
 # action prefix -> (EventID code, meaning, EventActionCode)
 _EVENTS: dict[str, tuple[str, str, str]] = {
     "instance.received": ("110104", "DICOM Instances Transferred", "C"),
+    "segment.received": ("110104", "DICOM Instances Transferred", "C"),
     "instance.accepted": ("110107", "Import", "C"),
     "instance.duplicate": ("110107", "Import", "R"),
     "instance.quarantined": ("110107", "Import", "C"),

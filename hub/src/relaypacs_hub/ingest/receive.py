@@ -108,7 +108,13 @@ async def record_instance(
     sop_uid: str,
     sha: str,
     size: int,
+    *,
+    audited: bool = True,
 ) -> InstanceReceipt:
+    """Record a stored instance (and its study). ``audited``: append an audit record for this
+    instance; a segment's instances are audited together, one record per segment (the audit
+    chain is one cluster-wide serialised append: one per instance capped ingest at the rate of
+    that lock)."""
     for _ in range(3):
         async with sessionmaker() as session:
             existing = await session.get(Instance, sop_uid)
@@ -144,9 +150,15 @@ async def record_instance(
                 )
             )
             try:
-                await audit(
-                    session, "agent", "instance.received", sop_uid, study_uid=study_uid, size=size
-                )
+                if audited:
+                    await audit(
+                        session,
+                        "agent",
+                        "instance.received",
+                        sop_uid,
+                        study_uid=study_uid,
+                        size=size,
+                    )
                 await session.commit()
             except IntegrityError as exc:
                 log.debug("record_retry", error=str(exc.orig)[:200])
@@ -159,6 +171,73 @@ async def record_instance(
             metrics.instance_stored(origin.facility if origin else None, size)
             return InstanceReceipt(sop_instance_uid=sop_uid, sha256=sha, size=size, status="stored")
     raise ProtocolError("could not record the instance after concurrent updates; retry")
+
+
+async def record_instances(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    study_uid: str,
+    items: list[tuple[dict[str, object], str, str, int]],
+) -> dict[str, str]:
+    """Record a segment's stored instances (fields, SOP UID, SHA-256, size) in one transaction;
+    answer each one's outcome: ``stored``, ``duplicate`` (held with these bytes) or ``conflict``
+    (held with other bytes).
+
+    One transaction per segment instead of one per instance: the per-instance round trips and
+    commits were the hub's largest ingest cost after hashing. When another replica records some
+    of the same instances at the same moment, they are recorded one by one instead."""
+    if not items:
+        return {}
+    out: dict[str, str] = {}
+    try:
+        async with sessionmaker() as session, session.begin():
+            sops = [sop for _, sop, _, _ in items]
+            existing = {
+                r[0]: r[1]
+                for r in await session.execute(
+                    select(Instance.sop_instance_uid, Instance.sha256).where(
+                        Instance.sop_instance_uid.in_(sops)
+                    )
+                )
+            }
+            study = await session.get(Study, study_uid)
+            if study is None:
+                study = Study(study_instance_uid=study_uid)
+                session.add(study)
+                await session.flush()  # the instance rows reference it
+            for fields, sop, sha, size in items:
+                if sop in existing or sop in out:
+                    held = existing.get(sop, sha)
+                    out[sop] = "duplicate" if held == sha else "conflict"
+                    continue
+                note_study_facts(study, fields)
+                session.add(
+                    Instance(
+                        sop_instance_uid=sop,
+                        study_instance_uid=study_uid,
+                        series_instance_uid=str(fields["series_instance_uid"]),
+                        sop_class_uid=str(fields["sop_class_uid"]),
+                        transfer_syntax_uid=str(fields["transfer_syntax_uid"]),
+                        sha256=sha,
+                        size=size,
+                        object_key=str(fields["object_key"]),
+                    )
+                )
+                out[sop] = "stored"
+            origin = await session.get(StudyFacility, study_uid)
+    except IntegrityError:
+        out = {}
+        for fields, sop, sha, size in items:
+            try:
+                receipt = await record_instance(sessionmaker, fields, sop, sha, size, audited=False)
+                out[sop] = receipt.status
+            except InstanceConflict:
+                out[sop] = "conflict"
+        return out
+    facility = origin.facility if origin else None
+    for _fields, sop, _sha, size in items:
+        if out.get(sop) == "stored":
+            metrics.instance_stored(facility, size)
+    return out
 
 
 def note_study_facts(study: Study, fields: dict[str, object]) -> None:

@@ -18,8 +18,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import Instance, ManifestEntry, Upload
-from relaypacs_hub.ingest.receive import record_instance
+from relaypacs_hub.ingest.receive import record_instances
 from relaypacs_hub.storage.base import ObjectStore, content_key
 from relaypacs_hub.storage.uploads import UploadStore
 from relaypacs_shared.dicom import validate_file
@@ -33,6 +34,7 @@ SEGMENT_KIND = "relaypacs-segment"
 @dataclass
 class SegmentOutcome:
     stored: int = 0
+    stored_bytes: int = 0
     already_held: int = 0
     rejected: dict[str, str] = field(default_factory=dict)
 
@@ -76,6 +78,7 @@ async def process_upload(
                         select(Instance).where(Instance.study_instance_uid == study_uid)
                     )
                 }
+            pending: list[tuple[dict[str, object], str, str, int]] = []
             for entry in index.entries:
                 sop = entry.sop_instance_uid
                 m = declared.get(sop)
@@ -111,16 +114,23 @@ async def process_upload(
                     key = content_key(sha)
                     if not await store.exists(key):
                         await store.put_file(key, tmp)
-                    await record_instance(
-                        sessionmaker, info.__dict__ | {"object_key": key}, sop, sha, entry.size
-                    )
-                    outcome.stored += 1
+                    pending.append((info.__dict__ | {"object_key": key}, sop, sha, entry.size))
                 except DicomValidationError as exc:
                     outcome.rejected[sop] = f"{exc.reason}: {exc.message}"
                 except ProtocolError as exc:
                     outcome.rejected[sop] = str(exc)
                 finally:
                     tmp.unlink(missing_ok=True)
+            # The bytes are in the object store: record the segment's instances at once.
+            recorded = await record_instances(sessionmaker, study_uid, pending)
+            for _fields, sop, _sha, size in pending:
+                if recorded.get(sop) == "stored":
+                    outcome.stored += 1
+                    outcome.stored_bytes += size
+                elif recorded.get(sop) == "duplicate":
+                    outcome.already_held += 1
+                else:
+                    outcome.rejected[sop] = "the hub holds this instance with other bytes"
         state, error = "processed", None
     except ProtocolError as exc:
         state, error = "rejected", str(exc)
@@ -134,6 +144,20 @@ async def process_upload(
         bound.exception("segment_processing_failed", error_type=type(exc).__name__)
         raise
     async with sessionmaker() as session, session.begin():
+        if outcome.stored or outcome.rejected:
+            # One audit record for the segment's instances (counts, never patient data).
+            await audit(
+                session,
+                "agent",
+                "segment.received",
+                study_uid,
+                "success" if not outcome.rejected else "minor_failure",
+                upload_id=upload_id,
+                instances=outcome.stored,
+                bytes=outcome.stored_bytes,
+                already_held=outcome.already_held,
+                rejected=len(outcome.rejected),
+            )
         u = await session.get(Upload, upload_id)
         if u is not None:
             u.state = state
