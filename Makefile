@@ -55,9 +55,9 @@ bench-wan: install system-deps  ## RelayPACS vs plain STOW-RS over shaped links 
 bench-forward: install system-deps  ## hub -> Orthanc forwarding rate vs direct STOW-RS
 	$(UV) run python bench/forward/run.py
 
-bench-load: install system-deps  ## 200 simulated agents for 10 min against 2 hub replicas behind nginx, one killed half-way
-	$(UV) run python bench/load/run.py --kill
-	$(UV) run python bench/load/run.py --curve 1,2,3 --minutes 3 --out bench/load/curve.json
+bench-load: install system-deps  ## 200 simulated agents, 10 min, 2 hub replicas behind nginx (one killed), archive checked; then ingest by replica count
+	$(UV) run python bench/load/run.py --kill --think 180 --workers 2
+	$(UV) run python bench/load/run.py --curve 1,2,3 --minutes 3 --think 5 --workers 0 --out bench/load/curve.json
 
 bench-reports: install system-deps  ## final SR in Orthanc -> readable at the agent, vs a plain poll
 	$(UV) run python bench/reports/run.py

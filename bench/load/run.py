@@ -484,6 +484,7 @@ async def drive(
     conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database=db)
     try:
         held = {r[0] for r in await conn.fetch("SELECT sop_instance_uid FROM instances")}
+        db_bytes = await conn.fetchval("SELECT pg_database_size(current_database())")
     finally:
         await conn.close()
     waited0 = time.monotonic()
@@ -569,6 +570,8 @@ async def drive(
             for k, v in rss.items()
             if v
         },
+        "db_bytes": db_bytes,
+        "db_bytes_per_instance": round(db_bytes / len(held)) if held else None,
         "pg_connections_max": max((s["pg_connections"] for s in samples), default=0),
         "pg_lock_waits_max": max((s["pg_lock_waits"] for s in samples), default=0),
         "pg_lock_waits_mean": round(statistics.fmean(s["pg_lock_waits"] for s in samples), 2)
