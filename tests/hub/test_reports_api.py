@@ -12,6 +12,7 @@ import httpx
 
 from relaypacs_dev.generate import generate_study
 from relaypacs_dev.reports import dose_sr, encapsulated_pdf, minimal_pdf, text_sr
+from relaypacs_hub.audit import read_log
 from relaypacs_hub.auth import devices
 from tests.hub.authfix import ADMIN_TOKEN, add_user, auth_settings, bearer, hub_client
 
@@ -155,6 +156,9 @@ async def test_post_text_then_sr_then_amendment_reach_the_facility_feed(tmp_path
         assert len(after["events"]) == 2
 
 
+MALFORMED_WORDS = "content could not be read (cut short or damaged)"
+
+
 async def test_pdf_report_and_refusals(tmp_path: Path) -> None:
     async with hub_client(auth_settings(tmp_path)) as (app, client):
         fac_a = await _device(app, "fac-a")
@@ -172,8 +176,18 @@ async def test_pdf_report_and_refusals(tmp_path: Path) -> None:
         r = await client.get(f"/api/v1/reports/{report['id']}/content", headers=fac_a)
         assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
         assert r.content == pdf
+        # Every read of a report is audited: who, which study.
+        reads = [
+            rec.record
+            async for rec in read_log(app.state.hub.sessionmaker)
+            if rec.record.action == "report.read"
+        ]
+        assert reads and reads[-1].target == study_uid
 
+        good_sr = text_sr(study_uid, findings="x")
         cases = [
+            # A malformed SR: cut short inside its content.
+            (good_sr[: len(good_sr) - 60], "application/dicom", 422, MALFORMED_WORDS),
             (dose_sr(study_uid), "application/dicom", 422, "X-Ray Radiation Dose SR is not a"),
             (dose_sr(study_uid, comprehensive=True), "application/dicom", 422, "dose report"),
             (encapsulated_pdf(study_uid, b"GIF89a..."), "application/dicom", 422, "not a PDF"),

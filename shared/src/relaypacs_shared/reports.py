@@ -286,7 +286,10 @@ def parse_report(data: bytes) -> ParsedReport:
     except ReportRejected:
         raise
     except Exception as exc:
-        raise ReportRejected(f"the report is malformed: {type(exc).__name__}") from exc
+        raise ReportRejected(
+            "the report is malformed: its content could not be read (cut short or damaged); "
+            f"send it again from the reporting system ({type(exc).__name__})"
+        ) from exc
 
 
 def _parse_dataset(ds: Dataset, sop_class: str, sop_uid: str, study_uid: str) -> ParsedReport:
