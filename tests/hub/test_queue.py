@@ -21,6 +21,7 @@ from relaypacs_hub.forwarding.base import (
     batch_callback,
 )
 from relaypacs_hub.forwarding.worker import ForwardingWorker
+from relaypacs_shared.errors import DestinationError
 from tests.hub.conftest import HubClient, hub_settings, write_destinations
 
 pytestmark = pytest.mark.integration
@@ -191,3 +192,55 @@ async def test_a_dead_workers_job_is_taken_over_after_its_lease(
     await crashed._fail(job, "too late", transient=True)
     (row,) = await hub.jobs()
     assert row["state"] == "done" and row["last_error"] is None
+
+
+class FailingArchive(SlowArchive):
+    async def deliver(
+        self,
+        study_instance_uid: str,
+        instances: Sequence[OutgoingInstance],
+        on_batch: BatchCallback | None = None,
+    ) -> DeliveryResult:
+        raise DestinationError("the archive closed the connection")
+
+
+async def test_a_database_outage_at_the_end_of_a_job_is_logged_and_outlived(
+    tmp_path: Path, make_hub: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL outage mid-job once left the job "running" for its whole lease, with
+    nothing logged: the failure handler's own write failed and its exception was lost. The
+    outage is injected into the outcome write (a real server cannot be made to fail on that one
+    statement on demand)."""
+    import structlog
+
+    from relaypacs_hub.forwarding import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SETTLE_FIRST_RETRY", 0.05)
+    hub = await api_only_hub(tmp_path, make_hub, pg_url)
+    study = generate_study(tmp_path / "s", instances=2, seed=81, rows=16, columns=16)
+    await hub.send(study)
+    state = hub.state
+    w = ForwardingWorker(
+        state.settings, state.sessionmaker, state.store, {"slow": FailingArchive("slow")}
+    )
+    real_fail = w._fail
+    outage = {"left": 2}
+
+    async def fail_during_outage(job: Any, reason: str, *, transient: bool) -> None:
+        if outage["left"]:
+            outage["left"] -= 1
+            raise ConnectionRefusedError("connection to the database refused")
+        await real_fail(job, reason, transient=transient)
+
+    monkeypatch.setattr(w, "_fail", fail_during_outage)
+    job = await w.claim()
+    assert job is not None
+    with structlog.testing.capture_logs() as logs:
+        await w.process(job)
+    retries = [e for e in logs if e["event"] == "job_outcome_write_failed"]
+    assert len(retries) == 2 and retries[0]["error_type"] == "ConnectionRefusedError"
+    assert retries[0]["outcome"] == "failed"
+    # Once the database answers, the outcome is written: pending for a retry, not "running".
+    (row,) = await hub.jobs()
+    assert row["state"] == "pending"
+    assert "closed the connection" in row["last_error"]

@@ -33,8 +33,9 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
@@ -51,11 +52,16 @@ from relaypacs_hub.db.models import (
     StudyRoute,
     utcnow,
 )
+from relaypacs_hub.db.session import DATABASE_ERRORS
 from relaypacs_hub.forwarding.base import DeliveryResult, Destination, OutgoingInstance
 from relaypacs_hub.storage.base import ObjectStore
 from relaypacs_shared.errors import DestinationError, RelayError, StorageError, is_transient
 
 log = structlog.get_logger("relaypacs.hub.forward")
+_T = TypeVar("_T")
+# Backoff of a job outcome the database could not take (seconds).
+SETTLE_FIRST_RETRY = 1.0
+SETTLE_MAX_RETRY = 15.0
 
 # Serialises claims across every hub process on PostgreSQL ("RELAY" + 1; migrations use "RELAY").
 _CLAIM_LOCK = 0x52454C4159 + 1
@@ -223,24 +229,64 @@ class ForwardingWorker:
         try:
             outcome, detail = await self._forward(job, dest)
         except RelayError as exc:
-            await self._fail(job, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
+            reason, transient = f"{type(exc).__name__}: {exc}", is_transient(exc)
+            await self._settle(
+                bound, "failed", lambda: self._fail(job, reason, transient=transient)
+            )
             bound.warning("forward_failed", attempt=job.attempts, error=str(exc)[:300])
             return
-        except Exception as exc:  # a bug or an unexpected library error: keep the job, say why
-            await self._fail(job, f"unexpected {type(exc).__name__}: {exc}", transient=True)
-            bound.exception("forward_crashed", attempt=job.attempts)
+        except Exception as exc:  # a bug, an unexpected library error, the database gone
+            bound.exception("forward_crashed", attempt=job.attempts, error_type=type(exc).__name__)
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            await self._settle(bound, "failed", lambda: self._fail(job, reason, transient=True))
             return
         if outcome == "done":
-            ttp = await self._finish(job)
+            ttp = await self._settle(bound, "done", lambda: self._finish(job))
             bound.info("forward_done", attempt=job.attempts, time_to_pacs_seconds=ttp)
         elif outcome == "yielded":
-            await self._step_aside(job)
+            await self._settle(bound, "yielded", lambda: self._step_aside(job))
             bound.info("forward_yielded", attempt=job.attempts, reason=detail)
         elif outcome == "lost":
             bound.warning("lease_lost", attempt=job.attempts)
         else:
-            await self._fail(job, detail, transient=True)
+            await self._settle(bound, "failed", lambda: self._fail(job, detail, transient=True))
             bound.warning("forward_incomplete", attempt=job.attempts, detail=detail[:300])
+
+    async def _settle(
+        self, bound: Any, outcome: str, write: Callable[[], Awaitable[_T]]
+    ) -> _T | None:
+        """Write a job's outcome, retrying while the database is unreachable.
+
+        A PostgreSQL outage mid-job once left the job "running" until its lease expired, with
+        nothing logged: the failure handler's own write failed and its exception was lost. Now
+        every failed write is logged with what it was for, retried with backoff for as long as
+        the lease lasts, and if the database is still gone the log says the lease will hand the
+        job to the next attempt.
+        """
+        delay = SETTLE_FIRST_RETRY
+        deadline = asyncio.get_running_loop().time() + self.settings.job_lease_seconds
+        while True:
+            try:
+                return await write()
+            except DATABASE_ERRORS as exc:
+                now = asyncio.get_running_loop().time()
+                if now + delay > deadline:
+                    bound.error(
+                        "job_outcome_unwritten",
+                        outcome=outcome,
+                        error_type=type(exc).__name__,
+                        detail="the database stayed unreachable; the job is attempted again "
+                        "when its lease expires",
+                    )
+                    return None
+                bound.warning(
+                    "job_outcome_write_failed",
+                    outcome=outcome,
+                    error_type=type(exc).__name__,
+                    retry_in_seconds=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SETTLE_MAX_RETRY)
 
     async def _committed(self, study_uid: str) -> list[Instance]:
         async with self.sessionmaker() as session:
