@@ -231,7 +231,8 @@ class SimulatedAgent:
                 study = await asyncio.to_thread(make_study, template, rng, stat)
                 self.stats.generator_seconds += time.process_time() - t0
             await self.send(study, deadline + 120)
-            await asyncio.sleep(self.rng.expovariate(1 / self.cfg.think_seconds))
+            pause = self.rng.expovariate(1 / self.cfg.think_seconds)
+            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     async def send(self, study: Study, give_up: float) -> None:
         uid = study.study_instance_uid
