@@ -1,10 +1,14 @@
 """LAN login at the agent: checked against verifiers cached from the hub, with the WAN up or
-down; lockout, TOTP, facility and account changes at the hub all hold."""
+down; lockout per device, TOTP (once across agent and hub), facility and account changes at
+the hub all hold."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pyotp
 
 from tests.agent.webfix import PASSWORD, FakeHub, user, web_app
@@ -67,6 +71,7 @@ async def test_wrong_password_then_lockout(tmp_path: Path) -> None:
         )
         assert r.status_code == 423
         assert r.json()["code"] == "locked"
+        assert "from this device" in r.json()["detail"]
         assert int(r.headers["retry-after"]) > 0
         # The audit chain records each failure and the refusal, never the password.
         rows = web.store.query("SELECT action, outcome, details FROM audit_log")
@@ -75,6 +80,35 @@ async def test_wrong_password_then_lockout(tmp_path: Path) -> None:
         ]
         assert len(failures) == 6
         assert all(PASSWORD not in x["details"] and "nope" not in x["details"] for x in rows)
+
+
+async def test_a_stranger_on_the_lan_locks_only_their_own_device_out(tmp_path: Path) -> None:
+    """Wrong passwords from one phone lock that phone, not the person: the clinician at the
+    next workstation signs in; and a name that does not exist locks the same way."""
+    async with web_app(tmp_path) as web:
+        app = web.client._transport.app  # type: ignore[attr-defined]
+
+        def phone(address: str) -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(address, 50001))
+            return httpx.AsyncClient(transport=transport, base_url="http://agent.test")
+
+        answers: dict[str, list[int]] = {}
+        for name, address in (("clinician1", "192.0.2.66"), ("nobody", "192.0.2.67")):
+            async with phone(address) as stranger:
+                answers[name] = [
+                    (
+                        await stranger.post(
+                            "/api/v1/auth/login", json={"username": name, "password": "nope"}
+                        )
+                    ).status_code
+                    for _ in range(6)
+                ]
+        assert answers["clinician1"] == answers["nobody"] == [401] * 5 + [423]
+        async with phone("192.0.2.77") as colleague:
+            r = await colleague.post(
+                "/api/v1/auth/login", json={"username": "clinician1", "password": PASSWORD}
+            )
+            assert r.status_code == 200, r.text
 
 
 async def test_unknown_user_is_as_wrong_as_a_wrong_password(tmp_path: Path) -> None:
@@ -223,3 +257,48 @@ async def test_with_the_hub_known_down_an_unknown_name_does_not_wait_for_it(
         )
         assert r.status_code == 401
         assert hub.calls == calls  # answered from the cached copy, no call to a dead hub
+
+
+async def test_a_code_used_at_the_agent_is_claimed_at_the_hub(tmp_path: Path) -> None:
+    """A TOTP code works once across the agent and the hub: the agent claims its time step at
+    the hub (which then refuses the same code), and refuses a code the hub saw used."""
+    secret = pyotp.random_base32()
+    hub = FakeHub(users=[user("doc", "radiographer", totp_secret=secret)])
+    async with web_app(tmp_path, hub=hub) as web:
+        totp = pyotp.TOTP(secret)
+        now = int(time.time())
+        body = {"username": "doc", "password": PASSWORD}
+        r = await web.client.post("/api/v1/auth/login", json={**body, "totp_code": totp.at(now)})
+        assert r.status_code == 200, r.text
+        step = totp.timecode(datetime.fromtimestamp(now, UTC))
+        assert hub.claims == [("doc", step, True)]
+        # The next code was used at the hub (a sign-in at the dashboard) before it is tried here.
+        hub.users[0]["totp_last_step"] = step + 1
+        r = await web.client.post(
+            "/api/v1/auth/login", json={**body, "totp_code": totp.at(now + 30)}
+        )
+        assert r.status_code == 401
+        assert hub.claims[-1] == ("doc", step + 1, False)
+
+
+async def test_with_the_hub_down_a_used_step_is_reported_at_the_next_sync(tmp_path: Path) -> None:
+    secret = pyotp.random_base32()
+    hub = FakeHub(users=[user("doc", "radiographer", totp_secret=secret)])
+    async with web_app(tmp_path, hub=hub) as web:
+        hub.down = True
+        web.auth.sync()  # the agent learns the hub is down
+        totp = pyotp.TOTP(secret)
+        now = int(time.time())
+        body = {"username": "doc", "password": PASSWORD, "totp_code": totp.at(now)}
+        r = await web.client.post("/api/v1/auth/login", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["offline"] is True
+        assert hub.claims == []
+        hub.down = False
+        assert web.auth.sync()
+        step = totp.timecode(datetime.fromtimestamp(now, UTC))
+        assert hub.claims == [("doc", step, True)]
+        assert hub.users[0]["totp_last_step"] == step
+        # Reported once: the next sync has nothing more to tell.
+        web.auth.sync()
+        assert len(hub.claims) == 1

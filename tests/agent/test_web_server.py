@@ -22,13 +22,16 @@ from tests.support.orthanc import free_port
 
 
 class _Client:
-    """The hub as the web side sees it: verifiers and a health probe."""
+    """The hub as the web side sees it: verifiers, TOTP step claims and a health probe."""
 
     def __init__(self) -> None:
         self.hub = FakeHub()
 
     def verifiers(self) -> dict[str, Any]:
         return self.hub.verifiers()
+
+    def claim_totp_step(self, username: str, step: int) -> bool:
+        return self.hub.claim_totp_step(username, step)
 
     def healthy(self) -> bool:
         return True

@@ -35,7 +35,7 @@ def user(name: str, role: str, facilities: list[str] | None = None, **extra: Any
         "password_hash": _HASH,
         "totp_secret": None,
         "totp_required": False,
-        "locked_until": None,
+        "totp_last_step": None,
         **extra,
     }
 
@@ -47,12 +47,24 @@ class FakeHub:
     users: list[dict[str, Any]] = field(default_factory=lambda: [user(f"{r}1", r) for r in ROLES])
     down: bool = False
     calls: int = 0
+    claims: list[tuple[str, int, bool]] = field(default_factory=list)
 
     def verifiers(self) -> dict[str, Any]:
         self.calls += 1
         if self.down:
             raise HubUnavailable("hub unreachable: ConnectError")
         return {"generated_at": "2026-01-01T00:00:00", "users": list(self.users)}
+
+    def claim_totp_step(self, username: str, step: int) -> bool:
+        """As ``POST /api/v1/devices/totp-steps``: a later step than any used wins."""
+        if self.down:
+            raise HubUnavailable("hub unreachable: ConnectError")
+        u = next(u for u in self.users if u["username"] == username)
+        accepted = u["totp_last_step"] is None or u["totp_last_step"] < step
+        if accepted:
+            u["totp_last_step"] = step
+        self.claims.append((username, step, accepted))
+        return accepted
 
 
 @dataclass
@@ -93,7 +105,12 @@ async def web_app(
         max_instance_bytes=max_upload_bytes,
         min_free_bytes=min_free_bytes,
     )
-    auth = LanAuth(store, fetch_verifiers=hub.verifiers, facility=lambda: facility)
+    auth = LanAuth(
+        store,
+        fetch_verifiers=hub.verifiers,
+        facility=lambda: facility,
+        claim_totp_step=hub.claim_totp_step,
+    )
     if sync_first:
         auth.sync()
     upload_dir = tmp_path / "incoming" / "pwa"

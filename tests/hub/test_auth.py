@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -92,22 +93,81 @@ async def test_wrong_password_and_unknown_user_look_the_same(hub: Hub) -> None:
     assert wrong.json() == unknown.json()
 
 
-async def test_lockout_after_repeated_failures(hub: Hub) -> None:
-    app, client = hub
+@contextlib.asynccontextmanager
+async def client_at(app: Any, address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling from ``address`` (the hub counts failed logins per address)."""
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        yield client
+
+
+async def _fail(client: httpx.AsyncClient, username: str) -> httpx.Response:
+    return await client.post("/api/v1/auth/login", json={"username": username, "password": "x"})
+
+
+async def test_failures_lock_one_address_not_the_account(hub: Hub) -> None:
+    """A stranger's wrong passwords lock the stranger's address only (OWASP ASVS 2.2.1)."""
+    app, _ = hub
     await add_user(app, "alice", "clinician")
-    for _ in range(3):  # login_max_failures=3
-        r = await client.post("/api/v1/auth/login", json={"username": "alice", "password": "x"})
-        assert r.status_code == 401
-    r = await login(client, "alice")  # the right password, but locked
-    assert r.status_code == 429
-    assert r.json()["code"] == "account_locked"
-    assert int(r.headers["Retry-After"]) > 800
-    # An admin resetting the password unlocks.
-    r = await client.patch(
-        "/api/v1/users/alice", json={"password": PASSWORD}, headers=bearer(ADMIN_TOKEN)
-    )
-    assert r.status_code == 200
-    await tokens(client, "alice")
+    async with client_at(app, "203.0.113.9") as stranger, client_at(app, "10.1.2.3") as alice:
+        for _ in range(3):  # login_max_failures=3
+            assert (await _fail(stranger, "alice")).status_code == 401
+        r = await login(stranger, "alice")  # even the right password, from that address
+        assert r.status_code == 429
+        assert r.json()["code"] == "login_locked"
+        assert "from this address" in r.json()["detail"]
+        assert int(r.headers["Retry-After"]) > 800
+        # Alice, from her own address, is not locked out.
+        assert (await login(alice, "alice")).status_code == 200
+        # An admin resetting the password lets the locked address try again.
+        r = await alice.patch(
+            "/api/v1/users/alice", json={"password": PASSWORD}, headers=bearer(ADMIN_TOKEN)
+        )
+        assert r.status_code == 200
+        assert (await login(stranger, "alice")).status_code == 200
+
+
+async def test_locks_do_not_tell_which_names_exist(hub: Hub) -> None:
+    """The same sequence of answers, word for word, for a name that exists and one that does not."""
+    app, _ = hub
+    await add_user(app, "alice", "clinician")
+    seen: dict[str, list[tuple[int, str, str | None]]] = {}
+    for name in ("alice", "nobody"):
+        async with client_at(app, "198.51.100.7") as client:
+            answers = [await _fail(client, name) for _ in range(5)]
+        seen[name] = [
+            (r.status_code, r.json()["code"], r.headers.get("Retry-After") and "set")
+            for r in answers
+        ]
+    assert seen["alice"] == seen["nobody"]
+    assert [s for s, _, _ in seen["alice"]] == [401, 401, 401, 429, 429]
+
+
+async def test_a_spray_from_many_addresses_keeps_known_addresses_working(tmp_path: Path) -> None:
+    settings = auth_settings(tmp_path, login_max_failures=3, login_account_max_failures=6)
+    async with hub_client(settings) as (app, _):
+        await add_user(app, "alice", "clinician")
+        async with client_at(app, "10.1.2.3") as alice:
+            assert (await login(alice, "alice")).status_code == 200  # her usual address
+        for n in range(6):  # one or two tries from each of many addresses
+            async with client_at(app, f"203.0.113.{n}") as bot:
+                assert (await _fail(bot, "alice")).status_code == 401
+        async with client_at(app, "192.0.2.50") as elsewhere:
+            r = await login(elsewhere, "alice")
+            assert r.status_code == 429
+            assert r.json()["code"] == "login_locked"
+            assert "addresses it used before" in r.json()["detail"]
+        async with client_at(app, "10.1.2.3") as alice:
+            assert (await login(alice, "alice")).status_code == 200
+            users = (await alice.get("/api/v1/users", headers=bearer(ADMIN_TOKEN))).json()
+            locked = next(u for u in users if u["username"] == "alice")["locked_until"]
+            assert locked is not None  # the admin sees it
+            r = await alice.patch(
+                "/api/v1/users/alice", json={"password": PASSWORD}, headers=bearer(ADMIN_TOKEN)
+            )
+            assert r.json()["locked_until"] is None
+        async with client_at(app, "192.0.2.50") as elsewhere:
+            assert (await login(elsewhere, "alice")).status_code == 200
 
 
 async def test_lockout_expires(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ async def test_verifier_feed_is_scoped_to_the_device_facility(tmp_path: Path) ->
             await session.execute(
                 update(User)
                 .where(User.username == "alice")
-                .values(totp_secret="JBSWY3DPEHPK3PXP", totp_enabled=True)
+                .values(totp_secret="JBSWY3DPEHPK3PXP", totp_enabled=True, totp_last_step=7)
             )
             # An enrollment started but never confirmed: the secret is not trusted yet.
             await session.execute(
@@ -108,7 +108,7 @@ async def test_verifier_feed_is_scoped_to_the_device_facility(tmp_path: Path) ->
             "password_hash",
             "totp_secret",
             "totp_required",
-            "locked_until",
+            "totp_last_step",
         }
         assert alice["role"] == "radiologist" and alice["facilities"] == ["fac-a"]
         assert alice["password_hash"].startswith("$argon2id$")
@@ -117,11 +117,11 @@ async def test_verifier_feed_is_scoped_to_the_device_facility(tmp_path: Path) ->
             PasswordHasher().verify(alice["password_hash"], "wrong password")
         assert alice["totp_secret"] == "JBSWY3DPEHPK3PXP"
         assert alice["totp_required"] is True
-        assert alice["locked_until"] is None
+        assert alice["totp_last_step"] == 7  # a code works once, at the hub or any agent
         assert users["carol"]["totp_required"] is False
         assert users["frank"]["totp_secret"] is None  # not confirmed
-        frank_locked = datetime.fromisoformat(users["frank"]["locked_until"])
-        assert frank_locked.replace(tzinfo=None) == locked
+        # A lock at the hub (a password spray from the internet) does not reach the LAN.
+        assert "locked_until" not in users["frank"]
 
         device_b = await _device(app, "fac-b")
         r = await client.get("/api/v1/devices/verifiers", headers=device_b)
@@ -154,6 +154,54 @@ async def test_verifier_feed_is_scoped_to_the_device_facility(tmp_path: Path) ->
         ]
         assert reads[2].actor == "agent"
         assert all("argon2" not in e.details_json for e in reads)
+
+
+async def test_a_totp_step_claimed_by_an_agent_is_used_up_at_the_hub(tmp_path: Path) -> None:
+    """A code used at an agent's LAN login cannot sign in at the hub, and a code the hub saw
+    used is answered "not accepted" to the agent: one use across the agent and the hub."""
+    import pyotp
+
+    async with hub_client(auth_settings(tmp_path)) as (app, client):
+        secret = pyotp.random_base32()
+        await add_user(app, "alice", "radiographer", ["fac-a"])
+        await add_user(app, "bob", "radiographer", ["fac-b"])
+        async with app.state.hub.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(User)
+                .where(User.username.in_(["alice", "bob"]))
+                .values(totp_secret=secret, totp_enabled=True)
+            )
+        device_a = await _device(app, "fac-a")
+        totp = pyotp.TOTP(secret)
+        now = datetime.now()
+        code, step = totp.at(now), totp.timecode(now)
+        claim = {"username": "alice", "step": step}
+        r = await client.post("/api/v1/devices/totp-steps", json=claim, headers=device_a)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"accepted": True}
+        # The same code at the hub's own sign-in: refused.
+        login = {"username": "alice", "password": PASSWORD, "totp_code": code}
+        r = await client.post("/api/v1/auth/login", json=login)
+        assert r.status_code == 401 and r.json()["code"] == "totp_required"
+        # Claiming it again (a second agent, a replay): not accepted.
+        r = await client.post("/api/v1/devices/totp-steps", json=claim, headers=device_a)
+        assert r.json() == {"accepted": False}
+        # A user of another facility is not this device's to claim for.
+        r = await client.post(
+            "/api/v1/devices/totp-steps", json={"username": "bob", "step": step}, headers=device_a
+        )
+        assert r.status_code == 404
+        # The next code works at the hub, and the verifier feed then carries its step.
+        later = now + timedelta(seconds=30)
+        r = await client.post("/api/v1/auth/login", json={**login, "totp_code": totp.at(later)})
+        assert r.status_code == 200, r.text
+        feed = (await client.get("/api/v1/devices/verifiers", headers=device_a)).json()
+        alice = next(u for u in feed["users"] if u["username"] == "alice")
+        assert alice["totp_last_step"] == totp.timecode(later)
+        # People cannot call it: only enrolled devices.
+        token = bearer(app.state.hub.auth.issuer.issue("alice", "radiographer", ["fac-a"]))
+        r = await client.post("/api/v1/devices/totp-steps", json=claim, headers=token)
+        assert r.status_code in (401, 403)
 
 
 async def test_verifier_feed_is_open_only_where_anonymous_agents_are_allowed(

@@ -193,13 +193,14 @@ async def test_a_device_sends_and_reads_only_for_its_facility(
         )
         assert r.status_code == 200, r.text
 
-        # Facility A's device may neither read, commit, declare nor add to it.
+        # Facility A's device may not read it; committing, declaring or adding to it is held
+        # for an admin (see test_a_second_facility_s_study_is_held_for_an_admin).
         r = await client.get(f"/api/v1/studies/{uid_b}", headers=dev_a)
         assert r.status_code == 403
         r = await client.post(
             f"/api/v1/studies/{uid_b}/commit", json=_commit_body(st_b.files), headers=dev_a
         )
-        assert r.status_code == 403
+        assert r.status_code == 409 and r.json()["code"] == "study_held"
         ds = pydicom.dcmread(st_b.files[0], stop_before_pixels=True)
         manifest = {
             "instances": [
@@ -212,8 +213,8 @@ async def test_a_device_sends_and_reads_only_for_its_facility(
             ]
         }
         r = await client.post(f"/api/v1/studies/{uid_b}/manifest", json=manifest, headers=dev_a)
-        assert r.status_code == 403
-        assert (await _put(client, st_b.files[0], dev_a)).status_code == 403
+        assert r.status_code == 409 and r.json()["code"] == "study_held"
+        assert (await _put(client, st_b.files[0], dev_a)).status_code == 409
 
         # A device may not declare another facility for its own study.
         assert (await _put(client, st_a.files[0], dev_a)).status_code == 201
@@ -260,3 +261,106 @@ async def test_agent_token_can_be_switched_off(tmp_path: Path) -> None:
         assert (await client.get(f"/api/v1/studies/{uid}", headers=dev)).status_code == 404
         r = await client.get(f"/api/v1/studies/{uid}", headers=bearer(AGENT_TOKEN))
         assert r.status_code == 401
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return {
+        "instances": [
+            {
+                "sop_instance_uid": ds.SOPInstanceUID,
+                "series_instance_uid": ds.SeriesInstanceUID,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "size": path.stat().st_size,
+            }
+        ]
+    }
+
+
+async def test_a_second_facility_s_study_is_held_for_an_admin(
+    settings: HubSettings, tmp_path: Path
+) -> None:
+    """A patient transferred with their images: clinic B sends a study clinic A sent first. It
+    is neither merged silently nor refused forever: it is held, the admin sees it, accepts it
+    for B (B then sends it and reads its state) or refuses it with words B's agent shows."""
+    study = generate_study(tmp_path / "s", instances=1, seed=31, rows=64, columns=64)
+    other = generate_study(tmp_path / "o", instances=1, seed=32, rows=64, columns=64)
+    uid = study.study_instance_uid
+    admin = bearer(ADMIN_TOKEN)
+    async with hub_client(settings) as (_app, client):
+        dev_a = _auth(await _enroll(client, "fac-a", "a"))
+        dev_b = _auth(await _enroll(client, "fac-b", "b"))
+        assert (await _put(client, study.files[0], dev_a)).status_code == 201
+        for _ in range(2):
+            r = await client.post(
+                f"/api/v1/studies/{uid}/manifest", json=_manifest(study.files[0]), headers=dev_b
+            )
+            assert r.status_code == 409
+            assert r.json()["code"] == "study_held"
+            assert "held until an admin of the hub accepts it" in r.json()["detail"]
+        claims = (await client.get("/api/v1/study-claims", headers=admin)).json()
+        assert [
+            (c["study_instance_uid"], c["facility"], c["owner"], c["state"], c["attempts"])
+            for c in claims
+        ] == [(uid, "fac-b", "fac-a", "held", 2)]
+        assert claims[0]["owner_instances"] == 1
+        assert (await client.get("/api/v1/study-claims", headers=dev_b)).status_code in (401, 403)
+
+        r = await client.post(
+            f"/api/v1/study-claims/{uid}/fac-b", json={"decision": "accept"}, headers=admin
+        )
+        assert r.status_code == 200 and r.json()["state"] == "accepted"
+        r = await client.post(
+            f"/api/v1/studies/{uid}/manifest", json=_manifest(study.files[0]), headers=dev_b
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["missing"] == []  # the hub holds these bytes already
+        assert (await client.get(f"/api/v1/studies/{uid}", headers=dev_b)).status_code == 200
+
+        # Another study B sends second is refused: the agent is told why, in the admin's words.
+        assert (await _put(client, other.files[0], dev_a)).status_code == 201
+        ouid = other.study_instance_uid
+        assert (await _put(client, other.files[0], dev_b)).status_code == 409
+        r = await client.post(
+            f"/api/v1/study-claims/{ouid}/fac-b",
+            json={"decision": "refuse", "reason": "a UID clash: re-export it from the modality"},
+            headers=admin,
+        )
+        assert r.json()["state"] == "refused"
+        r = await client.post(
+            f"/api/v1/studies/{ouid}/manifest", json=_manifest(other.files[0]), headers=dev_b
+        )
+        assert r.status_code == 409 and r.json()["code"] == "study_refused"
+        assert "re-export it from the modality" in r.json()["detail"]
+        assert (await client.get(f"/api/v1/studies/{ouid}", headers=dev_b)).status_code == 403
+
+
+async def test_a_uid_announced_and_never_sent_does_not_block_another_facility(
+    settings: HubSettings, tmp_path: Path
+) -> None:
+    """A manifest alone (a device squatting a UID, or an upload abandoned) holds the study for
+    its facility for a day; then the facility that really sends it takes it."""
+    from relaypacs_hub.db.models import StudyFacility
+
+    study = generate_study(tmp_path / "s", instances=1, seed=33, rows=64, columns=64)
+    uid = study.study_instance_uid
+    async with hub_client(settings) as (app, client):
+        dev_a = _auth(await _enroll(client, "fac-a", "a"))
+        dev_b = _auth(await _enroll(client, "fac-b", "b"))
+        body = _manifest(study.files[0])
+        assert (
+            await client.post(f"/api/v1/studies/{uid}/manifest", json=body, headers=dev_a)
+        ).status_code == 200
+        r = await client.post(f"/api/v1/studies/{uid}/manifest", json=body, headers=dev_b)
+        assert r.status_code == 409  # within the day: held
+        async with app.state.hub.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(StudyFacility)
+                .where(StudyFacility.study_instance_uid == uid)
+                .values(recorded_at=utcnow() - timedelta(hours=25))
+            )
+        r = await client.post(f"/api/v1/studies/{uid}/manifest", json=body, headers=dev_b)
+        assert r.status_code == 200, r.text
+        assert (await _put(client, study.files[0], dev_b)).status_code == 201
+        r = await client.post(f"/api/v1/studies/{uid}/manifest", json=body, headers=dev_a)
+        assert r.status_code == 409  # now the other way round

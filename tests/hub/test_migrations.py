@@ -41,8 +41,8 @@ def _case_variant_refused(url: str) -> bool:
 
     insert = sa.text(
         "INSERT INTO users (username, role, facilities_json, password_hash, totp_enabled, "
-        "recovery_codes_json, failed_logins, disabled, created_at, updated_at) VALUES "
-        "(:name, 'clinician', '[]', 'x', false, '[]', 0, false, CURRENT_TIMESTAMP, "
+        "recovery_codes_json, disabled, created_at, updated_at) VALUES "
+        "(:name, 'clinician', '[]', 'x', false, '[]', false, CURRENT_TIMESTAMP, "
         "CURRENT_TIMESTAMP)"
     )
 

@@ -37,16 +37,27 @@ def _assert_limited(r: httpx.Response) -> None:
 
 
 async def test_login_limited_per_username(tmp_path: Path) -> None:
+    """Attempts per name from addresses the account never signed in from are limited; the
+    owner's own address is not (a stranger cannot keep a person out)."""
     settings = auth_settings(tmp_path, login_rate_per_user=3, login_max_failures=100)
     async with hub_client(settings) as (app, client):
         await add_user(app, "alice", "clinician")
         await add_user(app, "bob", "clinician")
-        for _ in range(3):
+        assert (await _login(client, "alice")).status_code == 200  # her usual address
+        stranger = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.5", 4000)),
+            base_url="http://hub",
+        )
+        async with stranger:
+            # Alice's first sign-in, from an address not known yet, counted as one attempt.
+            for _ in range(2):
+                assert (await _login(stranger, "alice", "guess")).status_code == 401
+            _assert_limited(await _login(stranger, "alice"))
+            _assert_limited(await _login(stranger, "ALICE"))  # the same account, whatever the case
+            # Another account from the same address is not affected by alice's limit.
+            assert (await _login(stranger, "bob")).status_code == 200
+        for _ in range(4):
             assert (await _login(client, "alice")).status_code == 200
-        _assert_limited(await _login(client, "alice"))
-        _assert_limited(await _login(client, "ALICE"))  # the same account, whatever the case
-        # Another account from the same address is not affected by alice's limit.
-        assert (await _login(client, "bob")).status_code == 200
 
 
 async def test_login_limited_per_client_address(tmp_path: Path) -> None:
@@ -162,15 +173,16 @@ async def test_two_hubs_sharing_redis_share_the_limit(tmp_path: Path, redis_pref
         "redis_url": REDIS_URL,
         "redis_key_prefix": redis_prefix,
         "login_rate_per_user": 4,
+        "login_max_failures": 100,
         "upload_create_rate": 3,
     }
     one = auth_settings(tmp_path / "one", **common)
-    two = auth_settings(tmp_path / "two", **common)
-    async with hub_client(one) as (app1, c1), hub_client(two) as (app2, c2):
+    # Replicas share one database as they share Redis.
+    two = auth_settings(tmp_path / "two", database_url=one.resolved_database_url, **common)
+    async with hub_client(one) as (app1, c1), hub_client(two) as (_app2, c2):
         await add_user(app1, "alice", "clinician")
-        await add_user(app2, "alice", "clinician")
-        for client in (c1, c2, c1, c2):
-            assert (await _login(client, "alice")).status_code == 200
+        for client in (c1, c2, c1, c2):  # from an address alice never signed in from
+            assert (await _login(client, "alice", "guess")).status_code == 401
         _assert_limited(await _login(c1, "alice"))
         _assert_limited(await _login(c2, "alice"))
 
@@ -187,3 +199,25 @@ async def test_unreachable_redis_fails_open(tmp_path: Path) -> None:
         await add_user(app, "alice", "clinician")
         for _ in range(3):
             assert (await _login(client, "alice")).status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_peek_does_not_count_and_reset_forgets(backend: str, redis_prefix: str) -> None:
+    """Failed logins are checked with ``peek`` before the password and counted with ``hit``
+    after it; a successful login ``reset``s the address's count."""
+    limiter = (
+        MemoryLimiter() if backend == "memory" else RedisLimiter(REDIS_URL, prefix=redis_prefix)
+    )
+    rule = Rule("fail", 2, 60)
+    try:
+        for _ in range(5):
+            assert await limiter.peek(rule, "alice") is None  # peeking counts nothing
+        assert await limiter.hit(rule, "alice") is None
+        assert await limiter.hit(rule, "alice") is None
+        wait = await limiter.peek(rule, "alice")
+        assert wait is not None and 0 < wait <= 60
+        assert await limiter.peek(rule, "bob") is None
+        await limiter.reset(rule, "alice")
+        assert await limiter.peek(rule, "alice") is None
+    finally:
+        await limiter.aclose()

@@ -46,6 +46,8 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/auth/totp/enroll"): USERS,
     ("POST", "/api/v1/auth/totp/confirm"): USERS,
     ("GET", "/api/v1/users"): ADMIN,
+    ("GET", "/api/v1/study-claims"): ADMIN,
+    ("POST", "/api/v1/study-claims/{study_uid}/{facility}"): ADMIN,
     ("POST", "/api/v1/users"): ADMIN,
     ("PATCH", "/api/v1/users/{username}"): ADMIN,
     ("DELETE", "/api/v1/users/{username}"): ADMIN,
@@ -80,6 +82,7 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/devices/enroll"): PUBLIC,
     ("POST", "/api/v1/devices/renew"): DEVICE,
     ("GET", "/api/v1/devices/verifiers"): AGENT,
+    ("POST", "/api/v1/devices/totp-steps"): AGENT,
     ("GET", "/api/v1/devices"): ADMIN,
     ("POST", "/api/v1/devices/heartbeat"): AGENT,
     ("POST", "/api/v1/devices/{device_id}/revoke"): ADMIN,
@@ -105,6 +108,7 @@ _PARAMS = {
     "device_id": "0123456789abcdef0123456789abcdef",
     "path": "assets/app.js",
     "report_id": "999",
+    "facility": "nowhere",
 }
 
 

@@ -101,6 +101,12 @@ class AgentSettings(BaseSettings):
         description="Cap of the backoff between attempts to reach the hub, so a link that comes "
         "back is used within this long.",
     )
+    held_retry_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a study the hub holds for its admin (another facility sent it "
+        "first) is offered again.",
+    )
     request_timeout_seconds: float = Field(
         default=120.0, description="Read/write timeout of one request to the hub."
     )

@@ -130,6 +130,7 @@ class Agent:
             spool_dir=settings.spool_dir,
             quiet_period=settings.quiet_period_seconds,
             retry_max=settings.retry_max_seconds,
+            held_retry=settings.held_retry_seconds,
             status_poll=settings.status_poll_seconds,
             segment_min=settings.segment_min_bytes,
             segment_max=settings.segment_max_bytes,

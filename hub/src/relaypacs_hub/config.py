@@ -212,10 +212,35 @@ class HubSettings(BaseSettings):
         "radiologist`); such a user without one gets a token that can only enroll.",
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="Failed logins in a row before the account is locked."
+        default=5,
+        ge=1,
+        description="Failed logins for one account from one client address per "
+        "`login_lockout_seconds` before that address must wait (other addresses are not "
+        "affected: a stranger cannot lock a person out).",
+    )
+    login_account_max_failures: int = Field(
+        default=50,
+        ge=0,
+        description="Failed logins for one account from all addresses together per "
+        "`login_lockout_seconds` (a password spray) before the account takes logins only from "
+        "addresses it signed in from in the last `login_known_source_days` (0: no limit).",
+    )
+    login_known_source_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long an address a person signed in from stays known to their account.",
+    )
+    study_unclaimed_after_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="A study a facility announced (manifest) but sent no instance of within this "
+        "many hours goes to the next facility that sends it, instead of being held for an admin.",
     )
     login_lockout_seconds: float = Field(
-        default=900.0, ge=0, description="How long a locked account refuses logins."
+        default=900.0,
+        ge=0,
+        description="The window of the failed-login limits: a locked address or account waits "
+        "until its oldest failure in the window is this old.",
     )
     redis_url: str | None = Field(
         default=None,

@@ -18,6 +18,7 @@ from relaypacs_hub.api.deps import HubState
 from relaypacs_hub.api.headers import SecurityHeaders
 from relaypacs_hub.api.routes import (
     analytics,
+    claims,
     dashboard,
     health,
     jobs,
@@ -87,7 +88,8 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         sessionmaker = make_sessionmaker(engine)
         store = build_object_store(settings)
         signing_key = await anyio.to_thread.run_sync(load_private_key, settings)
-        auth = AuthService(settings, sessionmaker, TokenIssuer(signing_key, settings))
+        limiter = build_limiter(settings.redis_url, settings.redis_key_prefix)
+        auth = AuthService(settings, sessionmaker, TokenIssuer(signing_key, settings), limiter)
         tus = TusService(
             sessionmaker,
             build_upload_store(settings),
@@ -104,7 +106,6 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         except BaseException:
             await engine.dispose()  # a bad rules file stops the start cleanly
             raise
-        limiter = build_limiter(settings.redis_url, settings.redis_key_prefix)
         app.state.delivery = delivery
         if settings.worker_enabled and destinations:
             worker = ForwardingWorker(
@@ -225,6 +226,7 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     app.include_router(overview.router)
     app.include_router(analytics.router)
     app.include_router(studies.router)
+    app.include_router(claims.router)
     app.include_router(manifests.router)
     app.include_router(tus_routes.router)
     app.include_router(jobs.router)

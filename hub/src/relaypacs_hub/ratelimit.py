@@ -35,6 +35,14 @@ class Rule:
 class Limiter(Protocol):
     async def hit(self, rule: Rule, key: str) -> float | None: ...
 
+    async def peek(self, rule: Rule, key: str) -> float | None:
+        """The wait a hit would answer now, without counting one."""
+        ...
+
+    async def reset(self, rule: Rule, key: str) -> None:
+        """Forget the key's hits (a successful login clears its failures)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -65,6 +73,18 @@ class MemoryLimiter:
         hits.append(now)
         return None
 
+    async def peek(self, rule: Rule, key: str) -> float | None:
+        if rule.limit <= 0:
+            return None
+        now: float = self._clock()
+        hits = [t for t in self._hits.get((rule.name, _digest(key)), ()) if t > now - rule.window]
+        if len(hits) >= rule.limit:
+            return max(hits[0] + rule.window - now, 0.001)
+        return None
+
+    async def reset(self, rule: Rule, key: str) -> None:
+        self._hits.pop((rule.name, _digest(key)), None)
+
     def _prune(self, now: float, window: float) -> None:
         for k in [k for k, v in self._hits.items() if not v or v[-1] <= now - window]:
             del self._hits[k]
@@ -91,6 +111,21 @@ return math.max(math.ceil(tonumber(oldest[2]) + window - now), 1)
 """
 
 
+# The same window read without counting: 0 (a hit would be allowed) or the wait in ms.
+_PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[1]) * 1000
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(math.ceil(tonumber(oldest[2]) + window - now), 1)
+"""
+
+
 class RedisLimiter:
     """The same sliding window in Redis, shared by every hub replica using ``prefix``."""
 
@@ -99,27 +134,49 @@ class RedisLimiter:
 
         self._redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._script = self._redis.register_script(_SLIDING_WINDOW)
+        self._peek = self._redis.register_script(_PEEK)
         self._prefix = prefix
+
+    def _key(self, rule: Rule, key: str) -> str:
+        return f"{self._prefix}{rule.name}:{_digest(key)}"
 
     async def hit(self, rule: Rule, key: str) -> float | None:
         if rule.limit <= 0:
             return None
+        args = [rule.window, rule.limit, uuid.uuid4().hex]
+        return await self._run(rule, self._script, self._key(rule, key), args)
+
+    async def peek(self, rule: Rule, key: str) -> float | None:
+        if rule.limit <= 0:
+            return None
+        return await self._run(rule, self._peek, self._key(rule, key), [rule.window, rule.limit])
+
+    async def reset(self, rule: Rule, key: str) -> None:
         from redis.exceptions import RedisError
 
-        rkey = f"{self._prefix}{rule.name}:{_digest(key)}"
         try:
-            wait_ms = await self._script(
-                keys=[rkey], args=[rule.window, rule.limit, uuid.uuid4().hex]
-            )
+            await self._redis.delete(self._key(rule, key))
+        except (RedisError, OSError) as exc:
+            self._unavailable(rule, exc)
+
+    async def _run(self, rule: Rule, script: Any, rkey: str, args: list[Any]) -> float | None:
+        from redis.exceptions import RedisError
+
+        try:
+            wait_ms = await script(keys=[rkey], args=args)
         except (RedisError, OSError) as exc:
             # Fail open: an unreachable Redis must not lock every user out; say so loudly.
-            log.error("rate_limit_backend_unavailable", rule=rule.name, error=type(exc).__name__)
-            from relaypacs_hub import metrics
-
-            metrics.dependency_error("redis")
+            self._unavailable(rule, exc)
             return None
         wait = int(wait_ms)
         return wait / 1000 if wait > 0 else None
+
+    @staticmethod
+    def _unavailable(rule: Rule, exc: BaseException) -> None:
+        log.error("rate_limit_backend_unavailable", rule=rule.name, error=type(exc).__name__)
+        from relaypacs_hub import metrics
+
+        metrics.dependency_error("redis")
 
     async def ping(self) -> None:
         """Raise when Redis does not answer (the readiness check)."""
@@ -170,6 +227,19 @@ def login_ip_rule(settings: HubSettings) -> Rule:
 
 def login_user_rule(settings: HubSettings) -> Rule:
     return Rule("login-user", settings.login_rate_per_user, settings.login_rate_window_seconds)
+
+
+def login_fail_source_rule(settings: HubSettings) -> Rule:
+    """Failed logins for one account from one address: past it, that address waits."""
+    return Rule("login-fail-source", settings.login_max_failures, settings.login_lockout_seconds)
+
+
+def login_fail_account_rule(settings: HubSettings) -> Rule:
+    """Failed logins for one account from every address together (a spray): past it, only
+    addresses the person signed in from before get through."""
+    return Rule(
+        "login-fail-account", settings.login_account_max_failures, settings.login_lockout_seconds
+    )
 
 
 def enroll_rule(settings: HubSettings) -> Rule:

@@ -310,7 +310,12 @@ function userStatus(u: User): ReactNode {
   if (u.disabled) return <Pill state="disabled" />
   const until = isoToMs(u.locked_until)
   if (until !== null && until > Date.now())
-    return <Pill state="locked" label={`locked until ${new Date(until).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}`} />
+    return (
+      <Pill
+        state="locked"
+        label={`new addresses refused until ${new Date(until).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}`}
+      />
+    )
   return <Pill state="active" />
 }
 

@@ -5,7 +5,8 @@ import { HubError } from './api'
 export function message(e: unknown): string {
   if (e instanceof HubError) {
     if (e.status === 403) return 'Your role may not see this.'
-    if (e.code === 'account_locked') return 'Too many failed sign-ins: this account is locked for a while. Try again later.'
+    // The hub's own words say why and for how long (this address, or addresses not used before).
+    if (e.code === 'login_locked') return e.message || 'Too many failed sign-ins from here. Try again later.'
     return e.message
   }
   return e instanceof Error ? e.message : String(e)

@@ -78,7 +78,7 @@ export function setUnauthorizedHandler(fn: (() => void) | null): void {
 const PLAIN: Record<string, string> = {
   invalid_credentials: 'The username or password is wrong.',
   totp_required: 'Enter the 6-digit code from your authenticator app.',
-  locked: 'This account is locked for a while after too many failed attempts.',
+  locked: 'Too many failed attempts for this name from this device: wait a while, or ask an admin to reset the password.',
   rate_limited: 'Too many attempts. Wait a minute and try again.',
   no_verifiers:
     'Nobody can sign in yet: this agent has never reached the hub. Connect it to the network once, then try again.',
@@ -88,7 +88,7 @@ export function plainMessage(e: unknown): string {
   if (e instanceof ApiError) {
     if (e.code === 'locked' && e.retryAfter) {
       const min = Math.ceil(e.retryAfter / 60)
-      return `This account is locked after too many failed attempts. Try again in ${min} min.`
+      return `Too many failed attempts for this name from this device. Try again in ${min} min, or ask an admin to reset the password.`
     }
     return e.detail || PLAIN[e.code] || `The agent answered with an error (${e.status}).`
   }

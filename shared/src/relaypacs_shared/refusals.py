@@ -110,6 +110,12 @@ REFUSALS: dict[str, Refusal] = {
         "the zip expands to more than the agent accepts",
         "Send the study in several smaller zips, or the folder itself.",
     ),
+    "hub_study_refused": Refusal(
+        "Refused by the hub's admin",
+        "another facility sent this study first, and an admin of the hub refused it for this one",
+        "Read the admin's words (relaypacs-agent quarantine show); export the study again, or ask "
+        "the hub's admin.",
+    ),
     "archive_bomb": Refusal(
         "Zip bomb (expands far too much)",
         "the zip expands far more than real images do (a zip bomb)",

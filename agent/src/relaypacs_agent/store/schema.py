@@ -190,6 +190,22 @@ _M005_REPORTS = """
         CREATE INDEX ix_reports_study ON reports (study_instance_uid, id);
 """
 
+# LAN login failures are counted per username and client address (a stranger on the LAN locks
+# only their own address out), the hub's account lock no longer reaches the LAN, and the time step
+# of the last TOTP code used anywhere comes with the verifiers.
+_M006_LOGIN_SOURCES = """
+        DROP TABLE lan_login_failures;
+        CREATE TABLE lan_login_failures (
+            username TEXT NOT NULL,
+            source TEXT NOT NULL,
+            failures INTEGER NOT NULL,
+            locked_until REAL,
+            PRIMARY KEY (username, source)
+        );
+        ALTER TABLE lan_users DROP COLUMN hub_locked_until;
+        ALTER TABLE lan_users ADD COLUMN totp_last_step INTEGER;
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
@@ -197,4 +213,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("003_audit", _M003_AUDIT),
     ("004_web", _M004_WEB),
     ("005_reports", _M005_REPORTS),
+    ("006_login_sources", _M006_LOGIN_SOURCES),
 ]

@@ -205,6 +205,14 @@ class HubClient:
         body: dict[str, Any] = resp.json()
         return body
 
+    def claim_totp_step(self, username: str, step: int) -> bool:
+        """Tell the hub a TOTP code of this time step was just used here; False if it (or a
+        later one) was used already, at the hub or at another agent."""
+        resp = self._send(
+            "POST", "/api/v1/devices/totp-steps", json={"username": username, "step": step}
+        )
+        return bool(resp.json().get("accepted"))
+
     def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
         """Post the agent's health; the hub keeps the latest and exports it."""
         resp = self._send("POST", "/api/v1/devices/heartbeat", json=body)

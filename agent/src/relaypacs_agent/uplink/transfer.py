@@ -118,6 +118,7 @@ class TransferSender:
         quiet_period: float,
         retry_max: float,
         status_poll: float,
+        held_retry: float = 300.0,
         segment_min: int = 1024 * 1024,
         segment_max: int = 32 * 1024 * 1024,
         bandwidth_limit_kbps: int = 0,
@@ -132,6 +133,7 @@ class TransferSender:
         self.segment_dir.mkdir(parents=True, exist_ok=True)
         self.quiet_period = quiet_period
         self.retry_max = retry_max
+        self.held_retry = held_retry
         self.status_poll = status_poll
         self.segment_min = segment_min
         self.segment_max = max(segment_max, segment_min)
@@ -213,6 +215,18 @@ class TransferSender:
                 for inst in instances:
                     if inst["sop_instance_uid"] in exc.missing:
                         self._refused(inst, exc)
+                return
+            if exc.code == "study_refused":
+                # An admin of the hub refused this study for this facility: each file goes to
+                # quarantine with the admin's words, so the counts still add up.
+                for inst in instances:
+                    self._refused(inst, exc)
+                return
+            if exc.code == "study_held":
+                # Another facility's study: it waits for an admin of the hub. Ask now and then,
+                # not at the pace of a network fault; status shows the hub's words meanwhile.
+                self.store.defer_study(uid, exc.detail, self.held_retry)
+                log.warning("study_held_at_hub", study_uid=uid, retry_in=self.held_retry)
                 return
             raise
         missing = set(answer.missing)

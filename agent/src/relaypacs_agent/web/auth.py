@@ -7,9 +7,11 @@ and before a login of a username it does not know. A login is always checked her
 copy, so it works the same with the WAN down; the session says whether the copy could be
 refreshed (``offline``).
 
-Sessions are opaque random tokens; the catalogue keeps only their SHA-256. Failed logins back off
-and lock per username (the hub's own lock is honoured too), and login attempts are rate limited
-per client address.
+Sessions are opaque random tokens; the catalogue keeps only their SHA-256. Failed logins lock a
+username from one client address only (a stranger on the LAN cannot lock a colleague out, and a
+password spray at the hub does not reach the LAN), alike for names that do not exist, and login
+attempts are rate limited per client address. A TOTP code works once across the agent and the
+hub: the agent claims its time step at the hub when it can, and reports it later when it cannot.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from relaypacs_agent import audit
 from relaypacs_agent.store.db import Store
-from relaypacs_shared.errors import RelayError
+from relaypacs_shared.errors import RelayError, is_transient
 
 log = structlog.get_logger("relaypacs.agent.web")
 
@@ -106,12 +108,14 @@ class LanAuth:
         *,
         fetch_verifiers: Callable[[], dict[str, Any]] | None,
         facility: Callable[[], str | None],
+        claim_totp_step: Callable[[str, int], bool] | None = None,
         session_seconds: float = 12 * 3600,
         sync_seconds: float = 300.0,
         login_rate: tuple[int, float] = (10, 60.0),
     ) -> None:
         self.store = store
         self.fetch_verifiers = fetch_verifiers
+        self.claim_totp_step = claim_totp_step
         self.facility = facility
         self.session_seconds = session_seconds
         self.sync_seconds = sync_seconds
@@ -149,7 +153,7 @@ class LanAuth:
                 for u in users:
                     conn.execute(
                         """INSERT INTO lan_users (username, role, facilities, password_hash,
-                           totp_secret, totp_required, hub_locked_until, synced_at)
+                           totp_secret, totp_required, totp_last_step, synced_at)
                            VALUES (?,?,?,?,?,?,?,?)""",
                         (
                             str(u["username"]),
@@ -158,7 +162,7 @@ class LanAuth:
                             str(u["password_hash"]),
                             u.get("totp_secret") or None,
                             1 if u.get("totp_required") else 0,
-                            _epoch(u.get("locked_until")),
+                            _int_or_none(u.get("totp_last_step")),
                             now,
                         ),
                     )
@@ -188,7 +192,27 @@ class LanAuth:
             self.hub_reachable = True
             self.last_sync_at = now
             log.info("verifiers_synced", users=len(users))
-            return True
+        self._report_totp_steps()
+        return True
+
+    def _report_totp_steps(self) -> None:
+        """Tell the hub the TOTP steps used here while it could not be asked."""
+        if self.claim_totp_step is None:
+            return
+        rows = self.store.query("SELECT key, value FROM lan_meta WHERE key LIKE 'totp_pending:%'")
+        for row in rows:
+            username = str(row["key"]).removeprefix("totp_pending:")
+            try:
+                self.claim_totp_step(username, int(row["value"]))
+            except RelayError as exc:
+                if is_transient(exc):
+                    return  # the hub went away again: the next sync tries once more
+                # Refused for good (the user is gone or has no TOTP any more): nothing to tell.
+                log.info("totp_step_report_refused", error=type(exc).__name__)
+            with self.store.tx() as conn:
+                conn.execute(
+                    "DELETE FROM lan_meta WHERE key = ? AND value = ?", (row["key"], row["value"])
+                )
 
     def sync_if_stale(self) -> None:
         if self.last_sync_at is None or time.time() - self.last_sync_at >= self.sync_seconds:
@@ -240,13 +264,15 @@ class LanAuth:
                 "check the agent's connection to the hub",
             )
         now = time.time()
-        locked = self._locked_until(username, user)
+        locked = self._locked_until(username, client)
         if locked > now:
             self._audit_login(username, client, "minor_failure", reason="locked")
             raise LoginRefused(
                 423,
                 "locked",
-                "too many failed logins; try again later",
+                "too many failed logins for this name from this device; try again in "
+                f"{max(1, int((locked - now + 59) // 60))} min, or ask an admin to reset the "
+                "password",
                 retry_after=int(locked - now) + 1,
             )
         ok = _verify_password(user["password_hash"] if user else _DUMMY_HASH, password)
@@ -279,7 +305,10 @@ class LanAuth:
             token_hash=_sha256(token),
         )
         with self.store.tx() as conn:
-            conn.execute("DELETE FROM lan_login_failures WHERE username = ?", (username,))
+            conn.execute(
+                "DELETE FROM lan_login_failures WHERE username = ? AND source = ?",
+                (username, client),
+            )
             conn.execute("DELETE FROM lan_sessions WHERE expires_at < ?", (now,))
             conn.execute(
                 """INSERT INTO lan_sessions (token_hash, username, role, facilities, offline,
@@ -323,37 +352,66 @@ class LanAuth:
         if step is None:
             return False
         # A code opens one session only, and so does any older one: keep the time step of the
-        # last accepted code per user and require a later one (RFC 6238 section 5.2).
-        key = f"totp_step:{user['username']}"
+        # last accepted code per user, here and (from the verifiers) at the hub, and require a
+        # later one (RFC 6238 section 5.2).
+        username = str(user["username"])
+        key = f"totp_step:{username}"
+        hub_step = user["totp_last_step"]
         with self.store.tx() as conn:
             row = conn.execute("SELECT value FROM lan_meta WHERE key = ?", (key,)).fetchone()
-            if row is not None and int(row[0]) >= step:
+            last = max(int(row[0]) if row else -1, int(hub_step) if hub_step is not None else -1)
+            if last >= step:
                 return False
             conn.execute(
                 "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)", (key, str(step))
             )
+        return self._claim_at_hub(username, step)
+
+    def _claim_at_hub(self, username: str, step: int) -> bool:
+        """Claim the step at the hub, so the code cannot be used there too; with the hub out
+        of reach the login goes on and the step is reported at the next sync."""
+        if self.claim_totp_step is None:
+            return True
+        if self.hub_reachable is not False:
+            try:
+                accepted = self.claim_totp_step(username, step)
+            except RelayError as exc:
+                if not is_transient(exc):
+                    log.info("totp_step_claim_refused", error=type(exc).__name__)
+                    return True  # the hub does not know this user's TOTP: the local check holds
+            else:
+                if not accepted:
+                    self._audit_login(username, "hub", "minor_failure", reason="totp_replayed")
+                return accepted
+        with self.store.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)",
+                (f"totp_pending:{username}", str(step)),
+            )
         return True
 
-    def _locked_until(self, username: str, user: Any) -> float:
+    def _locked_until(self, username: str, client: str) -> float:
         rows = self.store.query(
-            "SELECT locked_until FROM lan_login_failures WHERE username = ?", (username,)
+            "SELECT locked_until FROM lan_login_failures WHERE username = ? AND source = ?",
+            (username, client),
         )
-        local = float(rows[0]["locked_until"] or 0) if rows else 0.0
-        hub = float(user["hub_locked_until"] or 0) if user is not None else 0.0
-        return max(local, hub)
+        return float(rows[0]["locked_until"] or 0) if rows else 0.0
 
     def _failed(self, username: str, client: str, reason: str) -> None:
         now = time.time()
         with self.store.tx() as conn:
             row = conn.execute(
-                "SELECT failures FROM lan_login_failures WHERE username = ?", (username,)
+                "SELECT failures FROM lan_login_failures WHERE username = ? AND source = ?",
+                (username, client),
             ).fetchone()
             failures = (row[0] if row else 0) + 1
             locked = now + LOCK_SECONDS if failures >= LOCK_AFTER else None
+            if locked is not None:
+                failures = 0  # the next lock needs as many failures again
             conn.execute(
-                "INSERT OR REPLACE INTO lan_login_failures (username, failures, locked_until) "
-                "VALUES (?,?,?)",
-                (username, failures, locked),
+                "INSERT OR REPLACE INTO lan_login_failures (username, source, failures, "
+                "locked_until) VALUES (?,?,?,?)",
+                (username, client, failures, locked),
             )
             audit.append(
                 conn,
@@ -381,10 +439,10 @@ class LanAuth:
         if not rows or rows[0]["expires_at"] < time.time():
             return None
         r = rows[0]
-        # The account as the last copy of the hub's verifiers has it: gone, locked at the hub or
+        # The account as the last copy of the hub's verifiers has it: gone (disabled) or
         # moved to another facility ends the session; a changed role applies at once.
         user = self._user(r["username"])
-        if user is None or (user["hub_locked_until"] or 0) > time.time():
+        if user is None:
             return None
         if not self._facility_ok(user):
             return None
@@ -410,10 +468,5 @@ def _verify_password(hashed: str, password: str) -> bool:
         return False
 
 
-def _epoch(value: Any) -> float | None:
-    if not value:
-        return None
-    dt = datetime.fromisoformat(str(value))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -87,6 +87,7 @@ class WebServer:
         self.auth = LanAuth(
             store,
             fetch_verifiers=self.client.verifiers,
+            claim_totp_step=self.client.claim_totp_step,
             facility=self.facility,
             session_seconds=settings.web_session_hours * 3600,
             sync_seconds=settings.verifier_sync_seconds,

@@ -229,6 +229,7 @@ async def readable_study(state: HubState, who: Principal, study_uid: str) -> str
                 404, {"code": "unknown_study", "detail": "the hub holds no instance of this study"}
             )
         facility = await devices.study_facility(session, study_uid)
+        readers = await devices.study_facilities(session, study_uid)
     allowed: list[str] | None
     if who.kind == "anonymous":  # an agent route with no agent credential configured (dev)
         allowed = None
@@ -236,7 +237,8 @@ async def readable_study(state: HubState, who: Principal, study_uid: str) -> str
         allowed = [who.agent_facility] if who.agent_facility is not None else None
     else:
         allowed = facility_scope(who)
-    if allowed is not None and facility not in allowed:
+    # Its own facility, and any an admin accepted it for (a patient transfer).
+    if allowed is not None and not readers & set(allowed):
         raise HTTPException(
             403, {"code": "forbidden", "detail": "this study belongs to another facility"}
         )

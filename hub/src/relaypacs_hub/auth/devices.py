@@ -20,7 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.audit import audit
-from relaypacs_hub.db.models import Device, EnrollmentCode, StudyFacility, StudyRoute, utcnow
+from relaypacs_hub.db.models import (
+    Device,
+    EnrollmentCode,
+    Study,
+    StudyClaim,
+    StudyFacility,
+    StudyRoute,
+    utcnow,
+)
 
 CREDENTIAL_PREFIX = "rpd_"
 # Recording last_seen_at on every request would write on every upload: once a minute is enough.
@@ -38,6 +46,16 @@ class EnrollmentError(Exception):
 
 class FacilityMismatch(Exception):
     """The study belongs to another facility than the calling device."""
+
+
+class StudyHeld(FacilityMismatch):
+    """The study belongs to another facility: this facility's copy waits for an admin
+    (``state`` ``held``), or an admin refused it (``refused``, with the admin's ``reason``)."""
+
+    def __init__(self, study_uid: str, state: str, reason: str = "") -> None:
+        super().__init__(study_uid)
+        self.state = state
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -210,21 +228,100 @@ async def study_facility(session: AsyncSession, study_uid: str) -> str | None:
 
 
 async def claim_study(
-    sessionmaker: async_sessionmaker[AsyncSession], study_uid: str, facility: str
+    sessionmaker: async_sessionmaker[AsyncSession],
+    study_uid: str,
+    facility: str,
+    device: str = "",
+    unclaimed_after_hours: float = 24.0,
 ) -> None:
-    """Record ``facility`` as the study's at its first manifest or instance from a device;
-    raise FacilityMismatch when the study belongs to another facility."""
-    for _ in range(2):
+    """Record ``facility`` as the study's at its first manifest or instance from a device.
+
+    A study that belongs to another facility is held for an admin (``StudyHeld``): a patient
+    transferred with their images, or two studies sharing a UID, is a decision for a person,
+    never a silent merge nor an endless refusal. An admin accepts it for the second facility
+    too, or refuses it with a reason the agent shows. A facility's record with no instance
+    behind it (a manifest that was never followed, or a device squatting a UID) gives way to
+    the next facility after ``unclaimed_after_hours``."""
+    for _ in range(3):
         async with sessionmaker() as session:
             recorded = await study_facility(session, study_uid)
-            if recorded is not None:
-                if recorded != facility:
-                    raise FacilityMismatch(study_uid)
+            held: StudyHeld | None = None
+            if recorded is None:
+                session.add(StudyFacility(study_instance_uid=study_uid, facility=facility))
+            elif recorded == facility:
                 return
-            session.add(StudyFacility(study_instance_uid=study_uid, facility=facility))
+            else:
+                held = await _hold(session, study_uid, recorded, facility, device,
+                                   timedelta(hours=unclaimed_after_hours))  # fmt: skip
+                if held is None and await _accepted(session, study_uid, facility):
+                    return
             try:
                 await session.commit()
-                return
             except IntegrityError:  # another request recorded it first: check against it
                 await session.rollback()
+                continue
+            if held is not None:
+                raise held
+            return
     raise FacilityMismatch(study_uid)
+
+
+async def _accepted(session: AsyncSession, study_uid: str, facility: str) -> bool:
+    claim = await session.get(StudyClaim, (study_uid, facility))
+    return claim is not None and claim.state == "accepted"
+
+
+async def _hold(
+    session: AsyncSession,
+    study_uid: str,
+    owner_facility: str,
+    facility: str,
+    device: str,
+    unclaimed_after: timedelta,
+) -> StudyHeld | None:
+    """The study is another facility's: None if this facility may send it anyway (accepted by
+    an admin, or the other facility's record was never followed by an instance), else the
+    held (or refused) claim, recorded for the admin's list."""
+    claim = await session.get(StudyClaim, (study_uid, facility))
+    if claim is not None and claim.state == "accepted":
+        return None
+    now = utcnow()
+    owner = await session.get(StudyFacility, study_uid)
+    if (
+        owner is not None
+        and owner.recorded_at < now - unclaimed_after
+        and await session.get(Study, study_uid) is None
+    ):
+        await audit(
+            session, device or "device", "study_claim_unclaimed", study_uid,
+            previous=owner.facility, facility=facility,
+        )  # fmt: skip
+        owner.facility, owner.recorded_at = facility, now
+        return None
+    if claim is None:
+        session.add(
+            StudyClaim(
+                study_instance_uid=study_uid, facility=facility, state="held",
+                device=device[:128], attempts=1, first_seen_at=now, last_seen_at=now, reason="",
+            )
+        )  # fmt: skip
+        await audit(
+            session, device or "device", "study_claim_held", study_uid,
+            owner=owner_facility, facility=facility,
+        )  # fmt: skip
+        return StudyHeld(study_uid, "held")
+    claim.attempts += 1
+    claim.last_seen_at = now
+    claim.device = device[:128] or claim.device
+    return StudyHeld(study_uid, claim.state, claim.reason)
+
+
+async def study_facilities(session: AsyncSession, study_uid: str) -> set[str]:
+    """Every facility that may read the study: its own, and those an admin accepted it for."""
+    owner = await study_facility(session, study_uid)
+    accepted = await session.scalars(
+        select(StudyClaim.facility)
+        .where(StudyClaim.study_instance_uid == study_uid)
+        .where(StudyClaim.state == "accepted")
+    )
+    return ({owner} if owner is not None else set()) | set(accepted)

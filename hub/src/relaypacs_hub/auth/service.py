@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.audit import audit
@@ -21,7 +24,13 @@ from relaypacs_hub.auth import totp
 from relaypacs_hub.auth.passwords import hash_password, verify_password
 from relaypacs_hub.auth.tokens import TokenIssuer
 from relaypacs_hub.config import HubSettings
-from relaypacs_hub.db.models import RefreshToken, User, utcnow
+from relaypacs_hub.db.models import LoginSource, RefreshToken, User, utcnow
+from relaypacs_hub.ratelimit import (
+    Limiter,
+    login_fail_account_rule,
+    login_fail_source_rule,
+    login_user_rule,
+)
 
 ENROLL_SCOPE = "totp-enroll"
 
@@ -57,16 +66,48 @@ def _sha256(token: str) -> str:
 _BAD_LOGIN = AuthError(401, "invalid_credentials", "wrong username or password")
 
 
+def _actor(username: str, user: User | None) -> str:
+    return username if user is not None else unknown_name(username)
+
+
+def _minutes(seconds: float) -> str:
+    minutes = max(1, math.ceil(seconds / 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+@dataclass(frozen=True)
+class _FailureKeys:
+    """The limiter keys of one login: the account and address, and the account.
+
+    Keyed by the name as typed (case-folded), whether or not it exists, and by the account's
+    password hash, so an admin's password reset starts the counts afresh."""
+
+    per_source: str
+    per_account: str
+    source_digest: str
+
+    @classmethod
+    def of(cls, username: str, source: str | None, user: User | None) -> _FailureKeys:
+        generation = _sha256(user.password_hash)[:16] if user is not None else ""
+        account = f"{username.casefold()}\n{generation}"
+        digest = _sha256(source or "unknown")
+        return cls(f"{account}\n{digest}", account, digest)
+
+
 class AuthService:
     def __init__(
         self,
         settings: HubSettings,
         sessionmaker: async_sessionmaker[AsyncSession],
         issuer: TokenIssuer,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.issuer = issuer
+        # Failed logins are counted here, per account and address and per account, for names
+        # that exist and names that do not alike (the answers must not tell them apart).
+        self.limiter = limiter
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -112,35 +153,44 @@ class AuthService:
         recovery_code: str | None,
         source: str | None,
     ) -> TokenPair | AuthError:
-        user = await session.scalar(select(User).where(User.username == username))
+        # Names are unique whatever their case (migration 0012): "Alice" typed on a phone that
+        # capitalises the first letter is alice.
+        user = await session.scalar(
+            select(User).where(func.lower(User.username) == username.casefold())
+        )
+        if user is not None:
+            username = user.username
         now = utcnow()
-        if user is not None and user.locked_until is not None and user.locked_until > now:
+        keys = _FailureKeys.of(username, source, user)
+        known = await self._known_source(session, user, keys.source_digest, now)
+        refused = await self._throttled(keys, known)
+        if refused is not None:
             await audit(
-                session, username, "login", username, "minor_failure", source, reason="locked"
-            )
-            wait = int((user.locked_until - now).total_seconds()) + 1
-            return AuthError(429, "account_locked", "too many failed logins", retry_after=wait)
+                session, _actor(username, user), "login", _actor(username, user), "minor_failure",
+                source, reason=refused.code,
+            )  # fmt: skip
+            return refused
         ok = verify_password(user.password_hash if user else None, password)
         if user is None or user.disabled or not ok:
             reason = "unknown_user" if user is None else "disabled" if user.disabled else "password"
-            if user is not None and not user.disabled:
-                self._count_failure(user, now)
+            await self._count_failure(keys, known, user, now)
             # An unknown name is often a password typed into the wrong field: the audit keeps
             # only a short hash of it (enough to see one name tried again and again).
-            who = username if user is not None else unknown_name(username)
+            who = _actor(username, user)
             await audit(session, who, "login", who, "minor_failure", source, reason=reason)
             return _BAD_LOGIN
         if user.totp_enabled and not await self._second_factor(
             session, user, totp_code, recovery_code
         ):
-            self._count_failure(user, now)
+            await self._count_failure(keys, known, user, now)
             reason = "totp_missing" if not (totp_code or recovery_code) else "totp"
             await audit(
                 session, username, "login", username, "minor_failure", source, reason=reason
             )
             return AuthError(401, "totp_required", "a valid TOTP or recovery code is required")
-        user.failed_logins = 0
-        user.locked_until = None
+        if self.limiter is not None:
+            await self.limiter.reset(login_fail_source_rule(self.settings), keys.per_source)
+        await self._remember_source(session, user, keys.source_digest, now)
         if user.role in self.settings.totp_required_roles and not user.totp_enabled:
             # The role needs a second factor this user has not enrolled: a token that can
             # only enroll one, and no refresh token.
@@ -153,11 +203,90 @@ class AuthService:
         await audit(session, username, "login", username, "success", source)
         return pair
 
-    def _count_failure(self, user: User, now: datetime) -> None:
-        user.failed_logins += 1
-        if user.failed_logins >= self.settings.login_max_failures:
-            user.locked_until = now + timedelta(seconds=self.settings.login_lockout_seconds)
-            user.failed_logins = 0
+    async def _throttled(self, keys: _FailureKeys, known: bool) -> AuthError | None:
+        """The refusal a login gets before its password is even checked, if any.
+
+        Answers are the same whether the name exists or not. A stranger's failures lock only
+        the stranger's address; a spray from many addresses holds the account to the addresses
+        its owner signed in from before (OWASP ASVS 2.2.1: no lockout anyone can cause)."""
+        if self.limiter is None:
+            return None
+        s = self.settings
+        wait = await self.limiter.peek(login_fail_source_rule(s), keys.per_source)
+        if wait is not None:
+            return AuthError(
+                429, "login_locked",
+                f"too many failed sign-ins for this account from this address; try again in "
+                f"{_minutes(wait)}, or ask an admin to reset the password",
+                retry_after=int(wait) + 1,
+            )  # fmt: skip
+        if known:
+            return None
+        wait = await self.limiter.peek(login_fail_account_rule(s), keys.per_account)
+        if wait is not None:
+            return AuthError(
+                429, "login_locked",
+                f"this account is taking sign-ins only from addresses it used before, after many "
+                f"failed sign-ins from elsewhere; try again in {_minutes(wait)} or from a known "
+                f"device, or ask an admin to reset the password",
+                retry_after=int(wait) + 1,
+            )  # fmt: skip
+        wait = await self.limiter.hit(login_user_rule(s), keys.per_account)
+        if wait is not None:
+            rule = login_user_rule(s)
+            return AuthError(
+                429, "rate_limited",
+                f"too many requests ({rule.name}: at most {rule.limit} per {rule.window:g} s); "
+                f"retry after {int(wait) + 1} s",
+                retry_after=int(wait) + 1,
+            )  # fmt: skip
+        return None
+
+    async def _count_failure(
+        self, keys: _FailureKeys, known: bool, user: User | None, now: datetime
+    ) -> None:
+        if self.limiter is None:
+            return
+        s = self.settings
+        await self.limiter.hit(login_fail_source_rule(s), keys.per_source)
+        if known:
+            return
+        await self.limiter.hit(login_fail_account_rule(s), keys.per_account)
+        wait = await self.limiter.peek(login_fail_account_rule(s), keys.per_account)
+        if wait is not None and user is not None:
+            # Shown to admins (the users list); agents do not receive it: a spray at the hub
+            # must not lock anyone out of the facility's LAN.
+            user.locked_until = now + timedelta(seconds=wait)
+
+    async def _known_source(
+        self, session: AsyncSession, user: User | None, digest: str, now: datetime
+    ) -> bool:
+        if user is None or self.settings.login_known_source_days <= 0:
+            return False
+        seen = await session.scalar(
+            select(LoginSource.last_success_at)
+            .where(LoginSource.user_id == user.id)
+            .where(LoginSource.source_digest == digest)
+        )
+        fresh = now - timedelta(days=self.settings.login_known_source_days)
+        return seen is not None and seen > fresh
+
+    async def _remember_source(
+        self, session: AsyncSession, user: User, digest: str, now: datetime
+    ) -> None:
+        row = await session.get(LoginSource, (user.id, digest))
+        if row is None:
+            dialect = session.get_bind().dialect.name
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            await session.execute(
+                insert(LoginSource)
+                .values(user_id=user.id, source_digest=digest, last_success_at=now)
+                .on_conflict_do_update(
+                    index_elements=["user_id", "source_digest"], set_={"last_success_at": now}
+                )
+            )
+        else:
+            row.last_success_at = now
 
     async def _second_factor(
         self, session: AsyncSession, user: User, code: str | None, recovery: str | None
@@ -184,6 +313,33 @@ class AuthService:
                 )
                 return True
         return False
+
+    async def claim_totp_step(
+        self, username: str, step: int, facility: str | None, device: str, source: str | None
+    ) -> bool | None:
+        """Record a TOTP time step used at an agent; False if it (or a later one) was used
+        already, None if the user has no TOTP or is not of the device's facility."""
+        async with self.sessionmaker() as session, session.begin():
+            user = await session.scalar(select(User).where(User.username == username))
+            if (
+                user is None
+                or user.disabled
+                or not user.totp_enabled
+                or (facility is not None and facility not in facilities_of(user))
+            ):
+                return None
+            used = await session.execute(
+                update(User)
+                .where(User.id == user.id)
+                .where(or_(User.totp_last_step.is_(None), User.totp_last_step < step))
+                .values(totp_last_step=step)
+            )
+            accepted = int(getattr(used, "rowcount", 0) or 0) == 1
+            await audit(
+                session, device, "totp_step_claimed" if accepted else "totp_code_replayed",
+                username, "success" if accepted else "minor_failure", source,
+            )  # fmt: skip
+            return accepted
 
     # -- refresh and logout --------------------------------------------------------------------
 

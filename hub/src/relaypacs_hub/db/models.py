@@ -229,11 +229,22 @@ class User(Base):
     # The RFC 6238 time step of the last code accepted: a code works once.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     recovery_codes_json: Mapped[str] = mapped_column(Text, default="[]")  # sha256 of unused codes
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    # Set while a password spray (failures from many addresses) keeps this account to the
+    # addresses it signed in from before (LoginSource); shown to admins, cleared by a reset.
     locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LoginSource(Base):
+    """An address a person signed in from (its sha256), and when last (migration 0013)."""
+
+    __tablename__ = "login_sources"
+
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id"), primary_key=True)
+    source_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_success_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class RefreshToken(Base):
@@ -290,6 +301,27 @@ class StudyFacility(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     facility: Mapped[str] = mapped_column(String(64), index=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class StudyClaim(Base):
+    """Another facility sending a study that belongs to a facility already (a patient transfer,
+    or two studies sharing one UID): held until an admin accepts it for that facility too, or
+    refuses it (migration 0014)."""
+
+    __tablename__ = "study_claims"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    facility: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(
+        String(16), default="held", index=True
+    )  # held|accepted|refused
+    device: Mapped[str] = mapped_column(String(128), default="")  # the last device that sent it
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")  # the admin's words, shown to the agent
 
 
 # -- reports (migration 0010) -----------------------------------------------------------------

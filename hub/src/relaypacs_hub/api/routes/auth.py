@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from relaypacs_hub.api.deps import PublicAccess, State, UserAuth
 from relaypacs_hub.auth.service import AuthError, TokenPair
-from relaypacs_hub.ratelimit import RateLimited, enforce, login_ip_rule, login_user_rule
+from relaypacs_hub.ratelimit import RateLimited, enforce, login_ip_rule
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -82,10 +82,11 @@ async def login(
 ) -> TokenResponse:
     """Exchange a password (and a TOTP or recovery code when enabled) for tokens.
 
-    Rate limited per client address and per username (429 with ``Retry-After``)."""
+    Rate limited per client address; failed logins lock one account from one address, and a
+    spray from many addresses holds the account to addresses its owner used before (429 with
+    ``Retry-After``, alike for names that do not exist)."""
     try:
         await enforce(state.limiter, login_ip_rule(state.settings), _source(request) or "unknown")
-        await enforce(state.limiter, login_user_rule(state.settings), body.username.casefold())
     except RateLimited as exc:
         raise HTTPException(429, exc.body, {"Retry-After": exc.retry_after_header}) from exc
     try:

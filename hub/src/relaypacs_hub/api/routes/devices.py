@@ -63,7 +63,11 @@ class Verifier(BaseModel):
     totp_required: bool = Field(
         description="The user's role must use a second factor (`RELAYPACS_HUB_REQUIRE_TOTP_ROLES`)."
     )
-    locked_until: datetime | None
+    totp_last_step: int | None = Field(
+        default=None,
+        description="The RFC 6238 time step of the last code accepted for this user at the hub "
+        "or at any agent: an agent accepts only a later one, so a code works once everywhere.",
+    )
 
 
 class VerifierFeed(BaseModel):
@@ -146,7 +150,7 @@ async def verifiers(
             password_hash=u.password_hash,
             totp_secret=u.totp_secret if u.totp_enabled else None,
             totp_required=u.role in required,
-            locked_until=aware_utc(u.locked_until),
+            totp_last_step=u.totp_last_step if u.totp_enabled else None,
         )
         for u in users
         if facility is None or facility in facilities_of(u)
@@ -160,6 +164,33 @@ async def verifiers(
         users=len(feed),
     )
     return VerifierFeed(generated_at=datetime.now(UTC), users=feed)
+
+
+class TotpStepClaim(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    step: int = Field(ge=0, description="The RFC 6238 time step of the code a person just used.")
+
+
+class TotpStepAnswer(BaseModel):
+    accepted: bool = Field(
+        description="True: the step was later than any used for this user, and is now the "
+        "last one. False: a code of this step (or a later one) was already used: refuse it."
+    )
+
+
+@router.post("/totp-steps", response_model=TotpStepAnswer)
+async def claim_totp_step(
+    body: TotpStepClaim, state: State, who: AgentAuth, request: Request
+) -> TotpStepAnswer:
+    """An agent claims the time step of a TOTP code used at its LAN login, so the same code
+    cannot open a session at the hub (or at another agent) afterwards, and a code already used
+    at the hub is refused at the agent. Only for users of the device's facility."""
+    accepted = await state.auth.claim_totp_step(
+        body.username, body.step, who.agent_facility, who.name, _source(request)
+    )
+    if accepted is None:
+        raise HTTPException(404, {"code": "unknown_user", "detail": "no such user with TOTP here"})
+    return TotpStepAnswer(accepted=accepted)
 
 
 class HeartbeatAnswer(BaseModel):

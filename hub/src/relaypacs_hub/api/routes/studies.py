@@ -41,7 +41,27 @@ async def claim_for_device(state: State, who: Principal, study_uid: str) -> None
     if facility is None:
         return
     try:
-        await devices.claim_study(state.sessionmaker, study_uid, facility)
+        await devices.claim_study(
+            state.sessionmaker,
+            study_uid,
+            facility,
+            who.name,
+            state.settings.study_unclaimed_after_hours,
+        )
+    except devices.StudyHeld as exc:
+        if exc.state == "refused":
+            raise _problem(
+                409, "study_refused",
+                "an admin of the hub refused this study for your facility"
+                + (f": {exc.reason}" if exc.reason else "")
+                + ". It is kept at the agent; ask the hub's admin if this is a mistake",
+            ) from exc  # fmt: skip
+        raise _problem(
+            409, "study_held",
+            "this study is already at the hub for another facility (a patient transfer, or two "
+            "studies sharing one UID): it is held until an admin of the hub accepts it for your "
+            "facility. Nothing is lost: the agent keeps it and sends it once accepted",
+        ) from exc  # fmt: skip
     except devices.FacilityMismatch as exc:
         raise _problem(403, "forbidden", "this study belongs to another facility") from exc
 

@@ -19,7 +19,7 @@ from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.auth.passwords import hash_password
 from relaypacs_hub.auth.service import AuthError, facilities_of
-from relaypacs_hub.db.models import RefreshToken, User, utcnow
+from relaypacs_hub.db.models import LoginSource, RefreshToken, User, utcnow
 
 router = APIRouter(prefix="/api/v1/users", tags=["admin: users"])
 
@@ -117,7 +117,8 @@ async def update_user(username: str, body: UserUpdate, state: State, who: AdminA
             user.disabled = changed["disabled"] = body.disabled
         if body.password is not None:
             user.password_hash = hash_password(body.password)
-            user.failed_logins, user.locked_until = 0, None
+            # A new password starts the failed-login counts afresh (they are keyed by it).
+            user.locked_until = None
             changed["password_reset"] = True  # never the password itself
         if was_admin and (user.role != "admin" or user.disabled):
             await _keep_an_admin(session, user)
@@ -137,5 +138,6 @@ async def delete_user(username: str, state: State, who: AdminAuth) -> None:
         if user.role == "admin" and not user.disabled:
             await _keep_an_admin(session, user)
         await session.execute(delete(RefreshToken).where(RefreshToken.user_id == user.id))
+        await session.execute(delete(LoginSource).where(LoginSource.user_id == user.id))
         await session.delete(user)
         await audit(session, who.name, "user_delete", username)

@@ -1,0 +1,101 @@
+"""Studies another facility sent although they belong to a facility already: the admin's list,
+and the decision (accept the study for that facility too, or refuse it with a reason)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from relaypacs_hub.api.deps import AdminAuth, State
+from relaypacs_hub.audit import audit
+from relaypacs_hub.auth.devices import study_facility
+from relaypacs_hub.db.models import Instance, StudyClaim, aware_utc, utcnow
+
+router = APIRouter(prefix="/api/v1/study-claims", tags=["studies"])
+
+
+class ClaimInfo(BaseModel):
+    study_instance_uid: str
+    facility: str = Field(description="The facility that sent the study second.")
+    owner: str | None = Field(description="The facility the study belongs to.")
+    owner_instances: int = Field(description="Instances of the study the hub holds.")
+    state: Literal["held", "accepted", "refused"]
+    device: str = Field(description="The device that last sent it.")
+    attempts: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str
+
+
+class Decision(BaseModel):
+    decision: Literal["accept", "refuse"]
+    reason: str = Field(
+        default="",
+        max_length=500,
+        description="Shown to the facility's agent when refused (say what to do instead).",
+    )
+
+
+async def _info(state: State, claim: StudyClaim) -> ClaimInfo:
+    async with state.sessionmaker() as session:
+        owner = await study_facility(session, claim.study_instance_uid)
+        held = await session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(Instance.study_instance_uid == claim.study_instance_uid)
+        )
+    return ClaimInfo(
+        study_instance_uid=claim.study_instance_uid,
+        facility=claim.facility,
+        owner=owner,
+        owner_instances=int(held or 0),
+        state=claim.state,  # type: ignore[arg-type]
+        device=claim.device,
+        attempts=claim.attempts,
+        first_seen_at=aware_utc(claim.first_seen_at) or claim.first_seen_at,
+        last_seen_at=aware_utc(claim.last_seen_at) or claim.last_seen_at,
+        decided_by=claim.decided_by,
+        decided_at=aware_utc(claim.decided_at),
+        reason=claim.reason,
+    )
+
+
+@router.get("", response_model=list[ClaimInfo])
+async def list_claims(
+    state: State,
+    _auth: AdminAuth,
+    claim_state: Literal["held", "accepted", "refused"] | None = None,
+) -> list[ClaimInfo]:
+    """Studies sent by a second facility, held ones first (newest first within each state)."""
+    query = select(StudyClaim).order_by(StudyClaim.state != "held", StudyClaim.last_seen_at.desc())
+    if claim_state is not None:
+        query = query.where(StudyClaim.state == claim_state)
+    async with state.sessionmaker() as session:
+        claims = list(await session.scalars(query.limit(500)))
+    return [await _info(state, c) for c in claims]
+
+
+@router.post("/{study_uid}/{facility}", response_model=ClaimInfo)
+async def decide_claim(
+    study_uid: str, facility: str, body: Decision, state: State, who: AdminAuth
+) -> ClaimInfo:
+    """Accept the study for this facility too (its agent sends it at its next try, and its
+    people read the study's state), or refuse it: the agent stops and shows the reason."""
+    async with state.sessionmaker() as session, session.begin():
+        claim = await session.get(StudyClaim, (study_uid, facility))
+        if claim is None:
+            raise HTTPException(
+                404, {"code": "unknown_claim", "detail": "no facility sent this study second"}
+            )
+        claim.state = "accepted" if body.decision == "accept" else "refused"
+        claim.reason = body.reason.strip()
+        claim.decided_by = who.name
+        claim.decided_at = utcnow()
+        await audit(session, who.name, f"study_claim_{claim.state}", study_uid, facility=facility)
+    return await _info(state, claim)
