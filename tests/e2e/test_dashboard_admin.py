@@ -299,3 +299,83 @@ def test_admin_manages_users_and_agents(hub: HubProcess, browser: Any, tmp_path:
     rctx.close()
 
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def _device(hub: HubProcess, facility: str) -> dict[str, str]:
+    code = httpx.post(
+        hub.url + "/api/v1/devices/enrollment-codes", headers=ADMIN, json={"facility": facility}
+    ).json()["code"]
+    r = httpx.post(
+        hub.url + "/api/v1/devices/enroll", json={"code": code, "name": f"agent-{facility}"}
+    )
+    assert r.status_code in (200, 201), r.text
+    body = r.json()
+    return {"Authorization": f"Bearer rpd_{body['device_id']}.{body['secret']}"}
+
+
+def _send_second(hub: HubProcess, path: Path, first: dict[str, str], second: dict[str, str]) -> str:
+    """Clinic A sends one instance of a study; clinic B then announces the same study."""
+    import hashlib
+
+    import pydicom
+
+    from relaypacs_shared.wire import format_content_digest
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uid, data = ds.StudyInstanceUID, path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    r = httpx.put(
+        f"{hub.url}/api/v1/studies/{uid}/instances/{ds.SOPInstanceUID}",
+        content=data,
+        headers={**first, "Content-Type": "application/dicom",
+                 "Content-Digest": format_content_digest(sha)},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    entry = {"sop_instance_uid": ds.SOPInstanceUID, "series_instance_uid": ds.SeriesInstanceUID,
+             "sha256": sha, "size": len(data)}  # fmt: skip
+    r = httpx.post(
+        f"{hub.url}/api/v1/studies/{uid}/manifest", json={"instances": [entry]}, headers=second
+    )
+    assert r.status_code == 409 and r.json()["code"] == "study_held", r.text
+    return str(uid)
+
+
+def test_admin_decides_on_studies_a_second_facility_sent(
+    hub: HubProcess, browser: Any, tmp_path: Path
+) -> None:
+    from relaypacs_dev.generate import generate_study
+
+    _create_user(hub, "ada", "admin", [])
+    north, south = _device(hub, "north"), _device(hub, "south")
+    studies = [
+        generate_study(tmp_path / f"s{i}", instances=1, seed=60 + i, rows=64, columns=64)
+        for i in range(2)
+    ]
+    accepted = _send_second(hub, studies[0].files[0], north, south)
+    refused = _send_second(hub, studies[1].files[0], north, south)
+    ctx = browser.new_context(viewport=DESKTOP, bypass_csp=True)  # bypass_csp: to inject axe
+    page = ctx.new_page()
+    _sign_in(page, hub, "ada")
+    page.get_by_role("tab", name="Agents").click()
+    claims = page.get_by_test_id("dash-claims")
+    claims.filter(has_text="2 waiting for a decision").wait_for()
+    _shot(page, "dashboard-held-studies-desktop")
+    assert page.get_by_test_id("dash-claim").first.inner_text().count("agent-south") == 1
+    rows = page.get_by_test_id("dash-claim")
+    rows.filter(has_text=accepted).get_by_role("button", name="Accept study for south").click()
+    _note(page, "Accepted for south")
+    rows.filter(has_text=refused).get_by_role("button", name="Refuse study for south").click()
+    dialog = page.get_by_test_id("dash-refuse-claim")
+    dialog.get_by_label("Reason shown at the facility").fill("UID clash: export it again")
+    dialog.get_by_role("button", name="Refuse study").click()
+    _note(page, "Refused for south")
+    states = {
+        c["study_instance_uid"]: (c["state"], c["decided_by"], c["reason"])
+        for c in httpx.get(hub.url + "/api/v1/study-claims", headers=ADMIN).json()
+    }
+    assert states == {
+        accepted: ("accepted", "ada", ""),
+        refused: ("refused", "ada", "UID clash: export it again"),
+    }
+    claims.filter(has_text="0 waiting for a decision").wait_for()
+    assert _violations(page) == []

@@ -1,8 +1,9 @@
-/** The admin screens: manage users (add, role, facilities, disable, password, delete) and agents
- * (enrollment codes, revoke). Only admins see them; the hub checks again on every call. */
+/** The admin screens: manage users (add, role, facilities, disable, password, delete), agents
+ * (enrollment codes, revoke) and studies a second facility sent (accept or refuse). Only admins
+ * see them; the hub checks again on every call. */
 import { useEffect, useId, useRef, useState, type FormEvent, type ReactNode } from 'react'
 import { formatAgo, isoToMs } from '../lib/format'
-import { hub, type Device, type EnrollmentCode, type User } from './api'
+import { hub, type Device, type EnrollmentCode, type StudyClaim, type User } from './api'
 import {
   adminError,
   enrollCommand,
@@ -690,6 +691,134 @@ export function Agents() {
             send studies or fetch who may sign in there. To use that machine again, enroll it with a new code.
           </p>
         </Confirm>
+      )}
+    </section>
+  )
+}
+
+/** Refuse a held study, with words the facility's agent shows next to its files. */
+function RefuseClaim({ claim, onDone, onClose }: { claim: StudyClaim; onDone: (note: string) => void; onClose: () => void }) {
+  const id = useId()
+  const [reason, setReason] = useState('')
+  const [busy, setBusy] = useState(false)
+  const [error, setError] = useState<string | null>(null)
+  async function submit(e: FormEvent) {
+    e.preventDefault()
+    setBusy(true)
+    setError(null)
+    try {
+      await hub.decideClaim(claim.study_instance_uid, claim.facility, 'refuse', reason.trim())
+      onDone(`Refused for ${claim.facility}: its agent puts the files in quarantine with your words.`)
+    } catch (err) {
+      setError(adminError(err))
+    }
+    setBusy(false)
+  }
+  return (
+    <Modal title={`Refuse this study for ${claim.facility}?`} onClose={onClose} testId="dash-refuse-claim">
+      <form onSubmit={submit} className="flex flex-col gap-3">
+        <p className="text-sm text-slate-800">
+          The agent of <strong>{claim.facility}</strong> stops sending it and keeps each file in its quarantine with the words below. Say what to
+          do instead (for example: a UID clash, export the study again from the modality).
+        </p>
+        <div>
+          <label className="label" htmlFor={id}>
+            Reason shown at the facility
+          </label>
+          <textarea id={id} className="field min-h-20" maxLength={500} value={reason} onChange={(e) => setReason(e.target.value)} required />
+        </div>
+        <ErrorBox error={error} />
+        <DialogButtons busy={busy} label="Refuse study" onClose={onClose} danger disabled={!reason.trim()} />
+      </form>
+    </Modal>
+  )
+}
+
+/** Studies a second facility sent although they belong to another one (a patient transfer, or two
+ * studies sharing a UID): the hub holds them until an admin decides. Shown only when there are any. */
+export function HeldStudies() {
+  const [data, error, reload] = useLoad(hub.studyClaims, 30_000)
+  const act = useAction(reload)
+  const [refusing, setRefusing] = useState<StudyClaim | null>(null)
+  const claims = data ?? []
+  const held = claims.filter((c) => c.state === 'held').length
+  if (!claims.length && !error) return null
+  return (
+    <section aria-labelledby="hs" className="mb-6 flex flex-col gap-3" data-testid="dash-claims">
+      <h2 id="hs" className="text-lg font-semibold">
+        Studies sent by a second facility{' '}
+        <span className="text-sm font-normal text-slate-700">({held} waiting for a decision)</span>
+      </h2>
+      <p className="text-sm text-slate-700">
+        Another facility&apos;s agent sent a study that belongs to a facility already: a patient transferred with their images, or two studies
+        sharing one UID. Accept it to let that facility send it and follow it too; refuse it to stop it there, with your reason.
+      </p>
+      <Announce text={act.note} />
+      <ErrorBox error={act.error ?? error} />
+      <Table
+        testId="dash-claims-table"
+        caption="Studies sent by a second facility"
+        head={['Study UID', 'Sent by', 'Belongs to', 'Last try', 'Status', '']}
+        empty="None."
+        stack
+      >
+        {claims.map((c) => (
+          <tr key={`${c.study_instance_uid}/${c.facility}`} className={stackRow} data-testid="dash-claim" data-state={c.state}>
+            <td data-label="Study UID" className={`${stackCell} break-all font-mono text-xs`}>
+              {c.study_instance_uid}
+            </td>
+            <td data-label="Sent by" className={stackCell}>
+              {c.facility} <span className="text-xs text-slate-700">({c.device || 'device'}, {c.attempts} {c.attempts === 1 ? 'try' : 'tries'})</span>
+            </td>
+            <td data-label="Belongs to" className={stackCell}>
+              {c.owner ?? '–'} <span className="text-xs text-slate-700">({c.owner_instances} {c.owner_instances === 1 ? 'image' : 'images'} at the hub)</span>
+            </td>
+            <td data-label="Last try" className={stackCell}>
+              {formatAgo(isoToMs(c.last_seen_at))}
+            </td>
+            <td data-label="Status" className={stackCell}>
+              {c.state === 'held' ? (
+                <Pill state="held" label="waiting for you" />
+              ) : c.state === 'accepted' ? (
+                <Pill state="done" label={`accepted by ${c.decided_by ?? 'an admin'}`} />
+              ) : (
+                <Pill state="revoked" label={`refused by ${c.decided_by ?? 'an admin'}`} />
+              )}
+            </td>
+            <td className="px-3 py-2">
+              {c.state === 'held' && (
+                <div className="flex flex-wrap gap-2">
+                  <button
+                    className={small}
+                    aria-label={`Accept study for ${c.facility}`}
+                    onClick={() =>
+                      void act.run(async () => {
+                        await hub.decideClaim(c.study_instance_uid, c.facility, 'accept')
+                        return `Accepted for ${c.facility}: its agent sends the study at its next try.`
+                      })
+                    }
+                  >
+                    Accept
+                  </button>
+                  <button className={danger} aria-label={`Refuse study for ${c.facility}`} onClick={() => setRefusing(c)}>
+                    Refuse
+                  </button>
+                </div>
+              )}
+            </td>
+          </tr>
+        ))}
+      </Table>
+      {refusing && (
+        <RefuseClaim
+          claim={refusing}
+          onClose={() => setRefusing(null)}
+          onDone={(note) => {
+            setRefusing(null)
+            act.setNote(note)
+            reload()
+          }}
+        />
       )}
     </section>
   )

@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from 'react'
 import { formatAgo, formatDuration, isoToMs } from '../lib/format'
-import { Agents, Users } from './Admin'
+import { Agents, HeldStudies, Users } from './Admin'
 import { Analytics } from './Analytics'
 import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type Stats, type Study } from './api'
 import { ErrorBox, message, Pill, stackCell, stackRow, Table, useLoad } from './ui'
@@ -490,6 +490,7 @@ export function Dashboard() {
             {current === 'studies' && <Studies />}
             {current === 'analytics' && <Analytics />}
             {current === 'dead' && isAdmin && <DeadJobs />}
+            {current === 'agents' && isAdmin && <HeldStudies />}
             {current === 'agents' && isAdmin && <Agents />}
             {current === 'users' && isAdmin && <Users me={me?.username ?? null} />}
             {current === 'security' && <Security account={me?.username ?? null} />}

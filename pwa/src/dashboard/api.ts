@@ -304,6 +304,22 @@ export function logout(): void {
   if (refresh) void raw('POST', '/auth/logout', { refresh_token: refresh }, false).catch(() => undefined)
 }
 
+/** A study a second facility sent: held for an admin's decision (or decided). */
+export interface StudyClaim {
+  study_instance_uid: string
+  facility: string
+  owner: string | null
+  owner_instances: number
+  state: 'held' | 'accepted' | 'refused'
+  device: string
+  attempts: number
+  first_seen_at: string
+  last_seen_at: string
+  decided_by: string | null
+  decided_at: string | null
+  reason: string
+}
+
 export const hub = {
   me: () => api<Me>('GET', '/auth/me'),
   stats: () => api<Stats>('GET', '/stats'),
@@ -319,6 +335,9 @@ export const hub = {
   retryJob: (id: number) => api<Job>('POST', `/jobs/${id}/retry`),
   retryDead: () => api<{ retried: number[] }>('POST', '/jobs/retry-dead'),
   devices: () => api<Device[]>('GET', '/devices'),
+  studyClaims: () => api<StudyClaim[]>('GET', '/study-claims'),
+  decideClaim: (uid: string, facility: string, decision: 'accept' | 'refuse', reason = '') =>
+    api<StudyClaim>('POST', `/study-claims/${encodeURIComponent(uid)}/${encodeURIComponent(facility)}`, { decision, reason }),
   users: () => api<User[]>('GET', '/users'),
   createUser: (u: { username: string; password: string; role: string; facilities: string[] }) => api<User>('POST', '/users', u),
   updateUser: (username: string, change: { role?: string; facilities?: string[]; disabled?: boolean; password?: string }) =>

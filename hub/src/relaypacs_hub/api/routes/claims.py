@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.auth.devices import study_facility
-from relaypacs_hub.db.models import Instance, StudyClaim, aware_utc, utcnow
+from relaypacs_hub.db.models import Device, Instance, StudyClaim, aware_utc, utcnow
 
 router = APIRouter(prefix="/api/v1/study-claims", tags=["studies"])
 
@@ -50,13 +50,17 @@ async def _info(state: State, claim: StudyClaim) -> ClaimInfo:
             .select_from(Instance)
             .where(Instance.study_instance_uid == claim.study_instance_uid)
         )
+        device = claim.device
+        if device.startswith("device:"):  # a device's principal: show the name it enrolled with
+            found = await session.get(Device, device.removeprefix("device:"))
+            device = found.name if found is not None else device
     return ClaimInfo(
         study_instance_uid=claim.study_instance_uid,
         facility=claim.facility,
         owner=owner,
         owner_instances=int(held or 0),
         state=claim.state,  # type: ignore[arg-type]
-        device=claim.device,
+        device=device,
         attempts=claim.attempts,
         first_seen_at=aware_utc(claim.first_seen_at) or claim.first_seen_at,
         last_seen_at=aware_utc(claim.last_seen_at) or claim.last_seen_at,
