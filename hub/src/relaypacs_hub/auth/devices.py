@@ -253,8 +253,6 @@ async def claim_study(
             else:
                 held = await _hold(session, study_uid, recorded, facility, device,
                                    timedelta(hours=unclaimed_after_hours))  # fmt: skip
-                if held is None and await _accepted(session, study_uid, facility):
-                    return
             try:
                 await session.commit()
             except IntegrityError:  # another request recorded it first: check against it
@@ -264,11 +262,6 @@ async def claim_study(
                 raise held
             return
     raise FacilityMismatch(study_uid)
-
-
-async def _accepted(session: AsyncSession, study_uid: str, facility: str) -> bool:
-    claim = await session.get(StudyClaim, (study_uid, facility))
-    return claim is not None and claim.state == "accepted"
 
 
 async def _hold(

@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.audit import audit
@@ -42,18 +43,17 @@ class Decision(BaseModel):
     )
 
 
-async def _info(state: State, claim: StudyClaim) -> ClaimInfo:
-    async with state.sessionmaker() as session:
-        owner = await study_facility(session, claim.study_instance_uid)
-        held = await session.scalar(
-            select(func.count())
-            .select_from(Instance)
-            .where(Instance.study_instance_uid == claim.study_instance_uid)
-        )
-        device = claim.device
-        if device.startswith("device:"):  # a device's principal: show the name it enrolled with
-            found = await session.get(Device, device.removeprefix("device:"))
-            device = found.name if found is not None else device
+async def _info(session: AsyncSession, claim: StudyClaim) -> ClaimInfo:
+    owner = await study_facility(session, claim.study_instance_uid)
+    held = await session.scalar(
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.study_instance_uid == claim.study_instance_uid)
+    )
+    device = claim.device
+    if device.startswith("device:"):  # a device's principal: show the name it enrolled with
+        found = await session.get(Device, device.removeprefix("device:"))
+        device = found.name if found is not None else device
     return ClaimInfo(
         study_instance_uid=claim.study_instance_uid,
         facility=claim.facility,
@@ -81,8 +81,7 @@ async def list_claims(
     if claim_state is not None:
         query = query.where(StudyClaim.state == claim_state)
     async with state.sessionmaker() as session:
-        claims = list(await session.scalars(query.limit(500)))
-    return [await _info(state, c) for c in claims]
+        return [await _info(session, c) for c in await session.scalars(query.limit(500))]
 
 
 @router.post("/{study_uid}/{facility}", response_model=ClaimInfo)
@@ -102,4 +101,4 @@ async def decide_claim(
         claim.decided_by = who.name
         claim.decided_at = utcnow()
         await audit(session, who.name, f"study_claim_{claim.state}", study_uid, facility=facility)
-    return await _info(state, claim)
+        return await _info(session, claim)
