@@ -60,6 +60,12 @@ class MemoryLimiter:
         self._clock = clock
 
     async def hit(self, rule: Rule, key: str) -> float | None:
+        return self._check(rule, key, count=True)
+
+    async def peek(self, rule: Rule, key: str) -> float | None:
+        return self._check(rule, key, count=False)
+
+    def _check(self, rule: Rule, key: str, *, count: bool) -> float | None:
         if rule.limit <= 0:
             return None
         now: float = self._clock()
@@ -70,16 +76,8 @@ class MemoryLimiter:
             hits.popleft()
         if len(hits) >= rule.limit:
             return max(hits[0] + rule.window - now, 0.001)
-        hits.append(now)
-        return None
-
-    async def peek(self, rule: Rule, key: str) -> float | None:
-        if rule.limit <= 0:
-            return None
-        now: float = self._clock()
-        hits = [t for t in self._hits.get((rule.name, _digest(key)), ()) if t > now - rule.window]
-        if len(hits) >= rule.limit:
-            return max(hits[0] + rule.window - now, 0.001)
+        if count:
+            hits.append(now)
         return None
 
     async def reset(self, rule: Rule, key: str) -> None:
@@ -93,8 +91,9 @@ class MemoryLimiter:
         self._hits.clear()
 
 
-# KEYS[1]: the window's sorted set. ARGV: window (s), limit, a unique member.
-# Redis' own clock, so replicas with skewed clocks agree. Answers 0 (allowed) or the wait in ms.
+# KEYS[1]: the window's sorted set. ARGV: window (s), limit, a unique member, 1 to count a hit
+# (0: only look). Redis' own clock, so replicas with skewed clocks agree. Answers 0 (allowed) or
+# the wait in ms.
 _SLIDING_WINDOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -102,23 +101,10 @@ local window = tonumber(ARGV[1]) * 1000
 local limit = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window))
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(math.ceil(tonumber(oldest[2]) + window - now), 1)
-"""
-
-
-# The same window read without counting: 0 (a hit would be allowed) or the wait in ms.
-_PEEK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1]) * 1000
-local limit = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < limit then
+  if ARGV[4] == '1' then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], math.ceil(window))
+  end
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -134,7 +120,6 @@ class RedisLimiter:
 
         self._redis = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._script = self._redis.register_script(_SLIDING_WINDOW)
-        self._peek = self._redis.register_script(_PEEK)
         self._prefix = prefix
 
     def _key(self, rule: Rule, key: str) -> str:
@@ -143,13 +128,12 @@ class RedisLimiter:
     async def hit(self, rule: Rule, key: str) -> float | None:
         if rule.limit <= 0:
             return None
-        args = [rule.window, rule.limit, uuid.uuid4().hex]
-        return await self._run(rule, self._script, self._key(rule, key), args)
+        return await self._run(rule, key, count=True)
 
     async def peek(self, rule: Rule, key: str) -> float | None:
         if rule.limit <= 0:
             return None
-        return await self._run(rule, self._peek, self._key(rule, key), [rule.window, rule.limit])
+        return await self._run(rule, key, count=False)
 
     async def reset(self, rule: Rule, key: str) -> None:
         from redis.exceptions import RedisError
@@ -159,11 +143,12 @@ class RedisLimiter:
         except (RedisError, OSError) as exc:
             self._unavailable(rule, exc)
 
-    async def _run(self, rule: Rule, script: Any, rkey: str, args: list[Any]) -> float | None:
+    async def _run(self, rule: Rule, key: str, *, count: bool) -> float | None:
         from redis.exceptions import RedisError
 
+        args: list[str | float] = [rule.window, rule.limit, uuid.uuid4().hex, "1" if count else "0"]
         try:
-            wait_ms = await script(keys=[rkey], args=args)
+            wait_ms = await self._script(keys=[self._key(rule, key)], args=args)
         except (RedisError, OSError) as exc:
             # Fail open: an unreachable Redis must not lock every user out; say so loudly.
             self._unavailable(rule, exc)
