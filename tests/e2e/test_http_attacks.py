@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.attacks import HUGE_LOGIN, STALLED_LOGIN, idle_socket, send_until_closed
 from tests.support.processes import HubProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,9 +62,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
 
 
 def _idle_socket(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    return s
+    return idle_socket(port, "/healthz")
 
 
 def test_thousands_of_idle_connections_do_not_starve_healthz_or_login(hub: HubProcess) -> None:
@@ -108,32 +107,16 @@ def test_a_slow_request_head_gets_408_and_is_closed(hub: HubProcess) -> None:
 
 
 def test_a_stalled_request_body_ends_the_connection(hub: HubProcess) -> None:
-    s = socket.create_connection(("127.0.0.1", hub.port), timeout=10)
-    s.sendall(
-        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 100\r\n\r\n{"username":'
-    )
     t0 = time.monotonic()
-    data = b""
-    while chunk := s.recv(4096):  # the hub closes the connection: recv answers b""
-        data += chunk
+    data = send_until_closed(hub.port, STALLED_LOGIN)
     assert time.monotonic() - t0 < 8
     assert b"200 OK" not in data
-    s.close()
 
 
 def test_a_declared_huge_body_is_refused_before_it_is_read(hub: HubProcess) -> None:
-    s = socket.create_connection(("127.0.0.1", hub.port), timeout=10)
-    s.sendall(
-        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 209715200\r\n\r\n"
-    )
-    answer = b""
-    while chunk := s.recv(4096):  # the hub answers without reading the body, and closes
-        answer += chunk
+    answer = send_until_closed(hub.port, HUGE_LOGIN)
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert b"request_too_large" in answer
-    s.close()
 
 
 def _send_chunked(port: int, path: str, megabytes: int) -> bytes:

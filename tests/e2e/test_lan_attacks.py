@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from tests.support.attacks import HUGE_LOGIN, STALLED_LOGIN, idle_socket, send_until_closed
 from tests.support.orthanc import free_port
 from tests.support.processes import AgentProcess, HubProcess, wait_for
 
@@ -93,9 +94,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 
 
 def _idle_socket(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"GET /api/v1/info HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    return s
+    return idle_socket(port, "/api/v1/info")
 
 
 def test_thousands_of_idle_connections_do_not_keep_a_clinician_out(lan: Lan) -> None:
@@ -140,28 +139,12 @@ def test_a_slow_request_head_gets_408(lan: Lan) -> None:
 
 
 def test_a_stalled_login_body_ends_the_connection(lan: Lan) -> None:
-    s = socket.create_connection(("127.0.0.1", lan.port), timeout=10)
-    s.sendall(
-        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 100\r\n\r\n{"username":'
-    )
     t0 = time.monotonic()
-    data = b""
-    while chunk := s.recv(4096):
-        data += chunk
+    data = send_until_closed(lan.port, STALLED_LOGIN)
     assert time.monotonic() - t0 < 8
     assert b"200 OK" not in data
-    s.close()
 
 
 def test_a_declared_huge_login_body_is_refused_before_it_is_read(lan: Lan) -> None:
-    s = socket.create_connection(("127.0.0.1", lan.port), timeout=10)
-    s.sendall(
-        b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 209715200\r\n\r\n"
-    )
-    answer = b""
-    while chunk := s.recv(4096):
-        answer += chunk
+    answer = send_until_closed(lan.port, HUGE_LOGIN)
     assert answer.startswith(b"HTTP/1.1 413"), answer
-    s.close()
