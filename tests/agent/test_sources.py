@@ -3,6 +3,7 @@ media, zips, the disk reserve, study readiness, quarantine decisions and the CLI
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -178,6 +179,34 @@ def test_the_disk_reserve_refuses_new_work_and_keeps_the_file(
     assert _count(store, "instances") == 0 and _count(store, "quarantine") == 0
     ingestor.min_free_bytes = 0  # space was freed: the next try takes it
     assert watcher.scan_once(now=1000)[0].outcome == "accepted"
+
+
+@pytest.mark.integration
+def test_a_file_refused_on_a_full_quarantine_disk_stays_where_it_was(
+    store: Store, dirs: AgentDirs, tmp_path: Path, drop: Drop
+) -> None:
+    """With no room even for the reason's sidecar, setting a file aside is a full disk (the
+    sender is told 507 and keeps its copy), not a crash that leaves half a quarantine entry."""
+    from tests.support.smallfs import small_filesystem
+
+    with small_filesystem(tmp_path / "qdisk", 256 * 1024) as qdisk:
+        ingestor = Ingestor(
+            store, spool_dir=dirs.spool, quarantine_dir=qdisk, max_instance_bytes=1 << 30
+        )
+        with contextlib.suppress(OSError), (qdisk / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        path = dirs.inbox / "not-dicom.bin"
+        path.write_bytes(b"not an image " * 1000)
+        with pytest.raises(DiskFull, match="no space"):
+            ingestor.ingest(path)
+        assert path.read_bytes() == b"not an image " * 1000
+        assert [p.name for p in qdisk.rglob("*") if p.is_file()] == ["filler"]
+        assert _count(store, "quarantine") == 0
+        (qdisk / "filler").unlink()  # space is back: the next try sets it aside with its reason
+        assert ingestor.ingest(path).outcome == "quarantined"
+        assert _count(store, "quarantine") == 1 and not path.exists()
 
 
 # -- study readiness ------------------------------------------------------------------------

@@ -432,27 +432,37 @@ class Ingestor:
         quarantine_id = uuid.uuid4().hex[:12]
         dest = folder / f"{quarantine_id}_{name}"
         sidecar = dest.with_name(dest.name + ".reason.json")
-        folder.mkdir(parents=True, exist_ok=True)
-        sidecar.write_text(
-            json.dumps(
-                {
-                    "original_name": name,
-                    "source": source,
-                    "reason": reason,
-                    "message": message,
-                    "size": size,
-                    "sha256": sha256,
-                    "sop_instance_uid": sop_uid,
-                    "quarantined_at": now,
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-        if keep_original:
-            copy_durable(path, dest)
-        else:
-            move_durable(path, dest)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            sidecar.write_text(
+                json.dumps(
+                    {
+                        "original_name": name,
+                        "source": source,
+                        "reason": reason,
+                        "message": message,
+                        "size": size,
+                        "sha256": sha256,
+                        "sop_instance_uid": sop_uid,
+                        "quarantined_at": now,
+                    },
+                    indent=2,
+                ),
+                encoding="utf-8",
+            )
+            if keep_original:
+                copy_durable(path, dest)
+            else:
+                move_durable(path, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # No room even for the reason: the file stays where it is (its sender keeps its
+            # copy too) and is taken in, or set aside, once space is back.
+            sidecar.unlink(missing_ok=True)
+            if keep_original or path.exists():
+                dest.unlink(missing_ok=True)
+            raise DiskFull(f"no space to set a file aside in quarantine: {exc.strerror}") from exc
         self.store.add_quarantine(
             path=dest,
             original_name=name,
