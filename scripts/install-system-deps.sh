@@ -9,6 +9,7 @@ set -euo pipefail
 need=()
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+[ -f /usr/share/orthanc/plugins/libOrthancPython.so ] || need+=(orthanc-python)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v nft >/dev/null 2>&1 || need+=(nftables)

@@ -44,7 +44,7 @@ SCENARIOS: dict[str, tuple[LinkProfile, int, float]] = {
         1800.0,
     ),
     "loss30up": (LinkProfile(rate_mbit=RATE, loss_pct=30, loss_direction="up"), 300, 1800.0),
-    "loss30": (LinkProfile(rate_mbit=RATE, loss_pct=30), 40, 1800.0),
+    "loss30": (LinkProfile(rate_mbit=RATE, loss_pct=30), 40, 900.0),
     "loss50": (LinkProfile(rate_mbit=RATE, loss_pct=50), 10, 600.0),
 }
 TIMEOUT = 1800.0

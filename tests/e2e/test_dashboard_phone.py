@@ -159,3 +159,68 @@ def test_studies_and_dead_jobs_fit_a_phone(hub: HubProcess, tmp_path: Path) -> N
                 assert box is not None and box["x"] + box["width"] <= PHONE["width"]
             page.screenshot(path=str(SHOTS / f"{name}-dashboard-dead-jobs.png"), full_page=True)
             context.close()
+
+
+def test_the_report_column_and_the_waiting_count(hub: HubProcess, tmp_path: Path) -> None:
+    """A delivered study waits for its report: the Overview counts it, its row says Waiting;
+    once the radiologist's final report is in, the row says Final with the time it took, the
+    Report filter finds it, and nothing waits any more."""
+    r = httpx.post(
+        hub.url + "/api/v1/users",
+        headers=ADMIN,
+        json={"username": "ada", "password": PASSWORD, "role": "admin", "facilities": []},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    uid = _send_study(hub, tmp_path)
+
+    def waiting() -> int:
+        r = httpx.get(hub.url + "/api/v1/stats", headers=ADMIN, timeout=10)
+        return int(r.json()["waiting_for_report"]) if r.status_code == 200 else -1
+
+    wait_for(lambda: waiting() == 1, 60, "the delivered study to wait for its report")
+    with chromium() as browser:
+        page = browser.new_context(viewport=DESKTOP).new_page()
+        page.goto(hub.url + "/dashboard/")
+        page.get_by_label("Username").fill("ada")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        card = page.get_by_test_id("dash-waiting-report")
+        card.wait_for()
+        lines = card.inner_text().splitlines()
+        assert lines[:2] == ["Waiting for a report", "1"] and lines[2].startswith("oldest "), lines
+        assert page.get_by_test_id("dash-time-to-report").inner_text().splitlines()[1] == "—"
+        page.get_by_test_id("dash-tab-studies").click()
+        cell = page.get_by_test_id("dash-report").first
+        cell.wait_for()
+        assert cell.get_attribute("data-report") == "waiting"
+        assert cell.inner_text().startswith("Waiting")
+        assert "delivered" in cell.inner_text()
+
+        r = httpx.post(
+            f"{hub.url}/api/v1/studies/{uid}/reports",
+            headers=ADMIN,
+            json={"text": "No fracture. Soft tissue swelling.", "status": "final"},
+            timeout=10,
+        )
+        assert r.status_code in (200, 201), r.text
+        page.get_by_label("Report").select_option("final")
+        page.locator('[data-testid="dash-report"][data-report="final"]').wait_for()
+        rows = page.get_by_test_id("dash-study-row")
+        assert rows.count() == 1 and uid[:20] in rows.first.inner_text()
+        final = rows.first.get_by_test_id("dash-report").inner_text()
+        assert final.startswith("Final") and "\nin " in final, final
+        page.get_by_label("Report").select_option("waiting")
+        page.get_by_text("No studies.").wait_for()
+
+        page.get_by_test_id("dash-tab-overview").click()
+        page.get_by_test_id("dash-waiting-report").wait_for()
+        assert page.get_by_test_id("dash-waiting-report").inner_text().splitlines() == [
+            "Waiting for a report",
+            "0",
+        ]
+        median, p95 = (
+            page.get_by_test_id("dash-time-to-report").inner_text().splitlines()[1].split(" / ")
+        )
+        assert median == p95 and median != "—"  # one report: the median is the 95th percentile
+        page.screenshot(path=str(SHOTS / "desktop-dashboard-reports.png"), full_page=True)

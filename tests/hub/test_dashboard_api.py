@@ -23,6 +23,7 @@ from relaypacs_hub.db.models import (
     ForwardJob,
     Study,
     StudyFacility,
+    StudyReport,
     StudyRoute,
     User,
     utcnow,
@@ -370,6 +371,9 @@ async def test_study_list_states_order_filters_and_scope(
             "study_date",
             "study_description",
             "accession_number",
+            "report_status",
+            "reported_at",
+            "time_to_report_seconds",
         }
         assert delivered["facility"] == "fac-a"
         assert delivered["time_to_pacs_seconds"] == 60.0
@@ -486,6 +490,66 @@ async def test_study_list_states_order_filters_and_scope(
             ("receiving", "committed", "delivered", "failed"), 0
         )
         assert r.json()["time_to_pacs_median_seconds"] is None
+
+
+async def test_waiting_for_a_report_and_time_to_report(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """The dashboard's report column and counts: a delivered study with no report yet is
+    waiting (and counted, with how long the oldest has waited); a final one shows its time to
+    report; ``?report=`` filters; a radiologist sees only their facilities' counts."""
+    settings = auth_settings(tmp_path, database_url=database_url, report_poll_enabled=False)
+    async with hub_client(settings) as (app, client):
+        uids = await _seed_all(app)
+        now = utcnow()
+        async with app.state.hub.sessionmaker() as session, session.begin():
+            for row in [
+                StudyReport(
+                    study_instance_uid=uids["delivered"],
+                    facility="fac-a",
+                    delivered_at=now - timedelta(minutes=20),
+                ),
+                StudyReport(
+                    study_instance_uid=uids["old"],
+                    facility="fac-b",
+                    delivered_at=now - timedelta(days=3),
+                    report_status="amended",
+                    final_at=now - timedelta(days=2),
+                    amended_at=now - timedelta(hours=5),
+                    time_to_report_seconds=86_400.0,
+                ),
+                # A report posted for a study never delivered: not a waiting study.
+                StudyReport(study_instance_uid=uids["unrouted"], facility="fac-b"),
+            ]:
+                await session.merge(row)  # the hub's report watch may have seen them first
+        by_uid = {s["study_instance_uid"]: s for s in (await _list(client, ADMIN))["studies"]}
+        assert by_uid[uids["delivered"]]["report_status"] == "waiting"
+        assert by_uid[uids["delivered"]]["reported_at"] is None
+        old = by_uid[uids["old"]]
+        assert old["report_status"] == "amended" and old["time_to_report_seconds"] == 86_400.0
+        assert datetime.fromisoformat(old["reported_at"]) == datetime.fromisoformat(
+            (now - timedelta(hours=5)).isoformat() + "+00:00"
+        )
+        assert by_uid[uids["unrouted"]]["report_status"] is None
+        got = await _list(client, ADMIN, report="waiting")
+        assert [s["study_instance_uid"] for s in got["studies"]] == [uids["delivered"]]
+        assert got["total"] == 1
+        got = await _list(client, ADMIN, report="amended")
+        assert [s["study_instance_uid"] for s in got["studies"]] == [uids["old"]]
+        r = await client.get("/api/v1/studies", headers=ADMIN, params={"report": "lost"})
+        assert r.status_code == 422
+
+        stats = (await client.get("/api/v1/stats", headers=ADMIN)).json()
+        assert stats["waiting_for_report"] == 1
+        assert 20 * 60 - 5 <= stats["oldest_waiting_report_seconds"] <= 20 * 60 + 60
+        # Finalised two days ago: within the 7-day window of the time to report.
+        assert stats["time_to_report_median_seconds"] == 86_400.0
+        assert stats["time_to_report_p95_seconds"] == 86_400.0
+        radiologist_b = await _user_token(app, "rad-b", "radiologist", ["fac-b"])
+        scoped = (await client.get("/api/v1/stats", headers=radiologist_b)).json()
+        assert scoped["waiting_for_report"] == 0
+        assert scoped["oldest_waiting_report_seconds"] is None
+        assert scoped["time_to_report_median_seconds"] == 86_400.0
 
 
 async def test_study_list_and_stats_are_for_radiologists_and_admins(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/studies/{study_uid}"): STUDY_READERS,
     ("GET", "/api/v1/studies"): STUDY_BROWSERS,
     ("GET", "/api/v1/stats"): STUDY_BROWSERS,
+    # The archive webhook token is checked in tests/hub/test_reports_webhook.py.
+    ("POST", "/api/v1/reports/archive-changes"): frozenset({"admin-token"}),
     ("GET", "/api/v1/analytics"): STUDY_BROWSERS,
     ("GET", "/api/v1/analytics/studies.csv"): STUDY_BROWSERS,
     ("OPTIONS", "/api/v1/uploads"): PUBLIC,

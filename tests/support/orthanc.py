@@ -26,6 +26,7 @@ import httpx
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+PYTHON_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancPython.so")
 
 
 def orthanc_available() -> bool:
@@ -56,8 +57,14 @@ class OrthancServer:
         http_timeout: int = 60,
         start_timeout: float = 30.0,
         start_attempts: int = 3,
+        python_script: Path | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
+        """``python_script``: a script for Orthanc's Python plugin (``orthanc-python``);
+        ``extra_config``: more top-level configuration (e.g. the script's own section)."""
         self.aet = aet
+        self.python_script = python_script
+        self.extra_config = extra_config or {}
         self.modalities = modalities or {}
         self.http_timeout = http_timeout
         self.start_timeout = start_timeout
@@ -143,6 +150,10 @@ class OrthancServer:
         }
         if self.modalities:
             config["DicomModalities"] = self.modalities
+        if self.python_script is not None:
+            config["Plugins"].append(str(PYTHON_PLUGIN))
+            config["PythonScript"] = str(self.python_script)
+        config.update(self.extra_config)
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         return path

@@ -120,6 +120,12 @@ class HubSettings(BaseSettings):
         description="Bearer token Prometheus presents to scrape the hub's `/metrics` from off the "
         "loopback. Empty: `/metrics` answers only the loopback.",
     )
+    report_webhook_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token an archive presents to `POST /api/v1/reports/archive-changes` "
+        "to say a study changed there (the Orthanc Python-plugin script in `deploy/orthanc/`), so "
+        "its report is fetched at once instead of at the next poll. Empty: the route is closed.",
+    )
     readiness_timeout_seconds: float = Field(
         default=3.0,
         description="How long `/readyz` waits for each dependency (database, object store, "
@@ -400,7 +406,7 @@ class HubSettings(BaseSettings):
                     "RELAYPACS_HUB_AGENT_TOKEN must be set to at least 32 characters in production "
                     "(or RELAYPACS_HUB_ALLOW_AGENT_TOKEN=false once agents are enrolled)"
                 )
-        for name in ("agent_token", "admin_token", "metrics_token"):
+        for name in ("agent_token", "admin_token", "metrics_token", "report_webhook_token"):
             secret = getattr(self, name)
             if secret is None or (name == "agent_token" and not self.allow_agent_token):
                 continue

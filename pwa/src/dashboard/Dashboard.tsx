@@ -2,7 +2,7 @@ import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from
 import { formatAgo, formatDuration, isoToMs } from '../lib/format'
 import { Agents, HeldStudies, Users } from './Admin'
 import { Analytics } from './Analytics'
-import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type Stats, type Study } from './api'
+import { ENROLL_SCOPE, hasTokens, hub, HubError, login, logout, setSignedOutHandler, tokenScope, type Job, type Me, type ReportStatus, type Stats, type Study } from './api'
 import { ErrorBox, message, Pill, stackCell, stackRow, Table, useLoad } from './ui'
 import { EnrollOnly, Security } from './Security'
 import { clip, digitsOnly } from './totp'
@@ -142,11 +142,28 @@ function Overview() {
       <ErrorBox error={error} />
       {s && (
         <>
-          <dl className="grid grid-cols-2 gap-3 md:grid-cols-4">
+          <dl className="grid grid-cols-2 gap-3 md:grid-cols-3 xl:grid-cols-6">
             {cell('Delivered in 24 h', s.delivered_24h, 'dash-delivered-24h')}
             {cell('Time to PACS (median)', formatDuration(s.time_to_pacs_median_seconds))}
             {cell('Time to PACS (95th pct.)', formatDuration(s.time_to_pacs_p95_seconds))}
             {cell('Dead jobs', s.dead_jobs, 'dash-dead-count')}
+            {cell(
+              'Waiting for a report',
+              <>
+                {s.waiting_for_report}
+                {s.oldest_waiting_report_seconds != null && (
+                  <span className="block text-sm font-normal text-slate-700">oldest {formatDuration(s.oldest_waiting_report_seconds)}</span>
+                )}
+              </>,
+              'dash-waiting-report',
+            )}
+            {cell(
+              'Time to report (median / 95th)',
+              s.time_to_report_median_seconds == null
+                ? '—'
+                : `${formatDuration(s.time_to_report_median_seconds)} / ${formatDuration(s.time_to_report_p95_seconds)}`,
+              'dash-time-to-report',
+            )}
           </dl>
           <div className="grid gap-3 md:grid-cols-2">
             {(
@@ -204,9 +221,34 @@ function Clinical({ study }: { study: Study }) {
   )
 }
 
+const REPORT_LABEL: Record<ReportStatus, string> = {
+  waiting: 'Waiting',
+  preliminary: 'Preliminary',
+  final: 'Final',
+  amended: 'Amended',
+}
+
+/** Where a delivered study's report stands: waiting (for how long), or its status and time. */
+function ReportCell({ study }: { study: Study }) {
+  const status = study.report_status
+  if (!status) return <span className="text-slate-700">—</span>
+  return (
+    <div data-testid="dash-report" data-report={status}>
+      <Pill state={status} label={REPORT_LABEL[status]} />
+      {status === 'waiting' && study.delivered_at && (
+        <span className="block text-xs text-slate-700">delivered {formatAgo(isoToMs(study.delivered_at))}</span>
+      )}
+      {status !== 'waiting' && study.time_to_report_seconds != null && (
+        <span className="block text-xs text-slate-700">in {formatDuration(study.time_to_report_seconds)}</span>
+      )}
+    </div>
+  )
+}
+
 const PAGE = 50
 function Studies() {
   const [state, setState] = useState('')
+  const [report, setReport] = useState('')
   const [offset, setOffset] = useState(0)
   const [query, setQuery] = useState('')
   const [q, setQ] = useState('')
@@ -217,7 +259,7 @@ function Studies() {
     }, 300)
     return () => clearTimeout(t)
   }, [query])
-  const load = useCallback(() => hub.studies({ limit: PAGE, offset, state, q }), [offset, state, q])
+  const load = useCallback(() => hub.studies({ limit: PAGE, offset, state, q, report }), [offset, state, q, report])
   const [data, error] = useLoad(load, 10_000)
   const [stats] = useLoad<Stats>(hub.stats, 60_000)
   const states = [...new Set(['receiving', 'committed', ...Object.keys(stats?.studies_by_state ?? {})])]
@@ -263,13 +305,34 @@ function Studies() {
             ))}
           </select>
         </div>
+        <div>
+          <label htmlFor="st-report" className="label">
+            Report
+          </label>
+          <select
+            id="st-report"
+            className="field py-2"
+            value={report}
+            onChange={(e) => {
+              setReport(e.target.value)
+              setOffset(0)
+            }}
+          >
+            <option value="">Any</option>
+            {(Object.keys(REPORT_LABEL) as ReportStatus[]).map((r) => (
+              <option key={r} value={r}>
+                {REPORT_LABEL[r]}
+              </option>
+            ))}
+          </select>
+        </div>
         </div>
       </div>
       <ErrorBox error={error} />
       <Table
         testId="dash-studies-table"
         caption="Studies"
-        head={['Study', 'Facility', 'Level', 'State', 'Images', 'Received', 'Destinations', 'Time to PACS']}
+        head={['Study', 'Facility', 'Level', 'State', 'Images', 'Received', 'Destinations', 'Time to PACS', 'Report']}
         empty="No studies."
         stack
       >
@@ -316,6 +379,9 @@ function Studies() {
             </td>
             <td data-label="Time to PACS" className={`${stackCell} tabular-nums`}>
               {formatDuration(s.time_to_pacs_seconds)}
+            </td>
+            <td data-label="Report" className={stackCell}>
+              <ReportCell study={s} />
             </td>
           </tr>
         ))}

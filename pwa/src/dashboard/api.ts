@@ -23,6 +23,11 @@ export interface Stats {
   time_to_pacs_median_seconds: number | null
   time_to_pacs_p95_seconds: number | null
   dead_jobs: number
+  /** Delivered studies the archives hold no report for yet, and how long the oldest waited. */
+  waiting_for_report: number
+  oldest_waiting_report_seconds: number | null
+  time_to_report_median_seconds: number | null
+  time_to_report_p95_seconds: number | null
 }
 
 export interface Destination {
@@ -33,6 +38,8 @@ export interface Destination {
   completed_at: string | null
   time_to_pacs_seconds: number | null
 }
+
+export type ReportStatus = 'waiting' | 'preliminary' | 'final' | 'amended'
 
 export interface Study {
   study_instance_uid: string
@@ -53,6 +60,10 @@ export interface Study {
   study_date?: string | null
   study_description?: string | null
   accession_number?: string | null
+  /** Once delivered: waiting, preliminary, final or amended; null before delivery. */
+  report_status?: ReportStatus | null
+  reported_at?: string | null
+  time_to_report_seconds?: number | null
   destinations: Destination[]
 }
 
@@ -323,10 +334,10 @@ export interface StudyClaim {
 export const hub = {
   me: () => api<Me>('GET', '/auth/me'),
   stats: () => api<Stats>('GET', '/stats'),
-  studies: (q: { limit: number; offset: number; state: string; q?: string }) =>
+  studies: (q: { limit: number; offset: number; state: string; q?: string; report?: string }) =>
     api<{ total: number; studies: Study[] }>(
       'GET',
-      `/studies?limit=${q.limit}&offset=${q.offset}${q.state ? `&state=${encodeURIComponent(q.state)}` : ''}${q.q ? `&q=${encodeURIComponent(q.q)}` : ''}`,
+      `/studies?limit=${q.limit}&offset=${q.offset}${q.state ? `&state=${encodeURIComponent(q.state)}` : ''}${q.q ? `&q=${encodeURIComponent(q.q)}` : ''}${q.report ? `&report=${encodeURIComponent(q.report)}` : ''}`,
     ),
   analytics: (q: { start: string; end: string; bucket: string }) =>
     api<Analytics>('GET', `/analytics?start=${q.start}&end=${q.end}&bucket=${q.bucket}`),

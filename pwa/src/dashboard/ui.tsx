@@ -121,6 +121,9 @@ export function Pill({ state, label }: { state: string; label?: string }) {
     locked: 'bg-amber-100 text-amber-950',
     pending: 'bg-slate-200 text-slate-900',
     running: 'bg-sky-100 text-sky-950',
+    final: 'bg-emerald-100 text-emerald-900',
+    preliminary: 'bg-amber-100 text-amber-950',
+    amended: 'bg-sky-100 text-sky-950',
   }
   return <span className={`inline-block rounded-full px-2 py-0.5 text-xs font-semibold ${tone[state] ?? 'bg-slate-200 text-slate-900'}`}>{label ?? state}</span>
 }

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -181,6 +181,20 @@ async def record_report(
     if signal is not None:
         signal.notify(report.id)
     return report, True
+
+
+async def poll_now(sessionmaker: async_sessionmaker[AsyncSession], study_uid: str) -> bool:
+    """An archive says ``study_uid`` changed there: its archives are asked at the poller's next
+    tick (whichever replica holds the lease), even when its polls had stopped with age. False
+    when the study is not one this hub delivered."""
+    async with sessionmaker() as session, session.begin():
+        result = await session.execute(
+            update(StudyReport)
+            .where(StudyReport.study_instance_uid == study_uid)
+            .where(StudyReport.delivered_at.is_not(None))
+            .values(next_poll_at=utcnow())
+        )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def report_json(report: Report, *, with_text: bool = True) -> dict[str, Any]:

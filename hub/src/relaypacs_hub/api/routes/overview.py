@@ -25,6 +25,7 @@ from relaypacs_hub.db.models import (
     ForwardJob,
     Study,
     StudyFacility,
+    StudyReport,
     StudyRoute,
     aware_utc,
     utcnow,
@@ -33,6 +34,7 @@ from relaypacs_hub.db.models import (
 router = APIRouter(prefix="/api/v1", tags=["dashboard"])
 
 StudyState = Literal["receiving", "committed", "delivered", "failed"]
+ReportFilter = Literal["waiting", "preliminary", "final", "amended"]
 STUDY_STATES: tuple[str, ...] = ("receiving", "committed", "delivered", "failed")
 JOB_STATES: tuple[str, ...] = ("pending", "running", "held", "done", "dead")
 # The offset is a SQL integer: beyond it is a 422, not a driver overflow (a 500).
@@ -77,6 +79,17 @@ class StudySummary(BaseModel):
     study_date: str | None = Field(default=None, description="Study Date, YYYY-MM-DD.")
     study_description: str | None = None
     accession_number: str | None = None
+    report_status: str | None = Field(
+        default=None,
+        description="Once delivered: waiting (no report yet), preliminary, final or amended; "
+        "null before delivery.",
+    )
+    reported_at: datetime | None = Field(
+        default=None, description="When the latest report status was seen."
+    )
+    time_to_report_seconds: float | None = Field(
+        default=None, description="From delivery to the first final report."
+    )
 
 
 def iso_date(dicom_date: str | None) -> str | None:
@@ -100,6 +113,16 @@ class Stats(BaseModel):
     )
     time_to_pacs_p95_seconds: float | None
     dead_jobs: int
+    waiting_for_report: int = Field(
+        description="Delivered studies the archives hold no report for yet."
+    )
+    oldest_waiting_report_seconds: float | None = Field(
+        description="How long the longest-waiting of them has been delivered."
+    )
+    time_to_report_median_seconds: float | None = Field(
+        description="Delivery to final report, over reports finalised in the last 7 days."
+    )
+    time_to_report_p95_seconds: float | None
 
 
 # -- the derived study view ----------------------------------------------------------------------
@@ -144,6 +167,7 @@ class _View:
             .outerjoin(self.jobs, self.jobs.c.uid == Study.study_instance_uid)
             .outerjoin(StudyRoute, StudyRoute.study_instance_uid == Study.study_instance_uid)
             .outerjoin(StudyFacility, StudyFacility.study_instance_uid == Study.study_instance_uid)
+            .outerjoin(StudyReport, StudyReport.study_instance_uid == Study.study_instance_uid)
         )
 
 
@@ -167,12 +191,15 @@ async def list_studies(
     study_state: Annotated[StudyState | None, Query(alias="state")] = None,
     facility: Facility = None,
     q: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]+$")] = None,
+    report: ReportFilter | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> StudyPage:
     """Studies, most recently received first, each with its destinations. ``?state=failed``
     lists those with a dead forwarding job; ``?facility=`` one facility's; ``?q=`` searches the
-    description, accession number, modality, facility and the start of the Study UID."""
+    description, accession number, modality, facility and the start of the Study UID;
+    ``?report=waiting`` lists delivered studies without a report yet (or ``preliminary``,
+    ``final``, ``amended``)."""
     view = _View()
     conditions = _scope_condition(view.facility, facility_scope(who))
     if q is not None:
@@ -190,6 +217,9 @@ async def list_studies(
         conditions.append(view.state == study_state)
     if facility is not None:
         conditions.append(view.facility == facility)
+    if report is not None:
+        conditions.append(StudyReport.delivered_at.is_not(None))
+        conditions.append(StudyReport.report_status == ("none" if report == "waiting" else report))
     async with state.sessionmaker() as session:
         total = await session.scalar(view.select(func.count()).where(*conditions))
         rows = (
@@ -201,6 +231,7 @@ async def list_studies(
                     StudyRoute.agent_received_at,
                     view.jobs.c.last_completed,
                     view.jobs.c.ttp,
+                    StudyReport,
                 )
                 .where(*conditions)
                 .order_by(Study.first_received_at.desc(), Study.study_instance_uid.desc())
@@ -217,7 +248,7 @@ async def list_studies(
             ):
                 by_study[job.study_instance_uid].append(job)
     studies = []
-    for study, derived, fac, agent_received_at, last_completed, ttp in rows:
+    for study, derived, fac, agent_received_at, last_completed, ttp, rep in rows:
         studies.append(
             StudySummary(
                 study_instance_uid=study.study_instance_uid,
@@ -236,6 +267,7 @@ async def list_studies(
                 study_date=iso_date(study.study_date),
                 study_description=study.study_description,
                 accession_number=study.accession_number,
+                **_report_fields(rep),
                 destinations=[
                     DestinationState(
                         name=j.destination,
@@ -252,10 +284,22 @@ async def list_studies(
     return StudyPage(total=total or 0, studies=studies)
 
 
+def _report_fields(rep: StudyReport | None) -> dict[str, Any]:
+    if rep is None or rep.delivered_at is None:
+        return {}
+    at = max((t for t in (rep.preliminary_at, rep.final_at, rep.amended_at) if t), default=None)
+    return {
+        "report_status": "waiting" if rep.report_status == "none" else rep.report_status,
+        "reported_at": aware_utc(at),
+        "time_to_report_seconds": rep.time_to_report_seconds,
+    }
+
+
 @router.get("/stats", response_model=Stats)
 async def stats(state: State, who: StudyBrowser) -> Stats:
-    """Counts of studies and jobs by state, studies delivered in the last 24 hours, and the
-    median and 95th percentile time to PACS over the last 7 days."""
+    """Counts of studies and jobs by state, studies delivered in the last 24 hours, the
+    median and 95th percentile time to PACS over the last 7 days, the delivered studies waiting
+    for a report and the time to report."""
     scope = facility_scope(who)
     view = _View()
     study_scope = _scope_condition(view.facility, scope)
@@ -298,6 +342,28 @@ async def stats(state: State, who: StudyBrowser) -> Stats:
             )
             if t is not None
         )
+        waiting = StudyReport.delivered_at.is_not(None), StudyReport.report_status == "none"
+        waiting_count, oldest = (
+            await session.execute(
+                view.select(func.count(), func.min(StudyReport.delivered_at)).where(
+                    *study_scope, *waiting
+                )
+            )
+        ).one()
+        report_times = sorted(
+            t
+            for t in await session.scalars(
+                view.select(StudyReport.time_to_report_seconds)
+                .where(
+                    *study_scope,
+                    StudyReport.time_to_report_seconds.is_not(None),
+                    StudyReport.final_at >= now - timedelta(days=7),
+                )
+                .order_by(StudyReport.final_at.desc())
+                .limit(MAX_TIMING_ROWS)
+            )
+            if t is not None
+        )
     return Stats(
         studies_by_state={s: int(studies.get(s, 0)) for s in STUDY_STATES},
         jobs_by_state={s: int(jobs.get(s, 0)) for s in JOB_STATES},
@@ -305,6 +371,12 @@ async def stats(state: State, who: StudyBrowser) -> Stats:
         time_to_pacs_median_seconds=percentile(times, 0.5),
         time_to_pacs_p95_seconds=percentile(times, 0.95),
         dead_jobs=int(jobs.get("dead", 0)),
+        waiting_for_report=int(waiting_count or 0),
+        oldest_waiting_report_seconds=(
+            max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+        ),
+        time_to_report_median_seconds=percentile(report_times, 0.5),
+        time_to_report_p95_seconds=percentile(report_times, 0.95),
     )
 
 

@@ -3,10 +3,21 @@ PDF); readers get a study's report status and reports; agents follow their facil
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import delete, select
 
@@ -26,19 +37,38 @@ from relaypacs_hub.reports.service import (
     NewReport,
     NoFinalReport,
     feed_page,
+    poll_now,
     record_report,
     report_json,
     study_report_json,
 )
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError
-from relaypacs_shared.reports import ReportRejected, check_pdf, parse_report
+from relaypacs_shared.reports import REPORT_CLASSES, ReportRejected, check_pdf, parse_report
 from relaypacs_shared.wire import INT32_MAX
 
 router = APIRouter(tags=["reports"])
 
 REPORTERS = Policy("radiologist, admin", frozenset({"radiologist", "admin"}), admin_token=True)
 ReporterAuth = Annotated[Principal, Depends(REPORTERS)]
+
+
+class ArchiveWebhookPolicy(Policy):
+    """An archive's change hook: ``RELAYPACS_HUB_REPORT_WEBHOOK_TOKEN`` (or the admin token)."""
+
+    async def __call__(
+        self, state: State, authorization: Annotated[str | None, Header()] = None
+    ) -> Principal:
+        token = state.settings.report_webhook_token
+        if token is not None and authorization:
+            expected = f"Bearer {token.get_secret_value()}".encode()
+            if hmac.compare_digest(authorization.encode(), expected):
+                return Principal("anonymous", "archive-webhook")
+        return await super().__call__(state, authorization)
+
+
+ARCHIVE_WEBHOOK = ArchiveWebhookPolicy("archive webhook", admin_token=True)
+ArchiveAuth = Annotated[Principal, Depends(ARCHIVE_WEBHOOK)]
 
 MAX_TEXT = 100_000
 FEED_MAX_WAIT = 55.0
@@ -48,6 +78,18 @@ class TextReport(BaseModel):
     text: str = Field(min_length=1, max_length=MAX_TEXT, description="The report as plain text.")
     status: Literal["preliminary", "final", "amended"] = "final"
     title: str = Field(default="Radiology report", max_length=200)
+
+
+class ArchiveChange(BaseModel):
+    study_instance_uid: str = Field(
+        max_length=64, description="The study that got a new object in the archive."
+    )
+    sop_class_uid: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The new object's SOP Class, when the archive knows it: a class that is "
+        "never a report (an image, a dose SR) is acknowledged and not looked at.",
+    )
 
 
 def _problem(code: int, kind: str, detail: str) -> HTTPException:
@@ -168,6 +210,21 @@ async def post_report(
             "report": report_json(report, with_text=False),
             "study": study_report_json(row, study_uid),
         }
+
+
+@router.post(
+    "/api/v1/reports/archive-changes",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={401: {"description": "No or a wrong webhook token."}},
+)
+async def archive_change(body: ArchiveChange, state: State, who: ArchiveAuth) -> dict[str, bool]:
+    """An archive's hook says a study got a new object (a report, perhaps): the hub asks that
+    study's archives within a couple of seconds instead of at the next poll. ``watched`` is false
+    for a study this hub did not deliver, or for an object that is never a report."""
+    uid = _uid(body.study_instance_uid)
+    if body.sop_class_uid is not None and body.sop_class_uid not in REPORT_CLASSES:
+        return {"watched": False}
+    return {"watched": await poll_now(state.sessionmaker, uid)}
 
 
 @router.get("/api/v1/studies/{study_uid}/reports")
