@@ -90,6 +90,13 @@ class AgentSettings(BaseSettings):
         description="Follow the hub's report feed for this facility and keep the reports "
         "(text, PDFs) at the agent, readable on the LAN with the WAN down.",
     )
+    report_store_pacs: str | None = Field(
+        default=None,
+        description="Also store each report into the facility's own PACS by C-STORE, as "
+        "`AE_TITLE@host:port` (a Basic Text SR, or an Encapsulated PDF, filed under the patient "
+        "of the study's own images at this agent; the calling AE title is `dimse_ae_title`). "
+        "Empty: reports stay at the agent and the LAN app.",
+    )
     report_feed_wait_seconds: float = Field(
         default=25.0,
         gt=0,
@@ -235,6 +242,15 @@ class AgentSettings(BaseSettings):
         if not _AE_TITLE.match(v) or not v.strip():
             raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
         return v.strip()
+
+    @field_validator("report_store_pacs")
+    @classmethod
+    def _pacs_address(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from relaypacs_agent.report_store import PacsAddress
+
+        return str(PacsAddress.parse(v.strip()))
 
     segment_min_bytes: int = Field(
         default=1024 * 1024, description="Smallest segment the uplink packs (bytes)."

@@ -19,6 +19,7 @@ from relaypacs_agent.ingest.dimse import StoreSCP
 from relaypacs_agent.ingest.files import remove_orphans
 from relaypacs_agent.ingest.pipeline import Ingestor, Source
 from relaypacs_agent.ingest.watcher import InboxWatcher
+from relaypacs_agent.report_store import PacsAddress, ReportStorer
 from relaypacs_agent.reports import ReportFollower, ReportInbox
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.client import HubClient
@@ -162,6 +163,16 @@ class Agent:
             if settings.follow_reports
             else None
         )
+        self.report_storer = (
+            ReportStorer(
+                self.store,
+                settings.data_dir / "reports",
+                PacsAddress.parse(settings.report_store_pacs),
+                settings.dimse_ae_title,
+            )
+            if settings.follow_reports and settings.report_store_pacs
+            else None
+        )
         self.web: WebServer | None = None
         if settings.web_port:
             self.web = WebServer(
@@ -204,6 +215,8 @@ class Agent:
         targets.append(("sender", self.sender.run))
         if self.follower is not None:
             targets.append(("reports", self.follower.run))
+        if self.report_storer is not None:
+            targets.append(("report-store", self.report_storer.run))
         if self.heartbeat is not None:
             targets.append(("heartbeat", self.heartbeat.run))
         if self.checker is not None:

@@ -103,9 +103,27 @@ def read_status(db_path: Path, min_free_bytes: int | None = None) -> dict[str, A
                 f"SELECT reason, COUNT(*) AS n FROM quarantine{open_q} GROUP BY reason"  # noqa: S608
             )
         }
+        reports_to_pacs: dict[str, Any] = {}
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'report_stores'"
+        ).fetchone():
+            problem = conn.execute(
+                "SELECT last_error FROM report_stores WHERE state IN ('retry', 'refused') "
+                "ORDER BY report_id DESC LIMIT 1"
+            ).fetchone()
+            reports_to_pacs = {
+                "by_state": {
+                    r["state"]: r["n"]
+                    for r in conn.execute(
+                        "SELECT state, COUNT(*) AS n FROM report_stores GROUP BY state"
+                    )
+                },
+                "last_error": problem["last_error"] if problem else None,
+            }
     finally:
         conn.close()
     return {
+        "reports_to_pacs": reports_to_pacs,
         "database": str(db_path),
         "exists": True,
         "totals": {

@@ -434,6 +434,83 @@ class Store:
                 (time.time(), sop_uid),
             )
 
+    # -- reports into the facility's PACS ----------------------------------------------------
+
+    def reports_to_store(self, now: float, limit: int = 20) -> list[sqlite3.Row]:
+        """Reports not yet stored into the facility's PACS whose (next) try is due, oldest
+        first."""
+        return self.query(
+            """SELECT r.*, s.attempts AS store_attempts FROM reports r
+               LEFT JOIN report_stores s ON s.report_id = r.id
+               WHERE s.report_id IS NULL OR (s.state = 'retry' AND s.next_try_at <= ?)
+               ORDER BY r.id LIMIT ?""",
+            (now, limit),
+        )
+
+    def study_sample_file(self, study_uid: str) -> Path | None:
+        """One spooled file of the study (its patient and study details), if this agent has
+        one."""
+        for row in self.query(
+            "SELECT spool_path FROM instances WHERE study_instance_uid = ? ORDER BY received_at",
+            (study_uid,),
+        ):
+            path = Path(row["spool_path"])
+            if path.exists():
+                return path
+        return None
+
+    def stored_report_before(self, study_uid: str, report_id: int) -> str | None:
+        """The SOP Instance UID of the study's latest report stored before ``report_id``."""
+        rows = self.query(
+            """SELECT sop_instance_uid FROM report_stores WHERE study_instance_uid = ?
+               AND report_id < ? AND state = 'stored' ORDER BY report_id DESC LIMIT 1""",
+            (study_uid, report_id),
+        )
+        return str(rows[0]["sop_instance_uid"]) if rows else None
+
+    def record_report_store(
+        self,
+        report_id: int,
+        study_uid: str,
+        sop_uid: str,
+        state: str,
+        *,
+        error: str | None = None,
+        next_try_at: float | None = None,
+    ) -> None:
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(
+                """INSERT INTO report_stores (report_id, study_instance_uid, sop_instance_uid,
+                   state, attempts, last_error, next_try_at, stored_at)
+                   VALUES (?, ?, ?, ?, 1, ?, ?, ?)
+                   ON CONFLICT (report_id) DO UPDATE SET state = excluded.state,
+                   attempts = report_stores.attempts + 1, last_error = excluded.last_error,
+                   next_try_at = excluded.next_try_at, stored_at = excluded.stored_at""",
+                (
+                    report_id,
+                    study_uid,
+                    sop_uid,
+                    state,
+                    error,
+                    next_try_at,
+                    now if state == "stored" else None,
+                ),
+            )
+            audit_append(
+                conn,
+                "reports",
+                f"report.pacs_{state}",
+                study_uid,
+                outcome="success" if state == "stored" else "minor_failure",
+                report=report_id,
+                reason=error,
+            )
+
+    def report_store_state(self, report_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM report_stores WHERE report_id = ?", (report_id,))
+        return rows[0] if rows else None
+
     def mark_spooled(self, sop_uids: list[str]) -> None:
         with self.tx() as conn:
             conn.executemany(

@@ -206,6 +206,23 @@ _M006_LOGIN_SOURCES = """
         ALTER TABLE lan_users ADD COLUMN totp_last_step INTEGER;
 """
 
+# Reports stored into the facility's own PACS by C-STORE (``report_store_pacs``): one row per
+# report, with the SOP Instance UID the agent gave it (stable: a second send replaces, never
+# duplicates) and where the send stands.
+_M007_REPORT_STORES = """
+        CREATE TABLE report_stores (
+            report_id INTEGER PRIMARY KEY REFERENCES reports (id),
+            study_instance_uid TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL,
+            state TEXT NOT NULL,                  -- stored | retry | skipped | refused
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            next_try_at REAL,
+            stored_at REAL
+        );
+        CREATE INDEX ix_report_stores_study ON report_stores (study_instance_uid, report_id);
+"""
+
 # Each migration is SQL run in one transaction with its record in ``_migrations``; append only.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
@@ -214,4 +231,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("004_web", _M004_WEB),
     ("005_reports", _M005_REPORTS),
     ("006_login_sources", _M006_LOGIN_SOURCES),
+    ("007_report_stores", _M007_REPORT_STORES),
 ]
