@@ -14,6 +14,9 @@ read every 0.1 s until it shows the report.
 - ``RelayPACS, default QIDO-RS poll``: the hub's defaults (routine studies asked every 20 s in
   their first hour), Orthanc's change feed off: any PACS with DICOMweb.
 - ``RelayPACS, Orthanc /changes feed``: the defaults with the change feed on (profile orthanc).
+- ``RelayPACS, Orthanc webhook``: the change feed off; Orthanc runs the project's Python-plugin
+  script (``deploy/orthanc/relaypacs_report_hook.py``, Debian's ``orthanc-python``) and tells the
+  hub of each new report (``report_webhook_token``).
 - ``plain periodic QIDO-RS poll``: the alternative a site would script: one fixed poll interval
   (``--plain-interval``, 60 s) with no change feed.
 
@@ -42,7 +45,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.orthanc import OrthancServer, free_port  # noqa: E402
+from tests.support.orthanc import PYTHON_PLUGIN, OrthancServer, free_port  # noqa: E402
 from tests.support.processes import AgentProcess, HubProcess, wait_for  # noqa: E402
 from tests.support.reports import stow  # noqa: E402
 
@@ -50,6 +53,8 @@ from relaypacs_dev.generate import generate_study  # noqa: E402
 from relaypacs_dev.reports import text_sr  # noqa: E402
 
 ADMIN_TOKEN = "admin-" + "b" * 40
+WEBHOOK_TOKEN = "webhook-" + "b" * 40
+HOOK = ROOT / "deploy/orthanc/relaypacs_report_hook.py"
 PASSWORD = "bench-Reports-passw0rd"
 
 
@@ -65,6 +70,7 @@ def run_row(
     reports: int,
     window: float,
     seed: int,
+    hub_port: int,
 ) -> list[float]:
     destinations = workdir / "destinations.toml"
     destinations.write_text(
@@ -73,6 +79,7 @@ def run_row(
     )
     hub = HubProcess(
         workdir,
+        port=hub_port,
         admin_token=ADMIN_TOKEN,
         destinations_file=str(destinations),
         allow_agent_token="false",
@@ -178,6 +185,10 @@ def main() -> None:
         ),
         ("RelayPACS, Orthanc /changes feed", {"report_orthanc_changes": "true"}),
         (
+            "RelayPACS, Orthanc webhook",
+            {"report_orthanc_changes": "false", "report_webhook_token": WEBHOOK_TOKEN},
+        ),
+        (
             f"plain periodic QIDO-RS poll ({args.plain_interval:.0f} s)",
             {
                 "report_orthanc_changes": "false",
@@ -187,11 +198,21 @@ def main() -> None:
         ),
     ]
     results: list[dict[str, Any]] = []
-    with OrthancServer() as orthanc:
+    if not PYTHON_PLUGIN.exists():
+        sys.exit("needs Orthanc's Python plugin for the webhook row: make system-deps")
+    # Every row's hub listens on this port; the hook calls it (rows without the webhook token
+    # answer 401 and keep to their own way of finding reports).
+    hub_port = free_port()
+    token_file = Path(tempfile.mkdtemp(prefix="bench-reports-hook-")) / "token"
+    token_file.write_text(WEBHOOK_TOKEN)
+    hook = {"RelayPACS": {"HubUrl": f"http://127.0.0.1:{hub_port}", "TokenFile": str(token_file)}}
+    with OrthancServer(python_script=HOOK, extra_config=hook) as orthanc:
         for n, (name, settings) in enumerate(rows):
             with tempfile.TemporaryDirectory(prefix="bench-reports-") as tmp:
                 t0 = time.monotonic()
-                latencies = run_row(orthanc, Path(tmp), settings, args.reports, args.window, n + 1)
+                latencies = run_row(
+                    orthanc, Path(tmp), settings, args.reports, args.window, n + 1, hub_port
+                )
                 results.append(
                     {
                         "row": name,

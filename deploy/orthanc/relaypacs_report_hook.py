@@ -15,7 +15,7 @@ Load it with Orthanc's Python plugin (Debian: ``apt install orthanc-python``)::
     }
 
 ``TokenFile`` holds the hub's ``RELAYPACS_HUB_REPORT_WEBHOOK_TOKEN`` (or set the environment
-variable ``RELAYPACS_REPORT_WEBHOOK_TOKEN``; ``RELAYPACS_HUB_URL`` likewise overrides
+variable ``RELAYPACS_HOOK_TOKEN``; ``RELAYPACS_HOOK_HUB_URL`` likewise overrides
 ``HubUrl``). ``CaFile`` names a CA bundle for a hub behind a private CA.
 
 Only objects whose SOP Class can be a report are sent (SR, Encapsulated PDF/CDA): images and the
@@ -54,8 +54,8 @@ PATH = "/api/v1/reports/archive-changes"
 
 def _settings() -> tuple[str, str, ssl.SSLContext | None]:
     config = json.loads(orthanc.GetConfiguration()).get("RelayPACS", {})
-    url = os.environ.get("RELAYPACS_HUB_URL") or config.get("HubUrl", "")
-    token = os.environ.get("RELAYPACS_REPORT_WEBHOOK_TOKEN", "")
+    url = os.environ.get("RELAYPACS_HOOK_HUB_URL") or config.get("HubUrl", "")
+    token = os.environ.get("RELAYPACS_HOOK_TOKEN", "")
     if not token and config.get("TokenFile"):
         with open(config["TokenFile"], encoding="utf-8") as f:
             token = f.read().strip()

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relaypacs_shared.netpolicy import insecure_url_problem
+from relaypacs_shared.wire import ServiceLevel
 
-ServiceLevel = Literal["routine", "stat"]
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from relaypacs_hub.auth import devices
 from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import Study
+from relaypacs_hub.forwarding.runtime import Delivery
 from relaypacs_hub.storage.base import ObjectStore
 
 
@@ -35,6 +36,14 @@ def get_state(request: Request) -> HubState:
 
 
 State = Annotated[HubState, Depends(get_state)]
+
+
+def get_delivery(request: Request) -> Delivery:
+    delivery: Delivery = request.app.state.delivery
+    return delivery
+
+
+DeliveryDep = Annotated[Delivery, Depends(get_delivery)]
 
 
 # -- who may call a route ----------------------------------------------------------------------

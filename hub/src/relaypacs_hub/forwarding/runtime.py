@@ -1,17 +1,15 @@
 """Delivery in one hub process: destinations, their limits, the rules and the router.
 
 Built at start by ``create_app`` and by ``relaypacs-hub worker``; the API reaches it as
-``request.app.state.delivery`` (see :func:`get_delivery`), and so can any code that commits a
-study (``commit_study(..., delivery.router)``).
+``request.app.state.delivery`` (``DeliveryDep`` in ``api/deps.py``), and so can any code that
+commits a study (``commit_study(..., delivery.router)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
 
 import structlog
-from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.config import HubSettings
@@ -95,11 +93,3 @@ async def start_delivery(
     )
     await delivery.import_rules_file()
     return delivery
-
-
-def get_delivery(request: Request) -> Delivery:
-    delivery: Delivery = request.app.state.delivery
-    return delivery
-
-
-DeliveryDep = Annotated[Delivery, Depends(get_delivery)]

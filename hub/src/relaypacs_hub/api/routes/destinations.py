@@ -15,10 +15,9 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AdminAuth, State
+from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
 from relaypacs_hub.db.models import ForwardJob
 from relaypacs_hub.forwarding.base import Destination
-from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_shared.errors import RelayError
 
 router = APIRouter(prefix="/api/v1/destinations", tags=["admin: destinations"])

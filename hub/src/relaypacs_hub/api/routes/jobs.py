@@ -13,10 +13,9 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AdminAuth, State
+from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import ForwardJob, utcnow
-from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_shared.wire import INT64_MAX
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["admin: jobs"])

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from relaypacs_hub.api.deps import AdminAuth, State
+from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
 from relaypacs_hub.audit import audit
 from relaypacs_hub.db.models import Study, StudyRoute
-from relaypacs_hub.forwarding.runtime import Delivery, DeliveryDep
+from relaypacs_hub.forwarding.runtime import Delivery
 from relaypacs_hub.routing.rules import StoredRuleSet
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError, RoutingError

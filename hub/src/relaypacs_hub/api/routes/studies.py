@@ -7,11 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 from sqlalchemy import func, select
 
-from relaypacs_hub.api.deps import AgentAuth, Principal, State, StudyReader, readable_study
+from relaypacs_hub.api.deps import (
+    AgentAuth,
+    DeliveryDep,
+    Principal,
+    State,
+    StudyReader,
+    readable_study,
+)
 from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
 from relaypacs_hub.db.models import ForwardJob, Instance, InstanceDelivery, Study
-from relaypacs_hub.forwarding.runtime import DeliveryDep
 from relaypacs_hub.ingest.commit import StudyIncomplete, commit_study
 from relaypacs_hub.ingest.receive import BodyTooLarge, InstanceConflict, receive_instance
 from relaypacs_shared.dicom import check_uid
