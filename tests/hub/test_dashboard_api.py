@@ -373,6 +373,7 @@ async def test_study_list_states_order_filters_and_scope(
             "accession_number",
             "report_status",
             "reported_at",
+            "first_delivered_at",
             "time_to_report_seconds",
         }
         assert delivered["facility"] == "fac-a"
@@ -525,6 +526,10 @@ async def test_waiting_for_a_report_and_time_to_report(
         by_uid = {s["study_instance_uid"]: s for s in (await _list(client, ADMIN))["studies"]}
         assert by_uid[uids["delivered"]]["report_status"] == "waiting"
         assert by_uid[uids["delivered"]]["reported_at"] is None
+        waited = datetime.fromisoformat(by_uid[uids["delivered"]]["first_delivered_at"])
+        assert waited == datetime.fromisoformat(
+            (now - timedelta(minutes=20)).isoformat() + "+00:00"
+        )
         old = by_uid[uids["old"]]
         assert old["report_status"] == "amended" and old["time_to_report_seconds"] == 86_400.0
         assert datetime.fromisoformat(old["reported_at"]) == datetime.fromisoformat(

@@ -235,8 +235,8 @@ function ReportCell({ study }: { study: Study }) {
   return (
     <div data-testid="dash-report" data-report={status}>
       <Pill state={status} label={REPORT_LABEL[status]} />
-      {status === 'waiting' && study.delivered_at && (
-        <span className="block text-xs text-slate-700">delivered {formatAgo(isoToMs(study.delivered_at))}</span>
+      {status === 'waiting' && study.first_delivered_at && (
+        <span className="block text-xs text-slate-700">delivered {formatAgo(isoToMs(study.first_delivered_at))}</span>
       )}
       {status !== 'waiting' && study.time_to_report_seconds != null && (
         <span className="block text-xs text-slate-700">in {formatDuration(study.time_to_report_seconds)}</span>

@@ -63,6 +63,8 @@ export interface Study {
   /** Once delivered: waiting, preliminary, final or amended; null before delivery. */
   report_status?: ReportStatus | null
   reported_at?: string | null
+  /** When a destination first confirmed it: the report clock starts there. */
+  first_delivered_at?: string | null
   time_to_report_seconds?: number | null
   destinations: Destination[]
 }

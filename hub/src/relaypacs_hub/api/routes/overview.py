@@ -87,6 +87,11 @@ class StudySummary(BaseModel):
     reported_at: datetime | None = Field(
         default=None, description="When the latest report status was seen."
     )
+    first_delivered_at: datetime | None = Field(
+        default=None,
+        description="When a destination first confirmed the study: since then it waits for "
+        "its report.",
+    )
     time_to_report_seconds: float | None = Field(
         default=None, description="From delivery to the first final report."
     )
@@ -291,6 +296,7 @@ def _report_fields(rep: StudyReport | None) -> dict[str, Any]:
     return {
         "report_status": "waiting" if rep.report_status == "none" else rep.report_status,
         "reported_at": aware_utc(at),
+        "first_delivered_at": aware_utc(rep.delivered_at),
         "time_to_report_seconds": rep.time_to_report_seconds,
     }
 
