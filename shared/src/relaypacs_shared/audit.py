@@ -186,31 +186,101 @@ def head(records: Sequence[ChainedRecord]) -> Anchor | None:
 
 # -- DICOM PS3.15 A.5 / IHE ATNA --------------------------------------------------------------
 
-# action prefix -> (EventID code, meaning, EventActionCode)
-_EVENTS: dict[str, tuple[str, str, str]] = {
-    "instance.received": ("110104", "DICOM Instances Transferred", "C"),
-    "segment.received": ("110104", "DICOM Instances Transferred", "C"),
-    "instance.accepted": ("110107", "Import", "C"),
-    "instance.duplicate": ("110107", "Import", "R"),
-    "instance.quarantined": ("110107", "Import", "C"),
-    "quarantine.": ("110103", "DICOM Instances Accessed", "U"),
-    "study.committed": ("110104", "DICOM Instances Transferred", "C"),
-    "study.delivered": ("110104", "DICOM Instances Transferred", "R"),
-    "forward.": ("110104", "DICOM Instances Transferred", "R"),
-    "login": ("110114", "User Authentication", "E"),
-    "admin.": ("110100", "Application Activity", "U"),
+
+@dataclass(frozen=True)
+class AtnaEvent:
+    """An audit action's DICOM PS3.15 A.5 event: EventID (CID 400) and EventActionCode."""
+
+    code: str
+    meaning: str
+    action: str  # C create, R read, U update, D delete, E execute
+
+
+_ACTIVITY = "110100", "Application Activity"
+_ACCESSED = "110103", "DICOM Instances Accessed"
+_TRANSFERRED = "110104", "DICOM Instances Transferred"
+_EXPORT = "110106", "Export"
+_IMPORT = "110107", "Import"
+_SECURITY = "110113", "Security Alert"
+_AUTHENTICATION = "110114", "User Authentication"
+
+
+def _ev(kind: tuple[str, str], action: str) -> AtnaEvent:
+    return AtnaEvent(kind[0], kind[1], action)
+
+
+# Every action the agent and the hub write, and its ATNA event: one explicit entry each (a test
+# walks the source and fails on an action missing here). Security Alert covers changes to who
+# may do what (users, TOTP, devices, verifiers) and refused authentication material.
+AUDIT_ACTIONS: dict[str, AtnaEvent] = {
+    # people signing in and out (hub and the agent's LAN app)
+    "login": _ev(_AUTHENTICATION, "E"),
+    "logout": _ev(_AUTHENTICATION, "E"),
+    "refresh": _ev(_AUTHENTICATION, "E"),
+    "recovery_code_used": _ev(_AUTHENTICATION, "E"),
+    "totp_step_claimed": _ev(_AUTHENTICATION, "E"),
+    "lan.login": _ev(_AUTHENTICATION, "E"),
+    "lan.logout": _ev(_AUTHENTICATION, "E"),
+    "totp_code_replayed": _ev(_SECURITY, "E"),
+    "totp_enroll": _ev(_SECURITY, "U"),
+    "totp_confirm": _ev(_SECURITY, "U"),
+    "user_create": _ev(_SECURITY, "C"),
+    "user_update": _ev(_SECURITY, "U"),
+    "user_delete": _ev(_SECURITY, "D"),
+    "lan.sessions_ended": _ev(_SECURITY, "U"),
+    "lan.verifiers_synced": _ev(_SECURITY, "U"),
+    # devices (agents) and their credentials
+    "device.code_issued": _ev(_SECURITY, "C"),
+    "device.enroll": _ev(_SECURITY, "E"),
+    "device.enrolled": _ev(_SECURITY, "C"),
+    "device.renewed": _ev(_SECURITY, "U"),
+    "device.credential_renewed": _ev(_SECURITY, "U"),
+    "device.revoked": _ev(_SECURITY, "D"),
+    "device.verifiers_read": _ev(_SECURITY, "R"),
+    # images in: taken in at the agent, received at the hub
+    "instance.accepted": _ev(_IMPORT, "C"),
+    "instance.wrapped": _ev(_IMPORT, "C"),
+    "instance.duplicate": _ev(_IMPORT, "R"),
+    "instance.quarantined": _ev(_IMPORT, "C"),
+    "lan.batch_created": _ev(_IMPORT, "C"),
+    "lan.upload_received": _ev(_IMPORT, "C"),
+    "lan.batch_sent": _ev(_IMPORT, "E"),
+    "quarantine.released": _ev(_ACCESSED, "U"),
+    "quarantine.deleted": _ev(_ACCESSED, "D"),
+    "instance.received": _ev(_TRANSFERRED, "C"),
+    "segment.received": _ev(_TRANSFERRED, "C"),
+    "study.committed": _ev(_TRANSFERRED, "C"),
+    "study.delivered": _ev(_TRANSFERRED, "R"),
+    "study_claim_held": _ev(_ACCESSED, "U"),
+    "study_claim_accepted": _ev(_ACCESSED, "U"),
+    "study_claim_refused": _ev(_ACCESSED, "U"),
+    "study_claim_unclaimed": _ev(_ACCESSED, "U"),
+    # images out to the archives
+    "forward.done": _ev(_TRANSFERRED, "R"),
+    "forward.dead": _ev(_TRANSFERRED, "R"),
+    # reports
+    "report.posted": _ev(_IMPORT, "C"),
+    "report.received": _ev(_IMPORT, "C"),
+    "report.read": _ev(_ACCESSED, "R"),
+    "report.pacs_stored": _ev(_EXPORT, "R"),
+    "report.pacs_retry": _ev(_EXPORT, "R"),
+    "report.pacs_skipped": _ev(_EXPORT, "R"),
+    "report.pacs_refused": _ev(_EXPORT, "R"),
+    "push.subscribed": _ev(_ACTIVITY, "C"),
+    # administration
+    "admin.job_retry": _ev(_ACTIVITY, "U"),
+    "admin.rules_put": _ev(_ACTIVITY, "U"),
+    "admin.rules_reload": _ev(_ACTIVITY, "U"),
 }
+_UNLISTED = _ev(_ACTIVITY, "E")
 _OUTCOME_CODES = {"success": 0, "minor_failure": 4, "serious_failure": 8, "major_failure": 12}
 
 
 def to_atna(entry: ChainedRecord, audit_source_id: str = "relaypacs") -> dict[str, Any]:
     """The fields of a DICOM PS3.15 A.5.1 audit message for this record (as a dict)."""
     r = entry.record
-    code, meaning, action = ("110100", "Application Activity", "E")
-    for prefix, event in _EVENTS.items():
-        if r.action == prefix or (prefix.endswith(".") and r.action.startswith(prefix)):
-            code, meaning, action = event
-            break
+    event = AUDIT_ACTIONS.get(r.action, _UNLISTED)
+    code, meaning, action = event.code, event.meaning, event.action
     is_study = r.action.startswith("study.")
     return {
         "EventIdentification": {
