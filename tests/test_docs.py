@@ -4,6 +4,7 @@ setting has a description, every command's --help has an example, the README sta
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -114,3 +115,17 @@ def test_nothing_points_outside_the_repository() -> None:
         check=False,
     ).stdout.split()
     assert files == []
+
+
+@pytest.mark.parametrize("name", sorted(GENDOCS.SOURCES))
+def test_generated_sources_are_up_to_date(name: str) -> None:
+    """The dashboard's wire types are the hub's OpenAPI, by openapi-typescript."""
+    if not (ROOT / "pwa/node_modules/.bin/openapi-typescript").exists() and not os.environ.get(
+        "CI"
+    ):
+        pytest.skip("needs the PWA's npm packages (make npm-deps)")
+    path = ROOT / name
+    assert path.exists(), f"{name} is missing: run `make docs`"
+    assert path.read_text(encoding="utf-8") == GENDOCS.SOURCES[name](), (
+        f"{name} no longer matches the hub's OpenAPI: run `make docs` and commit the result"
+    )

@@ -1,151 +1,21 @@
 /** The hub's API (same origin as the dashboard, which the hub serves under /dashboard/). */
 
-export interface Tokens {
-  access_token: string
-  /** null for the enroll-only token a role that needs TOTP gets before it has one. */
-  refresh_token: string | null
-  token_type: string
-  expires_in: number
-  scope: string
-}
+import type { components } from './hub-api'
 
-export interface Me {
-  username: string
-  role: string
-  facilities: string[]
-  scope: string
-}
-
-export interface Stats {
-  studies_by_state: Record<string, number>
-  jobs_by_state: Record<string, number>
-  delivered_24h: number
-  time_to_pacs_median_seconds: number | null
-  time_to_pacs_p95_seconds: number | null
-  dead_jobs: number
-  /** Delivered studies the archives hold no report for yet, and how long the oldest waited. */
-  waiting_for_report: number
-  oldest_waiting_report_seconds: number | null
-  time_to_report_median_seconds: number | null
-  time_to_report_p95_seconds: number | null
-}
-
-export interface Destination {
-  name: string
-  state: string
-  attempts: number
-  last_error: string | null
-  completed_at: string | null
-  time_to_pacs_seconds: number | null
-}
-
-export type ReportStatus = 'waiting' | 'preliminary' | 'final' | 'amended'
-
-export interface Study {
-  study_instance_uid: string
-  facility: string
-  service_level: string
-  state: string
-  instance_count: number
-  first_received_at: string | null
-  agent_received_at: string | null
-  committed_at: string | null
-  delivered_at: string | null
-  time_to_pacs_seconds: number | null
-  /** From the upload form (free text), null when none was given. */
-  clinical_history: string | null
-  referring_clinician: string | null
-  /** From the instances' headers: (0008,0061) modalities, YYYY-MM-DD, free text, accession. */
-  modalities?: string[]
-  study_date?: string | null
-  study_description?: string | null
-  accession_number?: string | null
-  /** Once delivered: waiting, preliminary, final or amended; null before delivery. */
-  report_status?: ReportStatus | null
-  reported_at?: string | null
-  /** When a destination first confirmed it: the report clock starts there. */
-  first_delivered_at?: string | null
-  time_to_report_seconds?: number | null
-  destinations: Destination[]
-}
-
-export interface Timing {
-  n: number
-  median_seconds: number | null
-  p95_seconds: number | null
-}
-
-export interface Analytics {
-  start: string
-  end: string
-  bucket: 'day' | 'week'
-  studies: number
-  instances: number
-  delivered: number
-  failed: number
-  success_rate: number | null
-  time_to_pacs: Record<string, Timing>
-  time_to_report: Timing
-  volume: { period: string; facility: string; modality: string; studies: number; instances: number }[]
-  facilities: {
-    facility: string
-    studies: number
-    delivered: number
-    failed: number
-    in_progress: number
-    success_rate: number | null
-    time_to_pacs: Record<string, Timing>
-    time_to_report: Timing
-  }[]
-  modalities: { modality: string; studies: number }[]
-  quarantine: { facility: string; reason: string; files: number }[]
-  agents: {
-    name: string
-    facility: string | null
-    version: string
-    last_seen_at: string
-    silent_seconds: number
-    backlog_studies: number
-    backlog_bytes: number
-    oldest_waiting_seconds: number | null
-    disk_below_reserve: boolean
-  }[]
-}
-
-export interface Job {
-  id: number
-  study_instance_uid: string
-  destination: string
-  state: string
-  priority: number
-  attempts: number
-  last_error: string | null
-  held_by: string | null
-  next_attempt_at: string
-  created_at: string
-  updated_at: string
-  completed_at: string | null
-  time_to_pacs_seconds: number | null
-}
-
-export interface Device {
-  id: string
-  facility: string
-  name: string
-  created_at: string
-  last_seen_at: string | null
-  revoked_at: string | null
-}
-
-export interface User {
-  username: string
-  role: string
-  facilities: string[]
-  disabled: boolean
-  totp_enabled: boolean
-  locked_until: string | null
-  created_at: string
-}
+/** The hub's answers, generated from its OpenAPI (`make docs` writes hub-api.ts): a field the
+ * hub renames or drops fails the type check here, not in a hospital's browser. */
+type Schemas = components['schemas']
+export type Tokens = Schemas['TokenResponse']
+export type Me = Schemas['Me']
+export type Stats = Schemas['Stats']
+export type Destination = Schemas['DestinationState']
+export type Study = Schemas['StudySummary']
+export type ReportStatus = NonNullable<Study['report_status']>
+export type Timing = Schemas['Timing']
+export type Analytics = Schemas['Analytics']
+export type Job = Schemas['JobPublic']
+export type Device = Schemas['DeviceInfo']
+export type User = Schemas['UserPublic']
 
 export interface EnrollmentCode {
   /** Shown once: the hub keeps only its hash. */
@@ -167,9 +37,7 @@ export class HubError extends Error {
 /** The scope of an access token that may only enroll a second factor (and read /auth/me). */
 export const ENROLL_SCOPE = 'totp-enroll'
 
-export interface TotpEnrollment {
-  provisioning_uri: string
-}
+export type TotpEnrollment = Schemas['TotpEnrollment']
 
 const KEY = 'relaypacs.hub.tokens'
 let tokens: Tokens | null = (() => {
@@ -317,21 +185,7 @@ export function logout(): void {
   if (refresh) void raw('POST', '/auth/logout', { refresh_token: refresh }, false).catch(() => undefined)
 }
 
-/** A study a second facility sent: held for an admin's decision (or decided). */
-export interface StudyClaim {
-  study_instance_uid: string
-  facility: string
-  owner: string | null
-  owner_instances: number
-  state: 'held' | 'accepted' | 'refused'
-  device: string
-  attempts: number
-  first_seen_at: string
-  last_seen_at: string
-  decided_by: string | null
-  decided_at: string | null
-  reason: string
-}
+export type StudyClaim = Schemas['ClaimInfo']
 
 export const hub = {
   me: () => api<Me>('GET', '/auth/me'),

@@ -79,7 +79,7 @@ class StudySummary(BaseModel):
     study_date: str | None = Field(default=None, description="Study Date, YYYY-MM-DD.")
     study_description: str | None = None
     accession_number: str | None = None
-    report_status: str | None = Field(
+    report_status: Literal["waiting", "preliminary", "final", "amended"] | None = Field(
         default=None,
         description="Once delivered: waiting (no report yet), preliminary, final or amended; "
         "null before delivery.",
