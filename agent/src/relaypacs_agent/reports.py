@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,7 @@ class ReportInbox:
         self.version = 0
 
     def cursor(self) -> int:
-        rows = self.store.query("SELECT value FROM lan_meta WHERE key = ?", (CURSOR_KEY,))
-        return int(rows[0]["value"]) if rows else 0
+        return int(self.store.meta(CURSOR_KEY) or 0)
 
     def document_path(self, name: str) -> Path:
         return self.folder / name
@@ -55,30 +53,7 @@ class ReportInbox:
 
     def take(self, seq: int, report: dict[str, Any], document: str | None) -> bool:
         """Keep one report and move the cursor past its event; False if already held."""
-        with self.store.tx() as conn:
-            new = (
-                conn.execute(
-                    "INSERT OR IGNORE INTO reports (id, seq, study_instance_uid, status, kind, "
-                    "title, text, document, hub_received_at, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        int(report["id"]),
-                        seq,
-                        str(report["study_instance_uid"]),
-                        str(report["status"]),
-                        str(report["kind"]),
-                        str(report.get("title") or "Report"),
-                        str(report.get("text") or ""),
-                        document,
-                        str(report.get("received_at") or ""),
-                        time.time(),
-                    ),
-                ).rowcount
-                == 1
-            )
-            conn.execute(
-                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)", (CURSOR_KEY, str(seq))
-            )
+        new = self.store.keep_report(seq, report, document, CURSOR_KEY)
         if new:
             self.bump()
         return new
@@ -90,20 +65,12 @@ class ReportInbox:
     # -- reading ----------------------------------------------------------------------------
 
     def for_study(self, study_uid: str) -> list[dict[str, Any]]:
-        rows = self.store.query(
-            "SELECT * FROM reports WHERE study_instance_uid = ? ORDER BY id DESC", (study_uid,)
-        )
-        return [report_row(r) for r in rows]
+        return [report_row(r) for r in self.store.study_reports(study_uid)]
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """Each study's latest report, newest first, with the study's status."""
-        rows = self.store.query(
-            "SELECT * FROM reports WHERE id IN (SELECT MAX(id) FROM reports "
-            "GROUP BY study_instance_uid) ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
         out = []
-        for r in rows:
+        for r in self.store.latest_reports(limit):
             item = report_row(r)
             item["study_status"] = self.study_status(r["study_instance_uid"])
             out.append(item)
@@ -111,15 +78,13 @@ class ReportInbox:
 
     def study_status(self, study_uid: str) -> str:
         status = "none"
-        for (value,) in self.store.query(
-            "SELECT status FROM reports WHERE study_instance_uid = ? ORDER BY id", (study_uid,)
-        ):
-            status = later_status(status, value)
+        for r in reversed(self.store.study_reports(study_uid)):  # oldest first
+            status = later_status(status, r["status"])
         return status
 
     def get(self, report_id: int) -> dict[str, Any] | None:
-        rows = self.store.query("SELECT * FROM reports WHERE id = ?", (report_id,))
-        return report_row(rows[0]) if rows else None
+        row = self.store.report(report_id)
+        return report_row(row) if row is not None else None
 
 
 def report_row(row: Any) -> dict[str, Any]:

@@ -434,6 +434,59 @@ class Store:
                 (time.time(), sop_uid),
             )
 
+    # -- reports from the hub's feed -----------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM lan_meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def keep_report(self, seq: int, report: dict[str, Any], document: str | None, key: str) -> bool:
+        """Keep one report and move the feed cursor (``lan_meta[key]``) past its event, in one
+        transaction; False if the report was already held."""
+        with self.tx() as conn:
+            new = (
+                conn.execute(
+                    "INSERT OR IGNORE INTO reports (id, seq, study_instance_uid, status, kind, "
+                    "title, text, document, hub_received_at, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        int(report["id"]),
+                        seq,
+                        str(report["study_instance_uid"]),
+                        str(report["status"]),
+                        str(report["kind"]),
+                        str(report.get("title") or "Report"),
+                        str(report.get("text") or ""),
+                        document,
+                        str(report.get("received_at") or ""),
+                        time.time(),
+                    ),
+                ).rowcount
+                == 1
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)", (key, str(seq))
+            )
+        return new
+
+    def study_reports(self, study_uid: str) -> list[sqlite3.Row]:
+        """The study's reports, newest first."""
+        return self.query(
+            "SELECT * FROM reports WHERE study_instance_uid = ? ORDER BY id DESC", (study_uid,)
+        )
+
+    def latest_reports(self, limit: int) -> list[sqlite3.Row]:
+        """Each study's latest report, newest first."""
+        return self.query(
+            "SELECT * FROM reports WHERE id IN (SELECT MAX(id) FROM reports "
+            "GROUP BY study_instance_uid) ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+
+    def report(self, report_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM reports WHERE id = ?", (report_id,))
+        return rows[0] if rows else None
+
     # -- reports into the facility's PACS ----------------------------------------------------
 
     def reports_to_store(self, now: float, limit: int = 20) -> list[sqlite3.Row]:
