@@ -68,14 +68,16 @@ class Store:
         with self._lock:
             return list(self.conn.execute(sql, params))
 
-    def migrate(self) -> list[str]:
+    def migrate(self, migrations: list[tuple[str, str]] | None = None) -> list[str]:
+        """Apply ``migrations`` (the catalogue's own by default; the uplink brings its tables'
+        too) not yet recorded in ``_migrations``, each in one transaction with its record."""
         applied: list[str] = []
         with self._lock:
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
             )
             done = {r[0] for r in self.conn.execute("SELECT name FROM _migrations")}
-            for name, sql in MIGRATIONS:
+            for name, sql in MIGRATIONS if migrations is None else migrations:
                 if name in done:
                     continue
                 # executescript would commit an open transaction first, so the script carries

@@ -6,8 +6,6 @@ Kept apart from the ingest schema and applied by the uplink at start, recorded i
 
 from __future__ import annotations
 
-import time
-
 from relaypacs_agent.store.db import Store
 
 UPLINK_MIGRATIONS: list[tuple[str, str]] = [
@@ -60,15 +58,4 @@ UPLINK_MIGRATIONS: list[tuple[str, str]] = [
 
 
 def migrate_uplink(store: Store) -> list[str]:
-    applied = []
-    done = {r[0] for r in store.query("SELECT name FROM _migrations")}
-    for name, sql in UPLINK_MIGRATIONS:
-        if name in done:
-            continue
-        with store._lock:  # the store's single-writer lock
-            store.conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nINSERT INTO _migrations (name, applied_at) "
-                f"VALUES ('{name}', {time.time()});\nCOMMIT;"
-            )
-        applied.append(name)
-    return applied
+    return store.migrate(UPLINK_MIGRATIONS)
