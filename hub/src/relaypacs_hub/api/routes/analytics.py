@@ -150,7 +150,6 @@ async def _rows(state: Any, who: Any, start: date, end: date) -> list[dict[str, 
                     view.jobs.c.ttp,
                     StudyReport.time_to_report_seconds,
                 )
-                .outerjoin(StudyReport, StudyReport.study_instance_uid == Study.study_instance_uid)
                 .where(*conditions)
                 .order_by(Study.first_received_at)
                 .limit(MAX_STUDIES)
