@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relaypacs_hub.db.models import AgentHeartbeat, ForwardJob, utcnow
+from relaypacs_hub.db.models import AgentHeartbeat, ForwardJob, JobState, utcnow
 
 log = structlog.get_logger("relaypacs.hub.metrics")
 
@@ -189,7 +189,7 @@ async def state_families(
             counts[(dest, state)] = int(n)
         for dest, created in await session.execute(
             select(ForwardJob.destination, func.min(ForwardJob.created_at))
-            .where(ForwardJob.state == "pending")
+            .where(ForwardJob.state == JobState.PENDING)
             .where(ForwardJob.next_attempt_at <= now)
             .group_by(ForwardJob.destination)
         ):
@@ -197,7 +197,7 @@ async def state_families(
         beats = list(await session.scalars(select(AgentHeartbeat)))
     names = sorted(set(destinations) | {d for d, _ in counts})
     for dest in names:
-        for state in ("pending", "running", "held", "done", "dead"):
+        for state in tuple(JobState):
             jobs.add_metric([dest, state], counts.get((dest, state), 0))
         since = due_since.get(dest)
         oldest.add_metric([dest], max((now - since).total_seconds(), 0.0) if since else 0.0)

@@ -1527,8 +1527,7 @@ export interface components {
             next_attempt_at: string;
             /** Priority */
             priority: number;
-            /** State */
-            state: string;
+            state: components["schemas"]["JobState"];
             /** Study Instance Uid */
             study_instance_uid: string;
             /** Time To Pacs Seconds */
@@ -1539,6 +1538,14 @@ export interface components {
              */
             updated_at: string;
         };
+        /**
+         * JobState
+         * @description Where a forwarding job stands (``forward_jobs.state``). pending: waiting for a worker (or
+         *     its next attempt); running: leased by a worker; held: routed but kept back by a rule until an
+         *     admin releases it; done: the destination confirmed every instance; dead: out of attempts.
+         * @enum {string}
+         */
+        JobState: "pending" | "running" | "held" | "done" | "dead";
         /** LoginRequest */
         LoginRequest: {
             /** Password */
@@ -2639,7 +2646,7 @@ export interface operations {
     list_jobs_api_v1_jobs_get: {
         parameters: {
             query?: {
-                state?: ("pending" | "running" | "done" | "dead" | "held") | null;
+                state?: components["schemas"]["JobState"] | null;
                 destination?: string | null;
                 study?: string | null;
                 limit?: number;

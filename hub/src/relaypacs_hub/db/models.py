@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +21,18 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class JobState(StrEnum):
+    """Where a forwarding job stands (``forward_jobs.state``). pending: waiting for a worker (or
+    its next attempt); running: leased by a worker; held: routed but kept back by a rule until an
+    admin releases it; done: the destination confirmed every instance; dead: out of attempts."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    HELD = "held"
+    DONE = "done"
+    DEAD = "dead"
 
 
 def utcnow() -> datetime:
@@ -90,7 +103,7 @@ class ForwardJob(Base):
     )
     destination: Mapped[str] = mapped_column(String(64))
     # pending | running | done | dead
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING.value)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

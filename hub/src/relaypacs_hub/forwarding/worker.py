@@ -48,6 +48,7 @@ from relaypacs_hub.db.models import (
     ForwardJob,
     Instance,
     InstanceDelivery,
+    JobState,
     Study,
     StudyRoute,
     utcnow,
@@ -175,8 +176,9 @@ class ForwardingWorker:
                 .where(ForwardJob.destination.in_(eligible))
                 .where(
                     or_(
-                        (ForwardJob.state == "pending") & (ForwardJob.next_attempt_at <= now),
-                        (ForwardJob.state == "running") & (ForwardJob.lease_until < now),
+                        (ForwardJob.state == JobState.PENDING)
+                        & (ForwardJob.next_attempt_at <= now),
+                        (ForwardJob.state == JobState.RUNNING) & (ForwardJob.lease_until < now),
                     )
                 )
                 .order_by(ForwardJob.priority.desc(), ForwardJob.next_attempt_at, ForwardJob.id)
@@ -186,14 +188,14 @@ class ForwardingWorker:
             job = await session.scalar(stmt)
             if job is None:
                 return None
-            if job.state == "running":
+            if job.state == JobState.RUNNING:
                 log.warning(
                     "lease_taken_over",
                     job_id=job.id,
                     previous_owner=job.lease_owner,
                     worker=self.worker_id,
                 )
-            job.state = "running"
+            job.state = JobState.RUNNING
             job.attempts += 1
             job.lease_owner = self.worker_id
             job.lease_until = now + timedelta(seconds=self.settings.job_lease_seconds)
@@ -207,7 +209,7 @@ class ForwardingWorker:
             (
                 await session.execute(
                     select(ForwardJob.destination, func.count())
-                    .where(ForwardJob.state == "running")
+                    .where(ForwardJob.state == JobState.RUNNING)
                     .where(ForwardJob.lease_until >= now)
                     .where(ForwardJob.destination.in_(list(self.destinations)))
                     .group_by(ForwardJob.destination)
@@ -394,7 +396,7 @@ class ForwardingWorker:
             renewed = await session.execute(
                 update(ForwardJob)
                 .where(ForwardJob.id == job.id)
-                .where(ForwardJob.state == "running")
+                .where(ForwardJob.state == JobState.RUNNING)
                 .where(ForwardJob.lease_owner == self.worker_id)
                 .values(
                     lease_until=now + timedelta(seconds=self.settings.job_lease_seconds),
@@ -411,7 +413,7 @@ class ForwardingWorker:
                 select(func.count())
                 .select_from(ForwardJob)
                 .where(ForwardJob.destination == job.destination)
-                .where(ForwardJob.state == "pending")
+                .where(ForwardJob.state == JobState.PENDING)
                 .where(ForwardJob.next_attempt_at <= now)
                 .where(ForwardJob.priority > job.priority)
             )
@@ -421,7 +423,7 @@ class ForwardingWorker:
                 select(func.count())
                 .select_from(ForwardJob)
                 .where(ForwardJob.destination == job.destination)
-                .where(ForwardJob.state == "running")
+                .where(ForwardJob.state == JobState.RUNNING)
                 .where(ForwardJob.lease_until >= now)
             )
             if (running or 0) >= self.limits.get(job.destination, 1_000_000):
@@ -480,7 +482,7 @@ class ForwardingWorker:
 
     async def _own(self, session: AsyncSession, job: ForwardJob) -> ForwardJob | None:
         row = await session.get(ForwardJob, job.id, with_for_update=True, populate_existing=True)
-        if row is None or row.state != "running" or row.lease_owner != self.worker_id:
+        if row is None or row.state != JobState.RUNNING or row.lease_owner != self.worker_id:
             return None  # another worker took the job over, or an admin changed it
         return row
 
@@ -517,10 +519,10 @@ class ForwardingWorker:
             )
             if len(delivered) < len(committed):
                 # A commit that arrived while we worked added instances: go round again.
-                row.state = "pending"
+                row.state = JobState.PENDING
                 row.next_attempt_at = now
                 return None
-            row.state = "done"
+            row.state = JobState.DONE
             row.completed_at = now
             row.last_error = None
             start = await session.scalar(
@@ -548,7 +550,7 @@ class ForwardingWorker:
             if row is None:
                 return
             now = utcnow()
-            row.state = "pending"
+            row.state = JobState.PENDING
             row.attempts = max(row.attempts - 1, 0)  # yielding is not a failed attempt
             row.next_attempt_at = now
             row.lease_until = None
@@ -569,7 +571,7 @@ class ForwardingWorker:
             if not transient:
                 limit = min(limit, PERMANENT_FAILURE_ATTEMPTS)
             if row.attempts >= limit:
-                row.state = "dead"
+                row.state = JobState.DEAD
                 metrics.forward_outcome(row.destination, "dead")
                 log.error(
                     "job_dead",
@@ -590,7 +592,7 @@ class ForwardingWorker:
                     attempts=row.attempts,
                 )
             else:
-                row.state = "pending"
+                row.state = JobState.PENDING
                 metrics.forward_outcome(row.destination, "retry")
                 delay = min(
                     2.0 * 2 ** (row.attempts - 1), self.settings.forward_backoff_max_seconds
@@ -609,7 +611,7 @@ class ForwardingWorker:
         not_done = exists().where(
             and_(
                 ForwardJob.study_instance_uid == StudyRoute.study_instance_uid,
-                ForwardJob.state != "done",
+                ForwardJob.state != JobState.DONE,
             )
         )
         last_done = (

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub import metrics
-from relaypacs_hub.db.models import ForwardJob, Instance, Study, StudyRoute, utcnow
+from relaypacs_hub.db.models import ForwardJob, Instance, JobState, Study, StudyRoute, utcnow
 from relaypacs_hub.ingest.receive import held_instances
 from relaypacs_hub.routing.router import Router
 from relaypacs_shared.errors import ProtocolError
@@ -135,7 +135,7 @@ async def commit_study(
         }
         for route in routes:
             hold_rule = route.held_by if route.held else None
-            target = "held" if route.held else "pending"
+            target = JobState.HELD if route.held else JobState.PENDING
             job = jobs.get(route.destination)
             if job is None:
                 session.add(
@@ -149,14 +149,14 @@ async def commit_study(
                 )
                 continue
             unchanged = added == 0 and job.priority == route.priority
-            if job.state == "running":
+            if job.state == JobState.RUNNING:
                 job.priority = route.priority  # the worker re-checks the study when it finishes
-            elif job.state == "done" and unchanged and not route.held:
+            elif job.state == JobState.DONE and unchanged and not route.held:
                 continue  # the same manifest again: nothing new to deliver
-            elif job.state == "held" and not route.held:
-                job.state, job.held_by = "pending", None
-            elif job.state in ("done", "dead", "pending"):
-                if job.state != "pending":
+            elif job.state == JobState.HELD and not route.held:
+                job.state, job.held_by = JobState.PENDING, None
+            elif job.state in (JobState.DONE, JobState.DEAD, JobState.PENDING):
+                if job.state != JobState.PENDING:
                     job.attempts = 0
                 job.state, job.held_by = target, hold_rule
             job.priority = route.priority

@@ -38,6 +38,7 @@ from relaypacs_hub.config import HubSettings
 from relaypacs_hub.db.models import (
     ForwardJob,
     Instance,
+    JobState,
     Report,
     ReportSkip,
     ServiceLease,
@@ -178,7 +179,7 @@ class ReportPoller:
                         StudyReport,
                         StudyReport.study_instance_uid == ForwardJob.study_instance_uid,
                     )
-                    .where(ForwardJob.state == "done")
+                    .where(ForwardJob.state == JobState.DONE)
                     .where(StudyReport.delivered_at.is_(None))
                     .group_by(ForwardJob.study_instance_uid)
                     .limit(limit)
@@ -248,7 +249,7 @@ class ReportPoller:
         async with self.sessionmaker() as session:
             names = await session.scalars(
                 select(ForwardJob.destination).where(
-                    ForwardJob.study_instance_uid == study_uid, ForwardJob.state == "done"
+                    ForwardJob.study_instance_uid == study_uid, ForwardJob.state == JobState.DONE
                 )
             )
             return [self.archives[n] for n in names if n in self.archives]

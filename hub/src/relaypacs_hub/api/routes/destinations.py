@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
-from relaypacs_hub.db.models import ForwardJob
+from relaypacs_hub.db.models import ForwardJob, JobState
 from relaypacs_hub.forwarding.base import Destination
 from relaypacs_shared.errors import RelayError
 
@@ -95,7 +95,7 @@ async def _health(state: State, delivery: DeliveryDep, name: str, probe: bool) -
         type=config.type,
         profile=getattr(config, "profile", None),
         max_concurrent_jobs=config.max_concurrent_jobs,
-        jobs={s: int(counts.get(s, 0)) for s in ("pending", "running", "held", "done", "dead")},
+        jobs={s: int(counts.get(s, 0)) for s in tuple(JobState)},
         last_confirmed_at=last_confirmed,
         last_error=failing.last_error if failing else None,
         last_error_at=failing.updated_at if failing else None,

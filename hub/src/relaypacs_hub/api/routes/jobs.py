@@ -7,7 +7,7 @@ Admin routes take the access token of a user with role admin, or the admin machi
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
@@ -15,19 +15,17 @@ from sqlalchemy import func, select
 
 from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
 from relaypacs_hub.audit import audit
-from relaypacs_hub.db.models import ForwardJob, utcnow
+from relaypacs_hub.db.models import ForwardJob, JobState, utcnow
 from relaypacs_shared.wire import INT64_MAX
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["admin: jobs"])
-
-JobState = Literal["pending", "running", "done", "dead", "held"]
 
 
 class JobPublic(BaseModel):
     id: int
     study_instance_uid: str
     destination: str
-    state: str
+    state: JobState
     priority: int
     attempts: int
     last_error: str | None
@@ -44,7 +42,7 @@ class JobPublic(BaseModel):
             id=job.id,
             study_instance_uid=job.study_instance_uid,
             destination=job.destination,
-            state=job.state,
+            state=JobState(job.state),
             priority=job.priority,
             attempts=job.attempts,
             last_error=job.last_error,
@@ -124,7 +122,7 @@ async def retry_job(
         job = await session.get(ForwardJob, job_id, with_for_update=True)
         if job is None:
             raise _problem(404, "unknown_job", f"no forwarding job {job_id}")
-        if job.state not in ("dead", "pending"):
+        if job.state not in (JobState.DEAD, JobState.PENDING):
             raise _problem(
                 409, "not_retryable", f"job {job_id} is {job.state}; only dead or pending jobs"
             )
@@ -151,7 +149,7 @@ async def release_job(
         job = await session.get(ForwardJob, job_id, with_for_update=True)
         if job is None:
             raise _problem(404, "unknown_job", f"no forwarding job {job_id}")
-        if job.state != "held":
+        if job.state != JobState.HELD:
             raise _problem(409, "not_held", f"job {job_id} is {job.state}, not held")
         _requeue(job)
         job.held_by = None
@@ -166,7 +164,7 @@ async def retry_dead(
 ) -> RetryResult:
     """Retry every dead job (of one destination, with ``?destination=``)."""
     async with state.sessionmaker() as session, session.begin():
-        stmt = select(ForwardJob).where(ForwardJob.state == "dead").with_for_update()
+        stmt = select(ForwardJob).where(ForwardJob.state == JobState.DEAD).with_for_update()
         if destination is not None:
             stmt = stmt.where(ForwardJob.destination == destination)
         jobs = list(await session.scalars(stmt))
@@ -180,7 +178,7 @@ async def retry_dead(
 
 def _requeue(job: ForwardJob) -> None:
     now = utcnow()
-    job.state = "pending"
+    job.state = JobState.PENDING
     job.attempts = 0
     job.next_attempt_at = now
     job.updated_at = now

@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, and_, case, false, func, or_, select
 from relaypacs_hub.api.deps import State, StudyBrowser, facility_scope
 from relaypacs_hub.db.models import (
     ForwardJob,
+    JobState,
     Study,
     StudyFacility,
     StudyReport,
@@ -36,7 +37,7 @@ router = APIRouter(prefix="/api/v1", tags=["dashboard"])
 StudyState = Literal["receiving", "committed", "delivered", "failed"]
 ReportFilter = Literal["waiting", "preliminary", "final", "amended"]
 STUDY_STATES: tuple[str, ...] = ("receiving", "committed", "delivered", "failed")
-JOB_STATES: tuple[str, ...] = ("pending", "running", "held", "done", "dead")
+JOB_STATES: tuple[str, ...] = tuple(JobState)
 # The offset is a SQL integer: beyond it is a 422, not a driver overflow (a 500).
 MAX_OFFSET = 2**31 - 1
 # Time to PACS statistics read at most this many recent jobs (computed in Python: percentile
@@ -134,13 +135,13 @@ class Stats(BaseModel):
 
 
 def _jobs_per_study() -> Any:
-    done = ForwardJob.state == "done"
+    done = ForwardJob.state == JobState.DONE
     return (
         select(
             ForwardJob.study_instance_uid.label("uid"),
             func.count().label("jobs"),
             func.sum(case((done, 1), else_=0)).label("done"),
-            func.sum(case((ForwardJob.state == "dead", 1), else_=0)).label("dead"),
+            func.sum(case((ForwardJob.state == JobState.DEAD, 1), else_=0)).label(JobState.DEAD),
             func.max(ForwardJob.completed_at).label("last_completed"),
             func.max(case((done, ForwardJob.time_to_pacs_seconds))).label("ttp"),
         )
@@ -339,7 +340,7 @@ async def stats(state: State, who: StudyBrowser) -> Stats:
             for t in await session.scalars(
                 _scoped_jobs(select(ForwardJob.time_to_pacs_seconds), scope)
                 .where(
-                    ForwardJob.state == "done",
+                    ForwardJob.state == JobState.DONE,
                     ForwardJob.time_to_pacs_seconds.is_not(None),
                     ForwardJob.completed_at >= now - timedelta(days=7),
                 )
