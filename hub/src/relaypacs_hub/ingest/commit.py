@@ -24,13 +24,11 @@ from relaypacs_hub.db.models import ForwardJob, Instance, JobState, Study, Study
 from relaypacs_hub.ingest.receive import held_instances
 from relaypacs_hub.routing.router import Router
 from relaypacs_shared.errors import ProtocolError
-from relaypacs_shared.routing import Decision, route_everywhere, service_level_priority
+from relaypacs_shared.routing import Decision, route_everywhere
 from relaypacs_shared.wire import CommitRequest
 
 log = structlog.get_logger("relaypacs.hub.commit")
 
-# Kept for callers of the walking skeleton; the rules module owns the numbers now.
-PRIORITY = {"stat": service_level_priority("stat"), "routine": service_level_priority("routine")}
 
 
 class StudyIncomplete(ProtocolError):
