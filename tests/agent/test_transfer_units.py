@@ -8,7 +8,13 @@ from datetime import datetime
 
 import pytest
 
-from relaypacs_agent.uplink.transfer import MAX_STREAMS, Pacer, in_window, streams_for
+from relaypacs_agent.uplink.transfer import (
+    MAX_STREAMS,
+    Pacer,
+    in_window,
+    parts_for,
+    streams_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,8 +55,8 @@ def test_zero_means_no_cap() -> None:
     [
         (3, None, 6),  # nothing measured yet: hedged
         (3, 0.0, 3),  # a clean link: the configured count
-        (3, 0.05, 4),
-        (3, 0.3, 12),
+        (3, 0.05, 6),
+        (3, 0.3, 21),
         (3, 0.9, MAX_STREAMS),
         (1, 0.5, 1),  # one stream stays one
         (16, 0.0, 16),
@@ -60,3 +66,19 @@ def test_streams_grow_with_the_loss_tcp_measures(
     configured: int, loss: float | None, streams: int
 ) -> None:
     assert streams_for(configured, loss) == streams
+
+
+@pytest.mark.parametrize(
+    ("streams", "configured", "length", "parts"),
+    [
+        (3, 3, 6_000_000, 3),  # a clean link: one part per stream
+        (21, 3, 6_000_000, 42),  # 30% loss: two parts per stream, taken as streams free up
+        (32, 3, 64 * 1024 * 1024, 64),  # never more than the hub joins in one final upload
+        (6, 3, 400 * 1024, 6),  # parts of at least 64 KiB, and never fewer than the streams
+        (1, 1, 6_000_000, 1),
+    ],
+)
+def test_lossy_links_cut_segments_finer_than_their_streams(
+    streams: int, configured: int, length: int, parts: int
+) -> None:
+    assert parts_for(streams, configured, length) == parts

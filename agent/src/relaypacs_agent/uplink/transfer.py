@@ -35,7 +35,7 @@ from relaypacs_agent.uplink.schema import migrate_uplink
 from relaypacs_agent.uplink.tus_client import TusClient
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, RelayError, UnknownUpload
 from relaypacs_shared.segments import SegmentItem, build_segment, should_compress
-from relaypacs_shared.tus import UploadSession
+from relaypacs_shared.tus import MAX_CONCAT_PARTS, UploadSession
 from relaypacs_shared.wire import CommitRequest, ManifestEntry
 
 log = structlog.get_logger("relaypacs.agent.uplink")
@@ -49,10 +49,13 @@ MAX_CHUNK = 8 * 1024 * 1024
 PARALLEL_MIN_PART = 64 * 1024  # a segment is split into parallel parts of at least this
 # Under loss one TCP connection stalls on retransmissions while others still move: the streams
 # of a segment grow with the loss TCP measures (TCP_INFO), from the configured count up to this.
-MAX_STREAMS = 16
-LOSS_GAIN = 10.0  # streams = configured x (1 + LOSS_GAIN x loss): 3 at 0%, 4 at 5%, 12 at 30%
+MAX_STREAMS = 32
+LOSS_GAIN = 20.0  # streams = configured x (1 + LOSS_GAIN x loss): 3 at 0%, 6 at 5%, 21 at 30%
 RETRY_CAP = 4.0  # seconds between attempts inside a segment, at most
 MAX_SEGMENT_TRIES = 3  # an instance still missing after this many segments is sent alone
+# Under loss a segment is cut finer than its streams: a stream that finishes its part takes the
+# next one instead of idling while one stalled connection holds the whole segment back.
+PARTS_PER_STREAM = 2
 
 
 def in_window(window: str | None, now: datetime | None = None) -> bool:
@@ -83,6 +86,16 @@ def streams_for(configured: int, loss: float | None) -> int:
         return min(MAX_STREAMS, configured * 2)
     wanted = round(configured * (1 + LOSS_GAIN * loss))
     return max(configured, min(MAX_STREAMS, wanted))
+
+
+def parts_for(streams: int, configured: int, length: int) -> int:
+    """Parts of a segment sent by ``streams`` connections: one each on a clean link; under loss
+    (more streams than configured) PARTS_PER_STREAM each, at least PARALLEL_MIN_PART bytes and at
+    most the hub's MAX_CONCAT_PARTS, so a stream that is done takes the next part."""
+    if streams <= configured:
+        return streams
+    count = min(MAX_CONCAT_PARTS, streams * PARTS_PER_STREAM, length // PARALLEL_MIN_PART)
+    return max(streams, count)
 
 
 class Pacer:
@@ -389,20 +402,28 @@ class TransferSender:
         return streams_for(self.streams, self.tus.loss)
 
     def _upload_parallel(self, seg: Any, meta: dict[str, str], bound: Any, streams: int) -> int:
-        """tus concatenation: N partial uploads in parallel, then one final that joins them.
+        """tus concatenation: partial uploads sent by ``streams`` connections in parallel, then
+        one final that joins them.
 
         Under random loss one TCP connection's throughput collapses; several in parallel keep
-        the link busy. Each part resumes on its own, like a single upload.
+        the link busy, and parts finer than the streams let a fast stream take the next part
+        while a slow one retransmits. Each part resumes on its own, like a single upload.
         """
         seg_id, length = seg["id"], seg["length"]
         parts = self.store.query(
             "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
         )
         if not parts:
-            size = -(-length // streams)
-            bound.info("segment_parts", streams=streams, tcp_loss=round(self.tus.loss or 0.0, 3))
+            count = parts_for(streams, self.streams, length)
+            size = -(-length // count)
+            bound.info(
+                "segment_parts",
+                streams=streams,
+                parts=count,
+                tcp_loss=round(self.tus.loss or 0.0, 3),
+            )
             with self.store.tx() as conn:
-                for i in range(streams):
+                for i in range(count):
                     start = i * size
                     conn.execute(
                         "INSERT INTO segment_parts (segment_id, idx, start, length) "
@@ -416,15 +437,23 @@ class TransferSender:
         errors: list[BaseException] = []
         failures = [0] * len(parts)
 
-        def run(i: int, part: Any) -> None:
-            try:
-                failures[i] = self._upload_part(seg, part, meta, bound)
-            except BaseException as exc:  # reported to the caller below
-                errors.append(exc)
+        pending = iter(range(len(parts)))
+        pending_lock = threading.Lock()
+
+        def run() -> None:
+            while not errors and not self.stop.is_set():
+                with pending_lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                try:
+                    failures[i] = self._upload_part(seg, parts[i], meta, bound)
+                except BaseException as exc:  # reported to the caller below
+                    errors.append(exc)
 
         threads = [
-            threading.Thread(target=run, args=(i, p), name=f"part-{i}", daemon=True)
-            for i, p in enumerate(parts)
+            threading.Thread(target=run, name=f"part-stream-{n}", daemon=True)
+            for n in range(min(streams, len(parts)))
         ]
         for t in threads:
             t.start()

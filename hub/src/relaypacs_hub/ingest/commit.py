@@ -30,7 +30,6 @@ from relaypacs_shared.wire import CommitRequest
 log = structlog.get_logger("relaypacs.hub.commit")
 
 
-
 class StudyIncomplete(ProtocolError):
     def __init__(self, missing: list[str]) -> None:
         super().__init__(f"{len(missing)} instance(s) of the manifest are not held by the hub")
