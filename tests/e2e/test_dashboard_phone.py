@@ -4,20 +4,18 @@ Nothing scrolls sideways, each row's facts are readable, and Retry is reachable.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pydicom
 import pytest
 
 from relaypacs_dev.generate import generate_study
-from relaypacs_shared.wire import CommitRequest, ManifestEntry, format_content_digest
 from tests.e2e.test_pwa import DESKTOP, PHONE, SHOTS
 from tests.support.browser import chromium, ensure_pwa_built
+from tests.support.hubapi import send_study
 from tests.support.orthanc import free_port
 from tests.support.processes import HubProcess, wait_for
 
@@ -53,37 +51,25 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
 
 def _send_study(hub: HubProcess, tmp_path: Path) -> str:
     """One study as an agent sends it: instances, then the commit naming them."""
-    study = generate_study(tmp_path / "study", instances=2, seed=390, rows=32, columns=32)
-    entries = []
-    for f in study.files:
-        data = f.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        sop = pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
-        r = httpx.put(
-            f"{hub.url}/api/v1/studies/{study.study_instance_uid}/instances/{sop}",
-            content=data,
-            headers={
-                "Content-Type": "application/dicom",
-                "Content-Digest": format_content_digest(sha),
-            },
-            timeout=30,
-        )
-        assert r.status_code in (200, 201), r.text
-        entries.append(ManifestEntry(sop_instance_uid=sop, sha256=sha))
-    commit = CommitRequest(
+    return send_study(
+        hub.url,
+        generate_study(tmp_path / "study", instances=2, seed=390, rows=32, columns=32),
         service_level="stat",
-        instances=entries,
         facility="north-clinic",
         received_at=datetime.now(UTC),
         clinical_history="Fall from a ladder, suspected wrist fracture, pain on the radial side",
     )
+
+
+def _admin(hub: HubProcess) -> None:
+    """The admin who signs in to the dashboard."""
     r = httpx.post(
-        f"{hub.url}/api/v1/studies/{study.study_instance_uid}/commit",
-        json=commit.model_dump(mode="json"),
-        timeout=30,
+        hub.url + "/api/v1/users",
+        headers=ADMIN,
+        json={"username": "ada", "password": PASSWORD, "role": "admin", "facilities": []},
+        timeout=10,
     )
-    assert r.status_code == 200, r.text
-    return study.study_instance_uid
+    assert r.status_code == 201, r.text
 
 
 def _no_sideways_scroll(page: Any) -> None:
@@ -99,13 +85,7 @@ def _no_sideways_scroll(page: Any) -> None:
 
 
 def test_studies_and_dead_jobs_fit_a_phone(hub: HubProcess, tmp_path: Path) -> None:
-    r = httpx.post(
-        hub.url + "/api/v1/users",
-        headers=ADMIN,
-        json={"username": "ada", "password": PASSWORD, "role": "admin", "facilities": []},
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
+    _admin(hub)
     uid = _send_study(hub, tmp_path)
 
     def dead_jobs() -> list[dict[str, Any]]:
@@ -165,13 +145,7 @@ def test_the_report_column_and_the_waiting_count(hub: HubProcess, tmp_path: Path
     """A delivered study waits for its report: the Overview counts it, its row says Waiting;
     once the radiologist's final report is in, the row says Final with the time it took, the
     Report filter finds it, and nothing waits any more."""
-    r = httpx.post(
-        hub.url + "/api/v1/users",
-        headers=ADMIN,
-        json={"username": "ada", "password": PASSWORD, "role": "admin", "facilities": []},
-        timeout=10,
-    )
-    assert r.status_code == 201, r.text
+    _admin(hub)
     uid = _send_study(hub, tmp_path)
 
     def waiting() -> int:

@@ -29,6 +29,12 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 from pynetdicom import AE
 
 from relaypacs_agent.store.db import Store
+from relaypacs_shared.dicom_status import (
+    SUCCESS,
+    WARNING_STATUSES,
+    describe_failure_reason,
+    out_of_resources,
+)
 
 log = structlog.get_logger("relaypacs.agent.report_store")
 
@@ -48,6 +54,17 @@ STUDY_ATTRIBUTES = (
     "AccessionNumber",
     "ReferringPhysicianName",
     "StudyDescription",
+)
+TYPE2_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
 )
 
 
@@ -91,10 +108,7 @@ def build_report_object(
     for keyword in STUDY_ATTRIBUTES:
         if keyword in study:
             setattr(ds, keyword, study.data_element(keyword).value)  # type: ignore[union-attr]
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate"):
-        if keyword not in ds:
-            setattr(ds, keyword, "")
-    for keyword in ("StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+    for keyword in TYPE2_ATTRIBUTES:  # present, empty when the study's instance lacks them
         if keyword not in ds:
             setattr(ds, keyword, "")
     ds.SOPClassUID = ENCAPSULATED_PDF if pdf else BASIC_TEXT_SR
@@ -192,11 +206,13 @@ def c_store(address: PacsAddress, calling_aet: str, ds: Dataset, timeout: float 
     if "Status" not in answer:
         raise PacsUnavailable(f"the clinic PACS {address} gave no answer to the store")
     code = int(answer.Status)
-    if code == 0 or 0xB000 <= code <= 0xBFFF:
+    if code == SUCCESS or code in WARNING_STATUSES:
         return code
-    if code in (0xA700, 0xA701, 0xA702):  # out of resources: busy now, perhaps not later
-        raise PacsUnavailable(f"the clinic PACS {address} is out of resources (0x{code:04X})")
-    raise StoreRefused(f"the clinic PACS {address} refused the report (status 0x{code:04X})")
+    if out_of_resources(code):  # busy now, perhaps not later
+        raise PacsUnavailable(f"the clinic PACS {address}: {describe_failure_reason(code)}")
+    raise StoreRefused(
+        f"the clinic PACS {address} refused the report: {describe_failure_reason(code)}"
+    )
 
 
 class ReportStorer:

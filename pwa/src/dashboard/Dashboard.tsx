@@ -245,6 +245,25 @@ function ReportCell({ study }: { study: Study }) {
   )
 }
 
+/** A labelled filter: the empty value first (``all``), then (value, label) options. */
+function FilterSelect(props: { id: string; label: string; all: string; value: string; options: Array<[string, string]>; onChange: (value: string) => void }) {
+  return (
+    <div>
+      <label htmlFor={props.id} className="label">
+        {props.label}
+      </label>
+      <select id={props.id} className="field py-2" value={props.value} onChange={(e) => props.onChange(e.target.value)}>
+        <option value="">{props.all}</option>
+        {props.options.map(([value, label]) => (
+          <option key={value} value={value}>
+            {label}
+          </option>
+        ))}
+      </select>
+    </div>
+  )
+}
+
 const PAGE = 50
 function Studies() {
   const [state, setState] = useState('')
@@ -284,48 +303,28 @@ function Studies() {
             onChange={(e) => setQuery(e.target.value)}
           />
         </div>
-        <div>
-          <label htmlFor="st-state" className="label">
-            State
-          </label>
-          <select
-            id="st-state"
-            className="field py-2"
-            value={state}
-            onChange={(e) => {
-              setState(e.target.value)
-              setOffset(0)
-            }}
-          >
-            <option value="">All</option>
-            {states.map((s) => (
-              <option key={s} value={s}>
-                {s}
-              </option>
-            ))}
-          </select>
-        </div>
-        <div>
-          <label htmlFor="st-report" className="label">
-            Report
-          </label>
-          <select
-            id="st-report"
-            className="field py-2"
-            value={report}
-            onChange={(e) => {
-              setReport(e.target.value)
-              setOffset(0)
-            }}
-          >
-            <option value="">Any</option>
-            {(Object.keys(REPORT_LABEL) as ReportStatus[]).map((r) => (
-              <option key={r} value={r}>
-                {REPORT_LABEL[r]}
-              </option>
-            ))}
-          </select>
-        </div>
+        <FilterSelect
+          id="st-state"
+          label="State"
+          all="All"
+          value={state}
+          options={states.map((s) => [s, s])}
+          onChange={(v) => {
+            setState(v)
+            setOffset(0)
+          }}
+        />
+        <FilterSelect
+          id="st-report"
+          label="Report"
+          all="Any"
+          value={report}
+          options={Object.entries(REPORT_LABEL)}
+          onChange={(v) => {
+            setReport(v)
+            setOffset(0)
+          }}
+        />
         </div>
       </div>
       <ErrorBox error={error} />

@@ -81,8 +81,9 @@ def _forbidden(detail: str) -> HTTPException:
     )
 
 
-def _matches(authorization: str, secret: Any) -> bool:
-    if secret is None:
+def bearer_matches(authorization: str | None, secret: Any) -> bool:
+    """``Authorization: Bearer <secret>``, compared in constant time; False without either."""
+    if secret is None or not authorization:
         return False
     expected = f"Bearer {secret.get_secret_value()}"
     return hmac.compare_digest(authorization.encode(), expected.encode())
@@ -91,9 +92,11 @@ def _matches(authorization: str, secret: Any) -> bool:
 async def _principal(state: HubState, authorization: str | None) -> Principal | None:
     if not authorization:
         return None
-    if _matches(authorization, state.settings.admin_token):
+    if bearer_matches(authorization, state.settings.admin_token):
         return Principal("admin_token", "admin-token", role="admin")
-    if state.settings.allow_agent_token and _matches(authorization, state.settings.agent_token):
+    if state.settings.allow_agent_token and bearer_matches(
+        authorization, state.settings.agent_token
+    ):
         return Principal("agent", "agent")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()

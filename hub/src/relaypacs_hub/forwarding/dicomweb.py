@@ -47,6 +47,7 @@ from relaypacs_hub.forwarding.base import (
 )
 from relaypacs_hub.forwarding.config import DicomWebDestinationConfig
 from relaypacs_hub.forwarding.oidc import BearerFromTokens, ClientCredentialsTokens
+from relaypacs_shared.dicom_status import describe_failure_reason
 from relaypacs_shared.errors import (
     DestinationError,
     RoutingError,
@@ -70,76 +71,12 @@ NOT_ACKNOWLEDGED = "archive did not acknowledge the instance"
 # an instance the archive already had as delivered; confirm() checks presence afterwards.
 ALREADY_HELD_REASONS = frozenset({0x0111})
 
-# Failure Reason values: PS3.18 10.5.3 and PS3.4 Annex B (C-STORE) / C.14 (commitment).
-_FAILURE_REASONS: Mapping[int, str] = {
-    0x0110: "processing failure",
-    0x0111: "duplicate SOP instance (the archive already holds this SOP Instance UID)",
-    0x0112: "no such SOP instance",
-    0x0117: "invalid object instance",
-    0x0119: "SOP class and instance conflict",
-    0x0122: "SOP class not supported by the archive",
-    0x0124: "refused: not authorized",
-    0x0210: "duplicate invocation",
-    0x0211: "unrecognized operation",
-    0x0212: "mistyped argument",
-    0x0213: "resource limitation at the archive",
-    0xC122: "transfer syntax not supported by the archive",
-}
-_FAILURE_REASON_RANGES: Sequence[tuple[int, str]] = (
-    (0xA700, "out of resources at the archive"),
-    (0xA900, "data set does not match SOP class"),
-    (0xC000, "cannot understand the data set"),
-)
-_WARNING_REASONS: Mapping[int, str] = {
-    0xB000: "coercion of data elements",
-    0xB006: "elements discarded",
-    0xB007: "data set does not match SOP class",
-}
-
 # Statuses a retry may cure, besides every 5xx.
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 
 QIDO_PAGE_SIZE = 1000
 _QIDO_MAX_PAGES = 10_000
 _EXCERPT_CHARS = 200
-
-
-# dcm4chee-arc's own Failure Reasons (org.dcm4chee.arc.store.StoreService), which sit in the
-# 0xA7xx range the standard gives to "out of resources" but mean something else entirely.
-DCM4CHEE_FAILURE_REASONS: Mapping[int, str] = {
-    0xA770: "duplicate rejection note",
-    0xA771: "subsequent occurrence of a rejected object",
-    0xA772: "rejection failed: no such instance",
-    0xA773: "rejection failed: class-instance conflict",
-    0xA774: "rejection failed: already rejected",
-    0xA775: "rejection for retention policy expired not allowed",
-    0xA776: "retention period of the study not yet expired",
-    0xA777: "patient ID missing in the object",
-    0xA778: "conflicting patient ID not accepted",
-    0xA779: "conflicting patient attributes rejected",
-}
-_PROFILE_FAILURE_REASONS: Mapping[str, Mapping[int, str]] = {
-    "dcm4chee-arc": DCM4CHEE_FAILURE_REASONS,
-}
-
-
-def describe_failure_reason(code: int | None, profile: str = "generic") -> str:
-    """A Failure Reason (0008,1197) in plain words, with its code: ``out of resources (0xA700)``."""
-    if code is None:
-        return "archive refused the instance without giving a reason"
-    words = _PROFILE_FAILURE_REASONS.get(profile, {}).get(code) or _FAILURE_REASONS.get(code)
-    if words is None:
-        for base, range_words in _FAILURE_REASON_RANGES:
-            if code & 0xFF00 == base:
-                words = range_words
-                break
-        else:
-            words = "failure reason"
-    return f"{words} (0x{code:04X})"
-
-
-def describe_warning_reason(code: int) -> str:
-    return f"{_WARNING_REASONS.get(code, 'warning reason')} (0x{code:04X})"
 
 
 # -- STOW-RS response ------------------------------------------------------------------------

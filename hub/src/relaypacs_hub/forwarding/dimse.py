@@ -45,7 +45,7 @@ from relaypacs_hub.forwarding.base import (
     batch_callback,
 )
 from relaypacs_hub.forwarding.config import DimseDestinationConfig
-from relaypacs_hub.forwarding.dicomweb import describe_failure_reason
+from relaypacs_shared.dicom_status import SUCCESS, WARNING_STATUSES, describe_failure_reason
 from relaypacs_shared.errors import DestinationError, TransientDestinationError
 
 log = structlog.get_logger(__name__)
@@ -53,8 +53,6 @@ log = structlog.get_logger(__name__)
 # destination's own errors (and the job's last_error) say what matters.
 logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
-SUCCESS = 0x0000
-WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
 DUPLICATE_SOP_INSTANCE = 0x0111  # not a C-STORE status, but some archives answer it so
 _PENDING = frozenset({0xFF00, 0xFF01})
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255

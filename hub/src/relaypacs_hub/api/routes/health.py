@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from relaypacs_hub import metrics
-from relaypacs_hub.api.deps import Policy, Principal, PublicAccess, State
+from relaypacs_hub.api.deps import Policy, Principal, PublicAccess, State, bearer_matches
 from relaypacs_shared.netpolicy import is_loopback_host
 
 router = APIRouter(tags=["health"])
@@ -79,10 +78,8 @@ class MetricsPolicy(Policy):
         authorization: Annotated[str | None, Header()] = None,
     ) -> Principal:
         token = state.settings.metrics_token
-        if token is not None and authorization:
-            expected = f"Bearer {token.get_secret_value()}".encode()
-            if hmac.compare_digest(authorization.encode(), expected):
-                return Principal("anonymous", "metrics")
+        if bearer_matches(authorization, token):
+            return Principal("anonymous", "metrics")
         host = request.client.host if request.client else ""
         if is_loopback_host(host):
             return Principal("anonymous", "metrics")

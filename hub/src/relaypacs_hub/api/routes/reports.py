@@ -3,10 +3,10 @@ PDF); readers get a study's report status and reports; agents follow their facil
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any, Literal
 
 import anyio
+import structlog
 from fastapi import (
     APIRouter,
     Depends,
@@ -28,6 +28,7 @@ from relaypacs_hub.api.deps import (
     Principal,
     State,
     StudyReader,
+    bearer_matches,
     readable_study,
 )
 from relaypacs_hub.audit import audit
@@ -48,6 +49,7 @@ from relaypacs_shared.reports import REPORT_CLASSES, ReportRejected, check_pdf, 
 from relaypacs_shared.wire import INT32_MAX
 
 router = APIRouter(tags=["reports"])
+log = structlog.get_logger("relaypacs.hub.reports")
 
 REPORTERS = Policy("radiologist, admin", frozenset({"radiologist", "admin"}), admin_token=True)
 ReporterAuth = Annotated[Principal, Depends(REPORTERS)]
@@ -59,11 +61,8 @@ class ArchiveWebhookPolicy(Policy):
     async def __call__(
         self, state: State, authorization: Annotated[str | None, Header()] = None
     ) -> Principal:
-        token = state.settings.report_webhook_token
-        if token is not None and authorization:
-            expected = f"Bearer {token.get_secret_value()}".encode()
-            if hmac.compare_digest(authorization.encode(), expected):
-                return Principal("anonymous", "archive-webhook")
+        if bearer_matches(authorization, state.settings.report_webhook_token):
+            return Principal("anonymous", "archive-webhook")
         return await super().__call__(state, authorization)
 
 
@@ -222,9 +221,11 @@ async def archive_change(body: ArchiveChange, state: State, who: ArchiveAuth) ->
     study's archives within a couple of seconds instead of at the next poll. ``watched`` is false
     for a study this hub did not deliver, or for an object that is never a report."""
     uid = _uid(body.study_instance_uid)
-    if body.sop_class_uid is not None and body.sop_class_uid not in REPORT_CLASSES:
-        return {"watched": False}
-    return {"watched": await poll_now(state.sessionmaker, uid)}
+    watched = (body.sop_class_uid is None or body.sop_class_uid in REPORT_CLASSES) and (
+        await poll_now(state.sessionmaker, uid)
+    )
+    log.info("archive_change", study_uid=uid, watched=watched)
+    return {"watched": watched}
 
 
 @router.get("/api/v1/studies/{study_uid}/reports")
