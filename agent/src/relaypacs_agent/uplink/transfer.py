@@ -22,6 +22,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,11 @@ def parts_for(streams: int, configured: int, length: int) -> int:
         return streams
     count = min(MAX_CONCAT_PARTS, streams * PARTS_PER_STREAM, length // PARALLEL_MIN_PART)
     return max(streams, count)
+
+
+def _part_done(part: Any) -> bool:
+    """The hub acknowledged every byte of this part (the offset is saved only after that)."""
+    return bool(part["upload_url"]) and part["offset"] >= part["length"]
 
 
 class Pacer:
@@ -437,12 +443,18 @@ class TransferSender:
         errors: list[BaseException] = []
         failures = [0] * len(parts)
 
-        pending = iter(range(len(parts)))
+        # Parts the hub already holds whole (a segment resumed) are not asked about again.
+        pending = iter([i for i, p in enumerate(parts) if not _part_done(p)])
         pending_lock = threading.Lock()
+        yield_to = self._stat_waiting_behind(seg["study_instance_uid"])
+        yielded: list[bool] = []
 
         def run() -> None:
-            while not errors and not self.stop.is_set():
+            while not errors and not yielded and not self.stop.is_set():
                 with pending_lock:
+                    if yield_to():  # a STAT study came in: it goes before this segment's rest
+                        yielded.append(True)
+                        return
                     i = next(pending, None)
                 if i is None:
                     return
@@ -463,6 +475,9 @@ class TransferSender:
             raise errors[0]
         if self.stop.is_set() or min(failures) < 0:
             return -1
+        if yielded:
+            bound.info("segment_yielded_to_stat")
+            return -1  # the segment stays open; its parts are resumed after the STAT study
         urls = [
             r["upload_url"]
             for r in self.store.query(
@@ -478,6 +493,16 @@ class TransferSender:
             raise
         self._set_segment(seg_id, upload_url=final)
         return sum(failures)
+
+    def _stat_waiting_behind(self, study_uid: str) -> Callable[[], bool]:
+        """For a routine study's segment: is a STAT study now due (asked as each part starts)?
+        A STAT study's own segment never yields."""
+        if any(
+            s["study_instance_uid"] == study_uid and s["service_level"] == "stat"
+            for s in self.due()
+        ):
+            return lambda: False
+        return lambda: any(s["service_level"] == "stat" for s in self.due())
 
     def _upload_part(self, seg: Any, part: Any, meta: dict[str, str], bound: Any) -> int:
         seg_id, idx, start, plen = seg["id"], part["idx"], part["start"], part["length"]
