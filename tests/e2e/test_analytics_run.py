@@ -75,7 +75,14 @@ def run(tmp_path: Path) -> Iterator[HubProcess]:
         {"path": str(east), "name": "east", "service_level": "stat",
          "metadata": {"facility": "east"}},
     ]  # fmt: skip
-    agent = AgentProcess(tmp_path, hub.url, watch_folders=json.dumps(folders))
+    agent = AgentProcess(
+        tmp_path,
+        hub.url,
+        watch_folders=json.dumps(folders),
+        heartbeat_seconds="1",
+        agent_name="two-clinics",
+        min_free_bytes=str(64 * 1024 * 1024),
+    )
     agent.start()
     try:
         ct = generate_study(tmp_path / "ct", instances=3, seed=501, rows=32, columns=32)
@@ -86,6 +93,7 @@ def run(tmp_path: Path) -> Iterator[HubProcess]:
         copy_tree(tmp_path / "ct", north / "ct")
         copy_tree(tmp_path / "mr", north / "mr")
         copy_tree(tmp_path / "er", east / "er")
+        (north / "notes.txt").write_text("not an image")  # quarantined by the agent
         wait_for(lambda: len(archive_files(archive)) == 7, 120, "7 instances in the archive")
         wait_for(
             lambda: (
@@ -95,6 +103,18 @@ def run(tmp_path: Path) -> Iterator[HubProcess]:
             "the regional PACS job to die",
         )
         assert {ct.study_instance_uid, mr.study_instance_uid, er.study_instance_uid}
+        # The agent's heartbeat (every second here) reaches Prometheus through the hub: the
+        # backlog drains to the one study whose regional copy died (the agent still counts it
+        # as not delivered) and the quarantined text file is counted by its reason.
+        wait_for(
+            lambda: (
+                _total(_samples(hub), "relaypacs_agent_quarantined_files", reason="not_dicom") == 1
+                and _total(_samples(hub), "relaypacs_agent_backlog_studies", agent="two-clinics")
+                == 1
+            ),
+            30,
+            "the agent's heartbeat to show one study waiting and one quarantined file",
+        )
     finally:
         agent.terminate()
     yield hub
@@ -115,6 +135,14 @@ def test_scraped_counters_and_analytics_match_the_run(run: HubProcess) -> None:
     assert _total(m, "relaypacs_forward_jobs", destination="regional-pacs", state="dead") == 1
     # One observation per destination that confirmed a study: the three archive jobs.
     assert _total(m, "relaypacs_time_to_pacs_seconds_count") == 3
+    # The agent as the hub exports it: one agent, its version, its disk and reserve.
+    info = [lab for (n, lab), _ in m.items() if n == "relaypacs_agent_info"]
+    assert len(info) == 1 and dict(info[0])["agent"] == "two-clinics"
+    assert dict(info[0])["version"]
+    assert _total(m, "relaypacs_agent_disk_reserve_bytes") == 64 * 1024 * 1024
+    assert _total(m, "relaypacs_agent_disk_free_bytes") > 64 * 1024 * 1024
+    assert _total(m, "relaypacs_agent_backlog_studies") == 1
+    assert _total(m, "relaypacs_agent_oldest_waiting_seconds") > 0
 
     a = httpx.get(hub.url + "/api/v1/analytics", headers=ADMIN, timeout=10).json()
     assert (a["studies"], a["instances"], a["delivered"], a["failed"]) == (3, 7, 2, 1)
