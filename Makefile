@@ -22,7 +22,7 @@ pwa:  ## build the PWA (upload app served by the agent, dashboard served by the 
 pwa-test: install pwa  ## the PWA's unit tests (Vitest): DICOM headers in the browser, the upload queue
 	cd pwa && npm test
 
-services:  ## start PostgreSQL if this machine is not already running it
+services:  ## PostgreSQL and Redis for the integration tests: installed and started when missing
 	@bash scripts/ensure-services.sh
 
 demo: install pwa  ## hub + agent on embedded defaults, in the foreground (Ctrl-C stops both)
