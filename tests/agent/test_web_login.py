@@ -72,6 +72,11 @@ async def test_wrong_password_then_lockout(tmp_path: Path) -> None:
         assert r.status_code == 423
         assert r.json()["code"] == "locked"
         assert "from this device" in r.json()["detail"]
+        # Every API answer, refusals included: not sniffed, not framed, not cached.
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["cache-control"] == "no-store"
+        assert "strict-transport-security" not in r.headers  # plain HTTP in this test
         assert int(r.headers["retry-after"]) > 0
         # The audit chain records each failure and the refusal, never the password.
         rows = web.store.query("SELECT action, outcome, details FROM audit_log")
@@ -80,6 +85,43 @@ async def test_wrong_password_then_lockout(tmp_path: Path) -> None:
         ]
         assert len(failures) == 6
         assert all(PASSWORD not in x["details"] and "nope" not in x["details"] for x in rows)
+
+
+async def test_a_password_typed_as_the_username_is_kept_nowhere(tmp_path: Path) -> None:
+    """People type their password into the username field. A name nobody has is audited and
+    counted towards the lockout only as a hash, at the agent as at the hub."""
+    secret_as_name = "Winter-Clinic-2026!"
+    async with web_app(tmp_path) as web:
+        for _ in range(5):
+            r = await web.client.post(
+                "/api/v1/auth/login", json={"username": secret_as_name, "password": "x"}
+            )
+            assert r.status_code == 401 and r.json()["detail"] == "wrong username or password"
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": secret_as_name, "password": "x"}
+        )
+        assert r.status_code == 423 and r.json()["code"] == "locked"  # still counted
+        rows = web.store.query(
+            "SELECT actor, target, details FROM audit_log WHERE action = 'lan.login'"
+        )
+        assert len(rows) == 6
+        assert {x["actor"] for x in rows} == {x["target"] for x in rows}
+        (actor,) = {x["actor"] for x in rows}
+        assert actor.startswith("unknown:") and secret_as_name not in actor
+        failures = web.store.query("SELECT username FROM lan_login_failures")
+        assert [x["username"] for x in failures] == [actor]
+        web.store.conn.execute("PRAGMA wal_checkpoint(FULL)")
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("agent.db*"))
+        assert secret_as_name.encode() not in raw
+        # A real user's failures still name the user (an admin must see whose account it is).
+        r = await web.client.post(
+            "/api/v1/auth/login", json={"username": "clinician1", "password": "nope"}
+        )
+        assert r.status_code == 401
+        last = web.store.query(
+            "SELECT actor FROM audit_log WHERE action = 'lan.login' ORDER BY seq DESC LIMIT 1"
+        )
+        assert last[0]["actor"] == "clinician1"
 
 
 async def test_a_stranger_on_the_lan_locks_only_their_own_device_out(tmp_path: Path) -> None:

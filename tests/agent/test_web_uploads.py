@@ -168,6 +168,7 @@ async def test_tus_protocol_errors(tmp_path: Path) -> None:
             },
         )
         assert r.status_code == 413
+        assert r.headers["x-content-type-options"] == "nosniff"  # the body guard's answer too
         assert (await web.client.head(url, headers={**h, **TUS})).headers["upload-offset"] == "0"
         r = await web.client.delete(url, headers={**h, **TUS})
         assert r.status_code == 204

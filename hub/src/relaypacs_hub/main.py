@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from relaypacs_hub import metrics
 from relaypacs_hub.api import problems
 from relaypacs_hub.api.deps import HubState
-from relaypacs_hub.api.headers import SecurityHeaders
 from relaypacs_hub.api.routes import (
     analytics,
     claims,
@@ -51,7 +50,8 @@ from relaypacs_hub.reports.push import PushSender
 from relaypacs_hub.reports.service import FeedSignal
 from relaypacs_hub.serving import body_limit
 from relaypacs_hub.storage.factory import build_object_store, build_upload_store
-from relaypacs_shared.httpguard import BodyLimit
+from relaypacs_shared.httpguard import BodyLimit, SecurityHeaders
+from relaypacs_shared.wire import API_PREFIX
 
 log = structlog.get_logger("relaypacs.hub")
 
@@ -208,7 +208,9 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
     for error in DATABASE_ERRORS:
         app.add_exception_handler(error, _database_handler)
     app.add_middleware(CountRequests)
-    app.add_middleware(SecurityHeaders, hsts=settings.tls_certfile is not None)
+    app.add_middleware(
+        SecurityHeaders, hsts=settings.tls_certfile is not None, api_prefix=API_PREFIX + "/"
+    )
 
     @app.exception_handler(Exception)
     async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:

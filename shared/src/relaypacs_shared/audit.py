@@ -121,6 +121,13 @@ class Problem:
         return f"record {self.seq}: {self.kind}: {self.message}"
 
 
+def unknown_name(username: str) -> str:
+    """How the audit (and a lockout counter) names a login attempt for a user that does not
+    exist: never the text typed, which is often a password entered in the wrong field. The same
+    text gives the same name, so repeated attempts stay countable."""
+    return "unknown:" + hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()[:12]
+
+
 def canonical_json(data: Mapping[str, Any]) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the same record always gives the same bytes."""
     return json.dumps(

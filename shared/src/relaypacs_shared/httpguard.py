@@ -15,6 +15,12 @@ What they stop:
   ``Invalid HTTP request received.``) are logged once per interval with a count.
 * **Big bodies**: ``BodyLimit`` answers 413 (and closes the connection) to a request whose body
   is larger than its route allows, before the application reads it into memory.
+* **Sniffing, framing, caching**: ``SecurityHeaders`` puts ``X-Content-Type-Options: nosniff``,
+  ``Referrer-Policy: no-referrer`` and ``X-Frame-Options: DENY`` on every answer (errors too),
+  ``Cache-Control: no-store`` on API answers that do not say otherwise (they carry tokens, study
+  states and reports, which no browser or proxy cache should keep), and
+  ``Strict-Transport-Security`` when the server itself serves TLS (behind a TLS-terminating
+  proxy, the proxy sets it: docs/deploy.md). A route that sets one of these keeps its value.
 """
 
 from __future__ import annotations
@@ -400,3 +406,40 @@ class BodyLimit:
         start, body = _too_large(limit)
         await send(start)
         await send({"type": "http.response.body", "body": body})
+
+
+HSTS = b"max-age=31536000; includeSubDomains"
+_ALWAYS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+class SecurityHeaders:
+    """The security headers of the module docstring, as an ASGI middleware."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool, api_prefix: str = "/api/") -> None:
+        self.app = app
+        self.hsts = hsts
+        self.api_prefix = api_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        api = str(scope.get("path", "")).startswith(self.api_prefix)
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                extra = [(k, v) for k, v in _ALWAYS if k not in present]
+                if api and b"cache-control" not in present:
+                    extra.append((b"cache-control", b"no-store"))
+                if self.hsts and b"strict-transport-security" not in present:
+                    extra.append((b"strict-transport-security", HSTS))
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, _send)

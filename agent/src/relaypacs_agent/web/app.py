@@ -41,7 +41,7 @@ from relaypacs_agent.web.reports import (
 )
 from relaypacs_shared import tus
 from relaypacs_shared.errors import RelayError, UnknownUpload, UploadBusy
-from relaypacs_shared.httpguard import BodyLimit
+from relaypacs_shared.httpguard import BodyLimit, SecurityHeaders
 from relaypacs_shared.refusals import words
 from relaypacs_shared.wire import API_PREFIX, problem_of
 
@@ -654,14 +654,20 @@ def _body_limit(ctx: WebContext) -> Callable[[str, str], int | None]:
     return limit_for
 
 
-def create_web_app(ctx: WebContext) -> Starlette:
+def create_web_app(ctx: WebContext, *, tls: bool = False) -> Starlette:
     routes = [
         Route(path, guarded(policy, handler, ctx), methods=methods)
         for path, methods, policy, handler in ROUTES
     ]
-    # 413 before a body larger than its route accepts is read; a tus PATCH is bounded by its
-    # upload's declared length instead.
-    app = Starlette(routes=routes, middleware=[Middleware(BodyLimit, limit_for=_body_limit(ctx))])
+    middleware = [
+        # nosniff, no framing, no referrer, no caching of API answers (sessions, reports);
+        # HSTS when the agent serves TLS itself. Outermost, so a 413 gets them too.
+        Middleware(SecurityHeaders, hsts=tls),
+        # 413 before a body larger than its route accepts is read; a tus PATCH is bounded by
+        # its upload's declared length instead.
+        Middleware(BodyLimit, limit_for=_body_limit(ctx)),
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.ctx = ctx
     app.state.started = time.time()
     return app

@@ -35,6 +35,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from relaypacs_agent import audit
 from relaypacs_agent.store.db import Store
+from relaypacs_shared.audit import unknown_name
 from relaypacs_shared.errors import RelayError, is_transient
 
 log = structlog.get_logger("relaypacs.agent.web")
@@ -264,9 +265,12 @@ class LanAuth:
                 "check the agent's connection to the hub",
             )
         now = time.time()
-        locked = self._locked_until(username, client)
+        # A name nobody has is kept (lockout counter, audit) only as a hash: it is often a
+        # password typed into the wrong field.
+        who = username if user is not None else unknown_name(username)
+        locked = self._locked_until(who, client)
         if locked > now:
-            self._audit_login(username, client, "minor_failure", reason="locked")
+            self._audit_login(who, client, "minor_failure", reason="locked")
             raise LoginRefused(
                 423,
                 "locked",
@@ -277,7 +281,7 @@ class LanAuth:
             )
         ok = _verify_password(user["password_hash"] if user else _DUMMY_HASH, password)
         if not ok or user is None:
-            self._failed(username, client, "bad_password")
+            self._failed(who, client, "bad_password")
             raise LoginRefused(401, "invalid_credentials", "wrong username or password")
         if not self._facility_ok(user):
             self._audit_login(username, client, "minor_failure", reason="facility")

@@ -108,7 +108,7 @@ class WebServer:
             reports=reports,
             hub=self.client,
         )
-        self.app = create_web_app(self.ctx)
+        self.app = create_web_app(self.ctx, tls=settings.web_tls_cert is not None)
         self.server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
 

@@ -31,6 +31,7 @@ from relaypacs_hub.ratelimit import (
     login_fail_source_rule,
     login_user_rule,
 )
+from relaypacs_shared.audit import unknown_name
 
 ENROLL_SCOPE = "totp-enroll"
 
@@ -496,8 +497,3 @@ class AuthService:
             .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=utcnow())
         )
-
-
-def unknown_name(username: str) -> str:
-    """How the audit names a login attempt for a user that does not exist: never the text typed."""
-    return "unknown:" + hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()[:12]
