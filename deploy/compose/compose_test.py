@@ -435,42 +435,62 @@ def build_base_images(env: dict[str, str]) -> None:
 # --- the deployment, as docs/deploy.md has it -------------------------------------------------
 
 
+ENV_EXAMPLE = ROOT / "deploy/compose/env.example"
+# The commands of docs/deploy.md, "Backups and restore".
+PG_DUMP = ["pg_dump", "-U", "relaypacs", "-Fc", "relaypacs"]
+PG_RESTORE = ["pg_restore", "-U", "relaypacs", "-d", "relaypacs", "--clean", "--if-exists"]
+
+
+def env_from_example(jwt_key: Path, ports: dict[str, int]) -> str:
+    """env.example as docs/deploy.md has it filled in: each CHANGE-ME a random value (what
+    ``openssl rand -hex 32`` gives), then this machine's ports, images and key file."""
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.endswith("=CHANGE-ME"):
+            line = line.removesuffix("CHANGE-ME") + secrets.token_hex(32)
+        lines.append(line)
+    overrides = {
+        "RELAYPACS_HTTP_PORT": str(ports["http"]),
+        "RELAYPACS_ORTHANC_PORT": str(ports["orthanc"]),
+        "RELAYPACS_MINIO_CONSOLE_PORT": str(ports["minio"]),
+        "RELAYPACS_PROMETHEUS_PORT": str(ports["prom"]),
+        "RELAYPACS_GRAFANA_PORT": str(ports["grafana"]),
+        "RELAYPACS_JWT_KEY_FILE": str(jwt_key),
+        "RELAYPACS_HUB_IMAGE": "relaypacs/hub:compose-test",
+        "RELAYPACS_PYTHON_IMAGE": "relaypacs-offline/python:3.12-slim",
+        "RELAYPACS_NODE_IMAGE": "relaypacs-offline/node:20",
+    }
+    kept = [ln for ln in lines if ln.partition("=")[0] not in overrides]
+    text = "\n".join(kept + [f"{k}={v}" for k, v in overrides.items()])
+    if "CHANGE-ME" in "\n".join(ln for ln in text.splitlines() if not ln.startswith("#")):
+        raise Failure("the env file still holds a CHANGE-ME")
+    for needed in ("RELAYPACS_ADMIN_TOKEN", "RELAYPACS_DB_PASSWORD", "RELAYPACS_ENVIRONMENT"):
+        if f"\n{needed}=" not in "\n" + text:
+            raise Failure(f"env.example no longer names {needed}")
+    return text
+
+
+def env_value(path: Path, name: str) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith(name + "="):
+            return line.partition("=")[2]
+    raise Failure(f"{name} is not in {path}")
+
+
 class Deployment:
     def __init__(self, compose: list[str], docker_env: dict[str, str], run_dir: Path) -> None:
         self.run_dir = run_dir
         self.ports = {name: free_port() for name in ("http", "orthanc", "minio", "prom", "grafana")}
-        self.admin_token = secrets.token_hex(24)
         key = run_dir / "jwt-signing-key.pem"
         run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], capture=True)
         key.chmod(0o444)  # read by uid 10001 inside the hub containers
+        # Step 2 of docs/deploy.md: the env file is env.example with every CHANGE-ME replaced
+        # by a random value (the doc's sed); then what this machine needs (free ports, the
+        # offline images, the key made above).
         self.env_file = run_dir / "relaypacs.env"
-        self.env_file.write_text(
-            "\n".join(
-                [
-                    "RELAYPACS_ENVIRONMENT=production",
-                    f"RELAYPACS_DB_PASSWORD={secrets.token_hex(16)}",
-                    f"RELAYPACS_S3_ACCESS_KEY={secrets.token_hex(8)}",
-                    f"RELAYPACS_S3_SECRET_KEY={secrets.token_hex(16)}",
-                    "RELAYPACS_S3_BUCKET=relaypacs",
-                    f"RELAYPACS_ADMIN_TOKEN={self.admin_token}",
-                    f"RELAYPACS_METRICS_TOKEN={secrets.token_hex(24)}",
-                    f"GRAFANA_ADMIN_PASSWORD={secrets.token_hex(12)}",
-                    "RELAYPACS_ALLOW_AGENT_TOKEN=false",
-                    "RELAYPACS_BIND_ADDRESS=127.0.0.1",
-                    f"RELAYPACS_HTTP_PORT={self.ports['http']}",
-                    f"RELAYPACS_ORTHANC_PORT={self.ports['orthanc']}",
-                    f"RELAYPACS_MINIO_CONSOLE_PORT={self.ports['minio']}",
-                    f"RELAYPACS_PROMETHEUS_PORT={self.ports['prom']}",
-                    f"RELAYPACS_GRAFANA_PORT={self.ports['grafana']}",
-                    f"RELAYPACS_JWT_KEY_FILE={key}",
-                    "RELAYPACS_HUB_IMAGE=relaypacs/hub:compose-test",
-                    "RELAYPACS_PYTHON_IMAGE=relaypacs-offline/python:3.12-slim",
-                    "RELAYPACS_NODE_IMAGE=relaypacs-offline/node:20",
-                    f"DCM4CHEE_DB_PASSWORD={secrets.token_hex(8)}",
-                ]
-            )
-            + "\n"
-        )
+        self.env_file.write_text(env_from_example(key, self.ports) + "\n")
+        self.admin_token = env_value(self.env_file, "RELAYPACS_ADMIN_TOKEN")
+        self.admin_password = secrets.token_urlsafe(18)
         self.env_file.chmod(0o600)
         # Multi-line PEM: through the environment, not the env file.
         self.env = {**docker_env, "RELAYPACS_EXTRA_CA_CERTS": extra_ca_certs()}
@@ -536,6 +556,78 @@ class Deployment:
                 f"expected 2 healthy hub replicas, saw {[(p['Name'], p.get('Health')) for p in ps]}"
             )
 
+    def first_admin(self) -> None:
+        """Step 6: ``create-admin`` in a hub container (the password from the environment
+        instead of the prompt), then that admin signs in through nginx."""
+        self.c(
+            "exec",
+            "-T",
+            "-e",
+            f"RELAYPACS_HUB_BOOTSTRAP_PASSWORD={self.admin_password}",
+            "hub",
+            "relaypacs-hub",
+            "create-admin",
+            "--username",
+            "alice",
+        )
+        self.sign_in()
+
+    def sign_in(self) -> None:
+        answer = self.http(
+            "POST",
+            f"{self.hub}/api/v1/auth/login",
+            {"username": "alice", "password": self.admin_password},
+        )
+        if not answer.get("access_token"):
+            raise Failure(f"alice could not sign in: {answer}")
+        me = self.http("GET", f"{self.hub}/api/v1/auth/me", token=answer["access_token"])
+        if me.get("role") != "admin":
+            raise Failure(f"alice is not an admin: {me}")
+
+    def backup(self) -> Path:
+        """The database half of "Backups and restore": pg_dump -Fc through ``exec -T``."""
+        dump = self.run_dir / "relaypacs.dump"
+        with dump.open("wb") as out:
+            subprocess.run(
+                [*self.compose, "exec", "-T", "postgres", *PG_DUMP],
+                env=self.env,
+                stdout=out,
+                check=True,
+            )
+        with dump.open("rb") as f:
+            listing = subprocess.run(
+                [*self.compose, "exec", "-T", "postgres", "pg_restore", "--list"],
+                env=self.env,
+                stdin=f,
+                capture_output=True,
+                check=True,
+            ).stdout.decode()
+        if " TABLE DATA public studies " not in listing:
+            raise Failure("the dump holds no studies table")
+        log(f"database dump: {dump.stat().st_size} bytes")
+        return dump
+
+    def restore(self, dump: Path) -> None:
+        """Restore into an empty deployment as docs/deploy.md says: everything down with its
+        volumes, the state services up, the dump restored, then everything up again; the
+        restored audit chain verifies."""
+        self.docker("stop", "-t", "10", self.agent)
+        self.c("down", "--volumes", "--timeout", "10")
+        self.c("up", "-d", "--wait", "--no-build", "--pull", "never", "postgres", "minio")
+        self.c("run", "--rm", "--no-deps", "minio-init")
+        with dump.open("rb") as f:
+            subprocess.run(
+                [*self.compose, "exec", "-T", "postgres", *PG_RESTORE],
+                env=self.env,
+                stdin=f,
+                check=True,
+            )
+        self.c("up", "-d", "--wait", "--wait-timeout", "300", "--no-build", "--pull", "never")
+        verdict = self.c(
+            "exec", "-T", "hub", "relaypacs-hub", "audit", "verify", capture=True
+        ).strip()
+        log(f"audit verify of the restored database: {verdict[-200:]}")
+
     def enroll_agent(self) -> None:
         code = self.http(
             "POST",
@@ -567,13 +659,26 @@ class Deployment:
             "--name",
             "compose-test-agent",
         )
+        self.run_agent()
+
+    def run_agent(self) -> None:
+        """The agent's container on the project's network, its state in its own volume (the
+        enrollment survives a new container, as it survives a new agent image)."""
+        self.docker("rm", "-f", self.agent, check=False)
         self.docker(
             "run",
             "-d",
             "--init",
             "--name",
             self.agent,
-            *common,
+            "--network",
+            f"{PROJECT}_default",
+            "-v",
+            f"{PROJECT}-agent:/var/lib/relaypacs-agent",
+            "-e",
+            "RELAYPACS_AGENT_HUB_URL=http://nginx:8080",
+            "-e",
+            "RELAYPACS_AGENT_ALLOW_INSECURE_HTTP=true",
             "-e",
             "RELAYPACS_AGENT_QUIET_PERIOD_SECONDS=1",
             "-e",
@@ -748,6 +853,8 @@ def main() -> int:
             dep.build()
         with phase("up --wait"):
             dep.up()
+        with phase("first admin (create-admin), signs in"):
+            dep.first_admin()
         with phase("enroll an agent"):
             dep.enroll_agent()
         with phase("send a study, see it in Orthanc"):
@@ -756,6 +863,8 @@ def main() -> int:
             log(f"{len(expected)} instances of the study are in Orthanc, byte-identical")
         with phase("Prometheus scrapes 2 hubs and the worker"):
             wait_for("Prometheus targets up", dep.prometheus_scrapes, 90, 2.0)
+        with phase("backup: pg_dump"):
+            dump = dep.backup()
         with phase("stop, start again"):
             dep.stop_and_start()
         with phase("nothing lost, a second study"):
@@ -768,6 +877,17 @@ def main() -> int:
                 "first study still there after the restart, the hub still knows it; the second "
                 "arrived"
             )
+        with phase("restore the backup"):
+            dep.restore(dump)
+            known = dep.hub_knows(study_uid)
+            dep.sign_in()
+            log(f"after the restore the hub knows the first study ({known.get('state')}) and alice")
+            # The network was recreated with the deployment: the agent gets a new container on
+            # it (same volume, same enrollment) and sends a third study through the restored hub.
+            dep.run_agent()
+            _, third = dep.send_study(seed=3)
+            wait_for("the third study in Orthanc", lambda: dep.orthanc_has(third), 180, 1.0)
+            log("the enrolled agent sent a third study through the restored deployment")
         with phase("down"):
             elapsed = dep.down()
             if elapsed >= DOWN_LIMIT_SECONDS:
