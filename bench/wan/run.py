@@ -5,7 +5,7 @@ plain STOW-RS with dicomweb-client (batches of 10, a failed batch retried) to Or
 same link. Each time is reported as a ratio to the link's lower bound: raw bytes x 8 / rate.
 
     uv run python bench/wan/run.py [--scenarios clean,loss5,outage,loss30up,loss30,loss50]
-                                   [--only relaypacs|stow] [--instances N]
+                                   [--only relaypacs|stow] [--instances N] [--keep]
 
 Needs root (network namespaces), nftables, Orthanc. Prints a table, writes bench/wan/results.json.
 """
@@ -61,7 +61,7 @@ def relaypacs(
         prefix=link.wrap("hub", []),
         probe_prefix=link.wrap("edge", []),
         destinations_file=str(folder_destinations(work / "d.toml", archive)),
-        log_level="warning",
+        log_level="info",
     )
     hub.start(timeout=120)
     agent = AgentProcess(
@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--only", choices=["both", "relaypacs", "stow"], default="both")
     parser.add_argument("--out", default=str(REPO / "bench/wan/results.json"))
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory (agent and hub logs)"
+    )
     args = parser.parse_args()
     if (reason := wan_available()) is not None:
         sys.exit(f"cannot run: {reason}")
@@ -243,7 +246,10 @@ def main() -> None:
             indent=2,
         )
     )
-    shutil.rmtree(root, ignore_errors=True)
+    if args.keep:
+        print(f"work directory kept: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -53,10 +53,11 @@ def test_zero_means_no_cap() -> None:
 @pytest.mark.parametrize(
     ("configured", "loss", "streams"),
     [
-        (3, None, 6),  # nothing measured yet: hedged
+        (3, None, 12),  # nothing measured yet: hedged
         (3, 0.0, 3),  # a clean link: the configured count
-        (3, 0.05, 6),
-        (3, 0.3, 21),
+        (3, 0.05, 7),
+        (3, 0.1, 12),
+        (3, 0.3, MAX_STREAMS),
         (3, 0.9, MAX_STREAMS),
         (1, 0.5, 1),  # one stream stays one
         (16, 0.0, 16),

@@ -7,7 +7,9 @@ are retried here; the sender's loop retries whole studies later with a capped ba
 
 from __future__ import annotations
 
+import queue
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +54,9 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, HubUnavailable)
 
 
+# A manifest not answered after this long is sent again on a second connection (_send_hedged).
+MANIFEST_HEDGE_SECONDS = 2.0
+
 _retry = retry(
     retry=retry_if_exception(_transient),
     stop=stop_after_attempt(4),
@@ -94,11 +99,14 @@ class HubClient:
             # Bounded TCP retransmission backoff for lossy links (relaypacs_shared.netopts).
             options = supported_options() if socket_options is None else socket_options
             # Keep connections for a minute (the hub keeps them 75 s): a new one costs a
-            # handshake, which a lossy link makes slow.
+            # handshake, which a lossy link makes slow. Room for every parallel stream of a
+            # lossy link (transfer.MAX_STREAMS) and the report feed, heartbeat and status.
             transport = httpx.HTTPTransport(
                 verify=verify,
                 socket_options=options,
-                limits=httpx.Limits(max_keepalive_connections=32, keepalive_expiry=60.0),
+                limits=httpx.Limits(
+                    max_connections=128, max_keepalive_connections=64, keepalive_expiry=60.0
+                ),
             )
         self.http = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -134,6 +142,35 @@ class HubClient:
             raise HubRefused(resp.status_code, code, detail, body.get("missing"))
         return resp
 
+    def _send_hedged(self, method: str, url: str, *, after: float, **kwargs: Any) -> httpx.Response:
+        """Send; with no answer after ``after`` seconds, send the same request again on another
+        connection and take the first answer. On a link that loses packets both ways a single
+        small request sometimes waits out several retransmission timeouts (5-10 s at 30% loss)
+        while a second connection gets through at once. Only for requests the hub answers
+        alike when they arrive twice (the manifest)."""
+        answers: queue.Queue[tuple[httpx.Response | None, BaseException | None]] = queue.Queue()
+
+        def attempt() -> None:
+            try:
+                answers.put((self._send(method, url, **kwargs), None))
+            except BaseException as exc:  # handed to the caller below
+                answers.put((None, exc))
+
+        threading.Thread(target=attempt, name="hub-request", daemon=True).start()
+        sent = 1
+        try:
+            resp, error = answers.get(timeout=after)
+        except queue.Empty:
+            threading.Thread(target=attempt, name="hub-request-again", daemon=True).start()
+            sent = 2
+            resp, error = answers.get()
+        if resp is None and sent == 2 and isinstance(error, HubUnavailable):
+            resp, _ = answers.get()  # the first copy failed on the link: the second may not
+        if resp is None:
+            assert error is not None
+            raise error
+        return resp
+
     @_retry
     def put_instance(
         self, study_uid: str, sop_uid: str, path: Path, sha256: str, size: int
@@ -162,9 +199,10 @@ class HubClient:
         self, study_uid: str, service_level: str, instances: list[dict[str, object]]
     ) -> ManifestAnswer:
         """Declare the study's instances; the hub answers which it still lacks."""
-        resp = self._send(
+        resp = self._send_hedged(
             "POST",
             f"/api/v1/studies/{study_uid}/manifest",
+            after=MANIFEST_HEDGE_SECONDS,
             json={"service_level": service_level, "instances": instances},
         )
         return ManifestAnswer.model_validate(resp.json())

@@ -17,6 +17,7 @@ unpacked and verified the segment's instances.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -50,13 +51,29 @@ MAX_CHUNK = 8 * 1024 * 1024
 PARALLEL_MIN_PART = 64 * 1024  # a segment is split into parallel parts of at least this
 # Under loss one TCP connection stalls on retransmissions while others still move: the streams
 # of a segment grow with the loss TCP measures (TCP_INFO), from the configured count up to this.
-MAX_STREAMS = 32
-LOSS_GAIN = 20.0  # streams = configured x (1 + LOSS_GAIN x loss): 3 at 0%, 6 at 5%, 21 at 30%
+# Under random loss each connection's rate is set by its retransmission timeouts, not by the
+# link, so the link stays mostly idle until there are dozens of them (30% loss both ways, 20
+# Mbit/s: 19 streams moved 270 KB/s, a tenth of the link).
+MAX_STREAMS = 48
+# streams = configured x (1 + LOSS_GAIN x loss + LOSS_GAIN2 x loss^2): 3 at 0%, 7 at 5%, 48
+# (the cap) at 30%: the square term adds little on a mildly lossy link and much on a hostile one.
+LOSS_GAIN = 20.0
+LOSS_GAIN2 = 100.0
+HEDGE = 4  # before anything is measured (the first segment): this times the configured count
 RETRY_CAP = 4.0  # seconds between attempts inside a segment, at most
 MAX_SEGMENT_TRIES = 3  # an instance still missing after this many segments is sent alone
 # Under loss a segment is cut finer than its streams: a stream that finishes its part takes the
 # next one instead of idling while one stalled connection holds the whole segment back.
 PARTS_PER_STREAM = 2
+# Once no part is left to start, a free stream sends a copy of a part still in flight (a new
+# partial upload of the same bytes); the first copy the hub acknowledges whole is the part. At
+# 30% loss both ways most parts arrive in a few seconds and a few stall for ten or more on
+# retransmission timeouts: the copies cut that tail. At most this many copies of a part at once.
+MAX_COPIES = 3
+# A part is late (worth a copy) once in flight this many times as long as the median part of
+# its segment took so far, and at least STRAGGLER_MIN_SECONDS.
+STRAGGLER_FACTOR = 2.0
+STRAGGLER_MIN_SECONDS = 1.0
 
 
 def in_window(window: str | None, now: datetime | None = None) -> bool:
@@ -79,13 +96,14 @@ def in_window(window: str | None, now: datetime | None = None) -> bool:
 
 def streams_for(configured: int, loss: float | None) -> int:
     """Parallel streams for a segment when TCP retransmits ``loss`` of what it sends: one stays
-    one (the operator's choice), else from ``configured`` up to MAX_STREAMS as loss grows; twice
-    ``configured`` before anything is measured (one stalled stream holds a whole segment)."""
+    one (the operator's choice), else from ``configured`` up to MAX_STREAMS as loss grows; HEDGE
+    times ``configured`` before anything is measured (on a clean link the extra connections cost
+    a handshake each; on a hostile one the first segment is not left to a handful)."""
     if configured <= 1:
         return 1
     if loss is None:  # nothing measured yet (the first segment): hedge against a lossy link
-        return min(MAX_STREAMS, configured * 2)
-    wanted = round(configured * (1 + LOSS_GAIN * loss))
+        return min(MAX_STREAMS, configured * HEDGE)
+    wanted = round(configured * (1 + LOSS_GAIN * loss + LOSS_GAIN2 * loss * loss))
     return max(configured, min(MAX_STREAMS, wanted))
 
 
@@ -124,6 +142,100 @@ class Pacer:
             wait = -self.allowance / self.rate if self.allowance < 0 else 0.0
         if wait:
             time.sleep(wait)
+
+
+class _PartRace:
+    """The parts of one segment being sent, some by more than one copy: which are done (first
+    copy acknowledged whole wins), how many copies of each are in flight, and the wait for all.
+    ``record`` and ``finish`` run their write under the lock, so a losing copy never writes its
+    URL or offset over the winner's."""
+
+    def __init__(self, done: list[bool]) -> None:
+        self.lock = threading.RLock()
+        self._changed = threading.Condition(self.lock)
+        self.done = done
+        self.inflight = [0] * len(done)
+        self.since = [0.0] * len(done)
+        self.took: list[float] = []  # how long the parts done so far took, first send to done
+        self.copies_sent = 0
+        self.copies_won = 0
+
+    def started(self, i: int) -> None:  # under self.lock
+        if self.inflight[i]:
+            self.copies_sent += 1
+        else:
+            self.since[i] = time.monotonic()
+        self.inflight[i] += 1
+
+    def ended(self, i: int) -> None:
+        with self.lock:
+            self.inflight[i] -= 1
+            self._changed.notify_all()
+
+    def straggler(self) -> int | None:  # under self.lock
+        """A part that has been in flight STRAGGLER_FACTOR times longer than the typical part
+        of this segment took (fewest copies first, then the oldest), if another copy may
+        start. On a clean link parts finish together and none qualifies; under random loss a
+        few stall on retransmission timeouts while the rest are long done."""
+        if not self.took:
+            return None
+        typical = sorted(self.took)[len(self.took) // 2]
+        late = time.monotonic() - max(STRAGGLER_MIN_SECONDS, STRAGGLER_FACTOR * typical)
+        waiting = [
+            i
+            for i, done in enumerate(self.done)
+            if not done and 0 < self.inflight[i] < MAX_COPIES and self.since[i] <= late
+        ]
+        if not waiting:
+            return None
+        return min(waiting, key=lambda i: (self.inflight[i], self.since[i]))
+
+    def await_straggler(self, give_up: Callable[[], bool]) -> int | None:  # under self.lock
+        """Wait until a part is late (its index) or every part is done (None)."""
+        while not all(self.done) and not give_up():
+            i = self.straggler()
+            if i is not None:
+                return i
+            self._changed.wait(0.25)
+        return None
+
+    def is_done(self, i: int) -> bool:
+        return self.done[i]
+
+    def all_done(self) -> bool:
+        return all(self.done)
+
+    def record(self, i: int, write: Callable[[], None]) -> bool:
+        """Run ``write`` unless part ``i`` is done; whether it was done."""
+        with self.lock:
+            if self.done[i]:
+                return True
+            write()
+            return False
+
+    def finish(self, i: int, write: Callable[[], None]) -> bool:
+        """The first copy of part ``i`` acknowledged whole: write it and say True (once)."""
+        with self.lock:
+            if self.done[i]:
+                return False
+            write()
+            self.done[i] = True
+            self.took.append(time.monotonic() - self.since[i])
+            self._changed.notify_all()
+            return True
+
+    def copy_won(self) -> None:
+        with self.lock:
+            self.copies_won += 1
+
+    def wake(self) -> None:
+        with self.lock:
+            self._changed.notify_all()
+
+    def wait(self, threads: list[threading.Thread]) -> None:
+        with self.lock:
+            while not all(self.done) and any(t.is_alive() for t in threads):
+                self._changed.wait(0.5)
 
 
 class TransferSender:
@@ -442,26 +554,36 @@ class TransferSender:
             )
         errors: list[BaseException] = []
         failures = [0] * len(parts)
+        race = _PartRace([_part_done(p) for p in parts])
 
         # Parts the hub already holds whole (a segment resumed) are not asked about again.
         pending = iter([i for i, p in enumerate(parts) if not _part_done(p)])
-        pending_lock = threading.Lock()
         yield_to = self._stat_waiting_behind(seg["study_instance_uid"])
         yielded: list[bool] = []
 
         def run() -> None:
             while not errors and not yielded and not self.stop.is_set():
-                with pending_lock:
+                with race.lock:
                     if yield_to():  # a STAT study came in: it goes before this segment's rest
                         yielded.append(True)
                         return
                     i = next(pending, None)
-                if i is None:
-                    return
+                    copy = i is None
+                    if copy:  # nothing left to start: stay ready to copy a part that stalls
+                        i = race.await_straggler(lambda: bool(errors) or self.stop.is_set())
+                    if i is None:
+                        return
+                    race.started(i)
                 try:
-                    failures[i] = self._upload_part(seg, parts[i], meta, bound)
+                    n = self._upload_part(seg, parts[i], meta, bound, race, copy=copy)
+                    if not copy:
+                        failures[i] = n
                 except BaseException as exc:  # reported to the caller below
-                    errors.append(exc)
+                    if not race.is_done(i):
+                        errors.append(exc)
+                        race.wake()
+                finally:
+                    race.ended(i)
 
         threads = [
             threading.Thread(target=run, name=f"part-stream-{n}", daemon=True)
@@ -469,12 +591,15 @@ class TransferSender:
         ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
-        if errors:
+        # Every part acknowledged by one of its copies, or every stream ended: the copies still
+        # waiting on a stalled connection are left behind (they stop at their next PATCH).
+        race.wait(threads)
+        if errors and not race.all_done():
             raise errors[0]
         if self.stop.is_set() or min(failures) < 0:
             return -1
+        if race.copies_won:
+            bound.info("segment_part_copies", won=race.copies_won, sent=race.copies_sent)
         if yielded:
             bound.info("segment_yielded_to_stat")
             return -1  # the segment stays open; its parts are resumed after the STAT study
@@ -504,9 +629,21 @@ class TransferSender:
             return lambda: False
         return lambda: any(s["service_level"] == "stat" for s in self.due())
 
-    def _upload_part(self, seg: Any, part: Any, meta: dict[str, str], bound: Any) -> int:
+    def _upload_part(
+        self,
+        seg: Any,
+        part: Any,
+        meta: dict[str, str],
+        bound: Any,
+        race: _PartRace,
+        *,
+        copy: bool = False,
+    ) -> int:
+        """Send one part. The first send of a part keeps its upload URL and offset in SQLite
+        (a restart resumes it); a copy (``copy``) is a new partial upload of the same bytes,
+        recorded only if the hub acknowledges it whole before the first send."""
         seg_id, idx, start, plen = seg["id"], part["idx"], part["start"], part["length"]
-        url = part["upload_url"]
+        url = None if copy else part["upload_url"]
         session = UploadSession(plen, 0)
         if url:
             try:
@@ -518,10 +655,14 @@ class TransferSender:
             url = self.tus.create(
                 plen, {**meta, "kind": "relaypacs-part", "part": str(idx)}, partial=True
             )
-            self._set_part(seg_id, idx, upload_url=url, offset=0)
+            if not copy:
+                created = url
+                race.record(idx, lambda: self._set_part(seg_id, idx, upload_url=created, offset=0))
+        this_url = url
+        won: list[bool] = []
 
-        def saved(offset: int) -> None:
-            self._set_part(seg_id, idx, offset=offset)
+        def write(offset: int) -> None:
+            self._set_part(seg_id, idx, upload_url=this_url, offset=offset)
             with self.store.tx() as conn:  # the segment's offset: its parts' progress together
                 conn.execute(
                     "UPDATE segments SET offset = (SELECT COALESCE(SUM(offset), 0) FROM "
@@ -529,7 +670,24 @@ class TransferSender:
                     (seg_id, seg_id),
                 )
 
-        return self._send_range(seg, url, start, session, saved, bound)
+        def saved(offset: int) -> None:
+            if offset >= plen:
+                if race.finish(idx, lambda: write(offset)):
+                    won.append(True)
+                    if copy:
+                        race.copy_won()
+            elif not copy:
+                race.record(idx, lambda: write(offset))  # not once another copy has won
+
+        failures = self._send_range(
+            seg, url, start, session, saved, bound, abandon=lambda: race.is_done(idx)
+        )
+        if race.is_done(idx) and not won:
+            # Another copy got there first: the hub drops this one's bytes (a copy never
+            # joined into a final upload would otherwise wait for the hub's expiry).
+            with contextlib.suppress(RelayError):
+                self.tus.delete(url)
+        return failures
 
     def _set_part(self, seg_id: str, idx: int, **fields: Any) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)
@@ -547,8 +705,10 @@ class TransferSender:
         session: UploadSession,
         saved: Any,
         bound: Any,
+        abandon: Callable[[], bool] = lambda: False,
     ) -> int:
-        """PATCH bytes ``[start + offset, start + length)`` of the segment file until done.
+        """PATCH bytes ``[start + offset, start + length)`` of the segment file until done, or
+        until ``abandon()`` says another copy of these bytes got there first.
 
         Returns the number of failed PATCHes, or -1 if the agent is stopping.
         """
@@ -558,6 +718,8 @@ class TransferSender:
             while not session.done:
                 if self.stop.is_set():
                     return -1
+                if abandon():
+                    return failures
                 patch = session.next_patch(self.chunk)
                 assert patch is not None
                 f.seek(start + patch.offset)

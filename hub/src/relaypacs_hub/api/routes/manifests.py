@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from relaypacs_hub.api.deps import AgentAuth, State
 from relaypacs_hub.api.routes.studies import claim_for_device
@@ -55,6 +56,40 @@ async def post_manifest(
             max_instance_bytes=state.settings.max_instance_bytes,
         )
     wanted = {i.sop_instance_uid: i for i in body.instances}
+    # The same manifest may arrive twice at once (an agent on a lossy link sends it again on a
+    # second connection when the first is slow): the copy that loses the insert race reads the
+    # rows the other wrote and answers alike.
+    for attempt in range(2):
+        try:
+            held = await _record_manifest(state, study_uid, wanted)
+            break
+        except IntegrityError:
+            if attempt:
+                raise
+    conflicts = [s for s, sha in held.items() if wanted[s].sha256 != sha]
+    if conflicts:
+        raise HTTPException(
+            409,
+            {
+                "code": "conflict",
+                "detail": f"{len(conflicts)} instance(s) are held with other bytes",
+                "missing": conflicts[:1000],
+            },
+        )
+    missing = [s for s in wanted if s not in held]
+    return ManifestAnswer(
+        study_instance_uid=study_uid,
+        declared=len(wanted),
+        held=len(wanted) - len(missing),
+        missing=missing,
+        missing_bytes=sum(wanted[s].size for s in missing),
+    )
+
+
+async def _record_manifest(
+    state: State, study_uid: str, wanted: dict[str, ManifestInstance]
+) -> dict[str, str]:
+    """Record the declared instances; the SHA-256 of those the hub already holds."""
     async with state.sessionmaker() as session, session.begin():
         existing = {
             m.sop_instance_uid: m
@@ -84,21 +119,4 @@ async def post_manifest(
                 select(Instance).where(Instance.sop_instance_uid.in_(list(wanted)))
             )
         }
-    conflicts = [s for s, sha in held.items() if wanted[s].sha256 != sha]
-    if conflicts:
-        raise HTTPException(
-            409,
-            {
-                "code": "conflict",
-                "detail": f"{len(conflicts)} instance(s) are held with other bytes",
-                "missing": conflicts[:1000],
-            },
-        )
-    missing = [s for s in wanted if s not in held]
-    return ManifestAnswer(
-        study_instance_uid=study_uid,
-        declared=len(wanted),
-        held=len(wanted) - len(missing),
-        missing=missing,
-        missing_bytes=sum(wanted[s].size for s in missing),
-    )
+    return held
