@@ -116,7 +116,7 @@ async def test_a_longer_body_than_declared_counts_for_nothing(tmp_path: Path) ->
         assert r.status_code == 413
         head = await web.client.head(url, headers={**h, **TUS})
         assert head.headers["upload-offset"] == "0"
-        assert web.batches.upload(url.rsplit("/", 1)[1])["state"] == "open"
+        assert web.batches.upload(url.rsplit("/", 1)[1]).state == "open"
 
 
 async def test_a_crash_between_the_spool_and_the_row_is_settled(
@@ -140,7 +140,7 @@ async def test_a_crash_between_the_spool_and_the_row_is_settled(
         assert not part.exists()
         r = await web.client.patch(url, content=data[1000:], headers=patch_headers(h, 1000))
         assert r.status_code == 409 and r.headers["upload-offset"] == str(len(data))
-        assert web.batches.upload(upload_id)["state"] == "done"
+        assert web.batches.upload(upload_id).state == "done"
         assert len(web.store.query("SELECT * FROM instances")) == 1
 
 
@@ -214,10 +214,10 @@ async def test_uploads_abandoned_for_days_are_dropped_and_finished_ones_kept(
         with web.store.tx() as conn:
             conn.execute("UPDATE web_uploads SET updated_at = 0 WHERE id != ?", (fresh,))
         assert web.batches.expire(7 * 86400) == 1
-        assert web.batches.upload(stale)["state"] == "terminated"
+        assert web.batches.upload(stale).state == "terminated"
         assert not web.batches.part_path(stale).exists()
-        assert web.batches.upload(done.rsplit("/", 1)[1])["state"] == "done"
-        assert web.batches.upload(fresh)["state"] == "open"
+        assert web.batches.upload(done.rsplit("/", 1)[1]).state == "done"
+        assert web.batches.upload(fresh).state == "open"
 
 
 @pytest.mark.integration

@@ -207,7 +207,7 @@ async def test_a_password_reset_at_the_hub_ends_the_lan_sessions(tmp_path: Path)
             json={"username": "clinician1", "password": "a new password after a leak"},
         )
         assert r.status_code == 200
-        ended = web.auth.store.query(
+        ended = web.store.query(
             "SELECT COUNT(*) AS n FROM audit_log WHERE action = 'lan.sessions_ended'"
         )
         assert ended[0]["n"] == 1

@@ -230,10 +230,10 @@ async def test_an_upload_finished_before_a_crash_is_taken_in_at_start(
         batch = (await web.client.post("/api/v1/batches", json=BATCH, headers=h)).json()
         row = web.batches.create_upload(batch["id"], "clinician1", "a.dcm", len(data))
         # The last byte was written and the offset recorded, then the agent died.
-        web.batches.part_path(row["id"]).write_bytes(data)
-        web.batches.set_offset(row["id"], len(data))
+        web.batches.part_path(row.id).write_bytes(data)
+        web.batches.set_offset(row.id, len(data))
         assert web.batches.recover() == 1
-        assert web.batches.upload(row["id"])["outcome"] == "accepted"
+        assert web.batches.upload(row.id).outcome == "accepted"
         assert len(web.store.query("SELECT * FROM instances")) == 1
         assert web.batches.recover() == 0
 

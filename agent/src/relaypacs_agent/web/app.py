@@ -29,6 +29,7 @@ from starlette.routing import Route
 
 from relaypacs_agent.ingest.pipeline import DiskFull
 from relaypacs_agent.reports import ReportInbox
+from relaypacs_agent.store.web_batches import WebBatch, WebUpload
 from relaypacs_agent.web.auth import UPLOADERS, LanAuth, LanSession, LoginRefused
 from relaypacs_agent.web.batches import BatchService, batch_json
 from relaypacs_agent.web.reports import (
@@ -223,9 +224,9 @@ async def quarantine(request: Request, ctx: WebContext, _s: LanSession | None) -
 # -- batches ---------------------------------------------------------------------------------
 
 
-def _own(ctx: WebContext, batch_id: str, s: LanSession) -> Any:
+def _own(ctx: WebContext, batch_id: str, s: LanSession) -> WebBatch | None:
     row = ctx.batches.batch_row(batch_id)
-    if row is None or (row["created_by"] != s.username and s.role != "admin"):
+    if row is None or (row.created_by != s.username and s.role != "admin"):
         return None  # another person's batch is as absent as an unknown one
     return row
 
@@ -300,8 +301,8 @@ def _tus_error(exc: RelayError) -> Response:
     )
 
 
-def _upload_state(row: Any) -> tus.UploadState:
-    return tus.UploadState(offset=row["offset"], length=row["length"])
+def _upload_state(row: WebUpload) -> tus.UploadState:
+    return tus.UploadState(offset=row.offset, length=row.length)
 
 
 async def tus_options(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
@@ -331,20 +332,20 @@ async def tus_create(request: Request, ctx: WebContext, s: LanSession | None) ->
         req.metadata.get("filename", "upload"),
         req.length,
     )
-    headers = _tus({"Location": f"{API_PREFIX}/uploads/{row['id']}", "Upload-Offset": "0"})
+    headers = _tus({"Location": f"{API_PREFIX}/uploads/{row.id}", "Upload-Offset": "0"})
     if req.has_body:
         resp = _patch_refused(request, ctx, row, 0) or await _append(request, ctx, row)
         headers["Upload-Offset"] = resp.headers.get("Upload-Offset", "0")
     if req.length == 0:
-        await _finish(request, ctx, row["id"])
+        await _finish(request, ctx, row.id)
     return Response(status_code=201, headers=headers)
 
 
-def _own_upload(ctx: WebContext, request: Request, s: LanSession) -> Any:
+def _own_upload(ctx: WebContext, request: Request, s: LanSession) -> WebUpload | None:
     row = ctx.batches.upload(request.path_params["upload_id"])
-    if row is None or row["state"] == "terminated":
+    if row is None or row.state == "terminated":
         return None
-    if row["created_by"] != s.username and s.role != "admin":
+    if row.created_by != s.username and s.role != "admin":
         return None
     return row
 
@@ -355,8 +356,8 @@ async def tus_head(request: Request, ctx: WebContext, s: LanSession | None) -> R
     if row is None:
         return Response(status_code=404, headers=_tus())
     headers = tus.upload_headers(_upload_state(row))
-    if row["outcome"]:
-        headers["X-RelayPACS-Outcome"] = row["outcome"]
+    if row.outcome:
+        headers["X-RelayPACS-Outcome"] = row.outcome
     return Response(status_code=200, headers=headers)
 
 
@@ -390,7 +391,7 @@ async def _chunks(request: Request) -> Any:
         yield chunk
 
 
-def _patch_refused(request: Request, ctx: WebContext, row: Any, offset: int | None) -> Any:
+def _patch_refused(request: Request, ctx: WebContext, row: WebUpload, offset: int | None) -> Any:
     """A PATCH (or a creation's body, ``offset`` 0) against the shared rules: None if it may
     be written, else the answer."""
     try:
@@ -402,8 +403,8 @@ def _patch_refused(request: Request, ctx: WebContext, row: Any, offset: int | No
     return None
 
 
-async def _append(request: Request, ctx: WebContext, row: Any) -> Response:
-    upload_id = row["id"]
+async def _append(request: Request, ctx: WebContext, row: WebUpload) -> Response:
+    upload_id = row.id
     lock = _locks.setdefault(upload_id, anyio.Lock())
     if lock.locked():
         return _tus_error(UploadBusy("another request is writing this upload; retry"))
@@ -417,9 +418,10 @@ async def _append(request: Request, ctx: WebContext, row: Any) -> Response:
 
 async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> Response:
     row = ctx.batches.upload(upload_id)
-    if row["state"] != "open":
-        return Response(status_code=204, headers=_tus({"Upload-Offset": str(row["offset"])}))
-    start, length = row["offset"], row["length"]
+    assert row is not None
+    if row.state != "open":
+        return Response(status_code=204, headers=_tus({"Upload-Offset": str(row.offset)}))
+    start, length = row.offset, row.length
     offset = start
     path = ctx.batches.part_path(upload_id)
     too_much = False
@@ -429,7 +431,8 @@ async def _append_locked(request: Request, ctx: WebContext, upload_id: str) -> R
         # The file left before its row said so (a crash mid-ingest): settle the row, and let
         # the phone resync from what the agent really holds.
         fixed = await anyio.to_thread.run_sync(ctx.batches.reconcile, upload_id)
-        return Response(status_code=409, headers=_tus({"Upload-Offset": str(fixed["offset"])}))
+        assert fixed is not None
+        return Response(status_code=409, headers=_tus({"Upload-Offset": str(fixed.offset)}))
     buf = bytearray()
     reserve = ctx.batches.ingestor.check_reserve
 
@@ -506,16 +509,18 @@ async def _finish(request: Request, ctx: WebContext, upload_id: str) -> Response
             "not_taken",
             "the agent could not take the file in; it keeps what arrived, retry in a moment",
         )
-    headers = _tus({"Upload-Offset": str(done["offset"])})
-    if done["outcome"]:
-        headers["X-RelayPACS-Outcome"] = done["outcome"]
+    assert done is not None
+    headers = _tus({"Upload-Offset": str(done.offset)})
+    if done.outcome:
+        headers["X-RelayPACS-Outcome"] = done.outcome
     return Response(status_code=204, headers=headers)
 
 
 def _not_taken(ctx: WebContext, upload_id: str, status: int, code: str, detail: str) -> Response:
     row = ctx.batches.upload(upload_id)
-    held = max(row["length"] - 1, 0)
-    if row["state"] == "open":
+    assert row is not None
+    held = max(row.length - 1, 0)
+    if row.state == "open":
         ctx.batches.set_offset(upload_id, held)  # the bytes are on disk, fsynced
     return problem(status, code, detail, _tus({"Upload-Offset": str(held)}))
 
@@ -559,18 +564,18 @@ async def tus_delete(request: Request, ctx: WebContext, s: LanSession | None) ->
     row = _own_upload(ctx, request, s)
     if row is None:
         return Response(status_code=404, headers=_tus())
-    if row["state"] == "done":
+    if row.state == "done":
         return _tus_problem(409, "already_taken", "this file is already with the agent")
-    lock = _locks.setdefault(row["id"], anyio.Lock())
+    lock = _locks.setdefault(row.id, anyio.Lock())
     if lock.locked():
         return _tus_error(UploadBusy("this upload is being written; retry"))
     try:
         async with lock:
-            if not await anyio.to_thread.run_sync(ctx.batches.terminate, row["id"]):
+            if not await anyio.to_thread.run_sync(ctx.batches.terminate, row.id):
                 return _tus_problem(409, "already_taken", "this file is already with the agent")
     finally:
         if not lock.locked():
-            _locks.pop(row["id"], None)
+            _locks.pop(row.id, None)
     return Response(status_code=204, headers=_tus())
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import threading
 import time
@@ -33,8 +32,8 @@ import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from relaypacs_agent import audit
 from relaypacs_agent.store.db import Store
+from relaypacs_agent.store.lan_auth import LanAuthStore, LanUser, StoredSession
 from relaypacs_shared.audit import unknown_name
 from relaypacs_shared.errors import RelayError, is_transient
 
@@ -114,7 +113,7 @@ class LanAuth:
         sync_seconds: float = 300.0,
         login_rate: tuple[int, float] = (10, 60.0),
     ) -> None:
-        self.store = store
+        self.db = LanAuthStore(store)
         self.fetch_verifiers = fetch_verifiers
         self.claim_totp_step = claim_totp_step
         self.facility = facility
@@ -129,8 +128,8 @@ class LanAuth:
     # -- verifier cache ---------------------------------------------------------------------
 
     def _meta_float(self, key: str) -> float | None:
-        rows = self.store.query("SELECT value FROM lan_meta WHERE key = ?", (key,))
-        return float(rows[0]["value"]) if rows else None
+        value = self.db.meta(key)
+        return float(value) if value is not None else None
 
     def sync(self) -> bool:
         """Refresh the cached verifiers from the hub; False if the hub could not be asked."""
@@ -144,52 +143,21 @@ class LanAuth:
                 log.info("verifiers_sync_failed", error=type(exc).__name__)
                 return False
             now = time.time()
-            users = feed.get("users", [])
-            with self.store.tx() as conn:
-                before = {
-                    str(r[0]): str(r[1])
-                    for r in conn.execute("SELECT username, password_hash FROM lan_users")
-                }
-                conn.execute("DELETE FROM lan_users")  # a user disabled at the hub is gone here
-                for u in users:
-                    conn.execute(
-                        """INSERT INTO lan_users (username, role, facilities, password_hash,
-                           totp_secret, totp_required, totp_last_step, synced_at)
-                           VALUES (?,?,?,?,?,?,?,?)""",
-                        (
-                            str(u["username"]),
-                            str(u["role"]),
-                            json.dumps(list(u.get("facilities") or [])),
-                            str(u["password_hash"]),
-                            u.get("totp_secret") or None,
-                            1 if u.get("totp_required") else 0,
-                            _int_or_none(u.get("totp_last_step")),
-                            now,
-                        ),
-                    )
-                # A password changed (or reset) at the hub ends the user's LAN sessions, as it
-                # ends their sessions at the hub.
-                now_hashes = {str(u["username"]): str(u["password_hash"]) for u in users}
-                for name, old_hash in before.items():
-                    if name in now_hashes and now_hashes[name] != old_hash:
-                        ended = conn.execute(
-                            "DELETE FROM lan_sessions WHERE username = ?", (name,)
-                        ).rowcount
-                        if ended:
-                            audit.append(
-                                conn,
-                                "agent",
-                                "lan.sessions_ended",
-                                name,
-                                reason="password_changed",
-                                sessions=ended,
-                            )
-                conn.execute(
-                    "INSERT OR REPLACE INTO lan_meta (key, value) "
-                    "VALUES ('verifiers_synced_at', ?)",
-                    (str(now),),
+            users = [
+                LanUser(
+                    username=str(u["username"]),
+                    role=str(u["role"]),
+                    facilities=tuple(u.get("facilities") or []),
+                    password_hash=str(u["password_hash"]),
+                    totp_secret=u.get("totp_secret") or None,
+                    totp_required=bool(u.get("totp_required")),
+                    totp_last_step=_int_or_none(u.get("totp_last_step")),
                 )
-                audit.append(conn, "agent", "lan.verifiers_synced", "hub", users=len(users))
+                for u in feed.get("users", [])
+            ]
+            # A user disabled at the hub is gone here; a password changed (or reset) at the hub
+            # ends the user's LAN sessions, as it ends their sessions at the hub.
+            self.db.replace_users(users, now)
             self.hub_reachable = True
             self.last_sync_at = now
             log.info("verifiers_synced", users=len(users))
@@ -200,20 +168,15 @@ class LanAuth:
         """Tell the hub the TOTP steps used here while it could not be asked."""
         if self.claim_totp_step is None:
             return
-        rows = self.store.query("SELECT key, value FROM lan_meta WHERE key LIKE 'totp_pending:%'")
-        for row in rows:
-            username = str(row["key"]).removeprefix("totp_pending:")
+        for pending in self.db.pending_totp_steps():
             try:
-                self.claim_totp_step(username, int(row["value"]))
+                self.claim_totp_step(pending.username, pending.step)
             except RelayError as exc:
                 if is_transient(exc):
                     return  # the hub went away again: the next sync tries once more
                 # Refused for good (the user is gone or has no TOTP any more): nothing to tell.
                 log.info("totp_step_report_refused", error=type(exc).__name__)
-            with self.store.tx() as conn:
-                conn.execute(
-                    "DELETE FROM lan_meta WHERE key = ? AND value = ?", (row["key"], row["value"])
-                )
+            self.db.drop_pending_totp_step(pending)
 
     def sync_if_stale(self) -> None:
         if self.last_sync_at is None or time.time() - self.last_sync_at >= self.sync_seconds:
@@ -227,9 +190,8 @@ class LanAuth:
             self._last_login_sync = now
             return True
 
-    def _user(self, username: str) -> Any:
-        rows = self.store.query("SELECT * FROM lan_users WHERE username = ?", (username,))
-        return rows[0] if rows else None
+    def _user(self, username: str) -> LanUser | None:
+        return self.db.user(username)
 
     # -- login ------------------------------------------------------------------------------
 
@@ -279,20 +241,20 @@ class LanAuth:
                 "password",
                 retry_after=int(locked - now) + 1,
             )
-        ok = _verify_password(user["password_hash"] if user else _DUMMY_HASH, password)
+        ok = _verify_password(user.password_hash if user else _DUMMY_HASH, password)
         if not ok or user is None:
             self._failed(who, client, "bad_password")
             raise LoginRefused(401, "invalid_credentials", "wrong username or password")
         if not self._facility_ok(user):
             self._audit_login(username, client, "minor_failure", reason="facility")
             raise LoginRefused(403, "wrong_facility", "your account is not for this facility")
-        if user["totp_secret"]:
+        if user.totp_secret:
             if not totp_code:
                 raise LoginRefused(401, "totp_required", "enter the 6-digit code of your app")
             if not self._totp_ok(user, totp_code):
                 self._failed(username, client, "bad_totp")
                 raise LoginRefused(401, "invalid_credentials", "wrong or expired code")
-        elif user["totp_required"]:
+        elif user.totp_required:
             self._audit_login(username, client, "minor_failure", reason="totp_not_enrolled")
             raise LoginRefused(
                 403,
@@ -302,48 +264,37 @@ class LanAuth:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         session = LanSession(
             username=username,
-            role=user["role"],
-            facilities=json.loads(user["facilities"]),
+            role=user.role,
+            facilities=list(user.facilities),
             offline=self.hub_reachable is not True,
             expires_at=now + self.session_seconds,
             token_hash=_sha256(token),
         )
-        with self.store.tx() as conn:
-            conn.execute(
-                "DELETE FROM lan_login_failures WHERE username = ? AND source = ?",
-                (username, client),
+        self.db.open_session(
+            StoredSession(
+                token_hash=session.token_hash,
+                username=username,
+                role=session.role,
+                facilities=tuple(session.facilities),
+                offline=session.offline,
+                created_at=now,
+                expires_at=session.expires_at,
+                source=client,
             )
-            conn.execute("DELETE FROM lan_sessions WHERE expires_at < ?", (now,))
-            conn.execute(
-                """INSERT INTO lan_sessions (token_hash, username, role, facilities, offline,
-                   created_at, expires_at, source) VALUES (?,?,?,?,?,?,?,?)""",
-                (
-                    session.token_hash,
-                    username,
-                    session.role,
-                    json.dumps(session.facilities),
-                    1 if session.offline else 0,
-                    now,
-                    session.expires_at,
-                    client,
-                ),
-            )
-            audit.append(
-                conn, username, "lan.login", username, source=client, offline=session.offline
-            )
+        )
         return token, session
 
-    def _facility_ok(self, user: Any) -> bool:
+    def _facility_ok(self, user: LanUser) -> bool:
         mine = self.facility()
-        facilities = json.loads(user["facilities"])
         # An unrestricted account (no facilities) is valid everywhere, as at the hub.
-        return mine is None or not facilities or mine in facilities
+        return mine is None or not user.facilities or mine in user.facilities
 
-    def _totp_ok(self, user: Any, code: str) -> bool:
+    def _totp_ok(self, user: LanUser, code: str) -> bool:
         code = code.strip().replace(" ", "")
         if not code.isascii() or not code.isdigit():
             return False
-        totp = pyotp.TOTP(user["totp_secret"])
+        assert user.totp_secret is not None  # asked only of a user with a second factor
+        totp = pyotp.TOTP(user.totp_secret)
         current = totp.timecode(datetime.now(UTC))
         step = next(
             (
@@ -358,17 +309,9 @@ class LanAuth:
         # A code opens one session only, and so does any older one: keep the time step of the
         # last accepted code per user, here and (from the verifiers) at the hub, and require a
         # later one (RFC 6238 section 5.2).
-        username = str(user["username"])
-        key = f"totp_step:{username}"
-        hub_step = user["totp_last_step"]
-        with self.store.tx() as conn:
-            row = conn.execute("SELECT value FROM lan_meta WHERE key = ?", (key,)).fetchone()
-            last = max(int(row[0]) if row else -1, int(hub_step) if hub_step is not None else -1)
-            if last >= step:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)", (key, str(step))
-            )
+        username = user.username
+        if not self.db.advance_totp_step(username, step, user.totp_last_step):
+            return False
         return self._claim_at_hub(username, step)
 
     def _claim_at_hub(self, username: str, step: int) -> bool:
@@ -387,51 +330,24 @@ class LanAuth:
                 if not accepted:
                     self._audit_login(username, "hub", "minor_failure", reason="totp_replayed")
                 return accepted
-        with self.store.tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO lan_meta (key, value) VALUES (?, ?)",
-                (f"totp_pending:{username}", str(step)),
-            )
+        self.db.add_pending_totp_step(username, step)
         return True
 
     def _locked_until(self, username: str, client: str) -> float:
-        rows = self.store.query(
-            "SELECT locked_until FROM lan_login_failures WHERE username = ? AND source = ?",
-            (username, client),
-        )
-        return float(rows[0]["locked_until"] or 0) if rows else 0.0
+        return self.db.locked_until(username, client)
 
     def _failed(self, username: str, client: str, reason: str) -> None:
-        now = time.time()
-        with self.store.tx() as conn:
-            row = conn.execute(
-                "SELECT failures FROM lan_login_failures WHERE username = ? AND source = ?",
-                (username, client),
-            ).fetchone()
-            failures = (row[0] if row else 0) + 1
-            locked = now + LOCK_SECONDS if failures >= LOCK_AFTER else None
-            if locked is not None:
-                failures = 0  # the next lock needs as many failures again
-            conn.execute(
-                "INSERT OR REPLACE INTO lan_login_failures (username, source, failures, "
-                "locked_until) VALUES (?,?,?,?)",
-                (username, client, failures, locked),
-            )
-            audit.append(
-                conn,
-                username,
-                "lan.login",
-                username,
-                outcome="minor_failure",
-                source=client,
-                reason=reason,
-            )
+        self.db.record_failed_login(
+            username,
+            client,
+            reason,
+            now=time.time(),
+            lock_after=LOCK_AFTER,
+            lock_seconds=LOCK_SECONDS,
+        )
 
     def _audit_login(self, username: str, client: str, outcome: str, **details: Any) -> None:
-        with self.store.tx() as conn:
-            audit.append(
-                conn, username, "lan.login", username, outcome=outcome, source=client, **details
-            )
+        self.db.audit_login(username, client, outcome, **details)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -439,30 +355,27 @@ class LanAuth:
         if not token.startswith(TOKEN_PREFIX):
             return None
         digest = _sha256(token)
-        rows = self.store.query("SELECT * FROM lan_sessions WHERE token_hash = ?", (digest,))
-        if not rows or rows[0]["expires_at"] < time.time():
+        r = self.db.session(digest)
+        if r is None or r.expires_at < time.time():
             return None
-        r = rows[0]
         # The account as the last copy of the hub's verifiers has it: gone (disabled) or
         # moved to another facility ends the session; a changed role applies at once.
-        user = self._user(r["username"])
+        user = self._user(r.username)
         if user is None:
             return None
         if not self._facility_ok(user):
             return None
         return LanSession(
-            username=r["username"],
-            role=user["role"],
-            facilities=json.loads(user["facilities"]),
-            offline=bool(r["offline"]),
-            expires_at=r["expires_at"],
+            username=r.username,
+            role=user.role,
+            facilities=list(user.facilities),
+            offline=r.offline,
+            expires_at=r.expires_at,
             token_hash=digest,
         )
 
     def logout(self, session: LanSession, client: str) -> None:
-        with self.store.tx() as conn:
-            conn.execute("DELETE FROM lan_sessions WHERE token_hash = ?", (session.token_hash,))
-            audit.append(conn, session.username, "lan.logout", session.username, source=client)
+        self.db.end_session(session.token_hash, session.username, client)
 
 
 def _verify_password(hashed: str, password: str) -> bool:

@@ -21,10 +21,9 @@ from typing import Any
 
 import structlog
 
-from relaypacs_agent import audit
 from relaypacs_agent.ingest.pipeline import Ingestor, IngestResult, Source
 from relaypacs_agent.store.db import Store
-from relaypacs_agent.uplink.progress import transfer_progress
+from relaypacs_agent.store.web_batches import WebBatch, WebBatchStore, WebUpload
 from relaypacs_shared.refusals import words
 
 log = structlog.get_logger("relaypacs.agent.web")
@@ -50,6 +49,7 @@ class BatchService:
         facility: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
+        self.db = WebBatchStore(store)
         self.ingestor = ingestor
         self.upload_dir = upload_dir
         self.facility = facility
@@ -61,62 +61,40 @@ class BatchService:
     def create_batch(self, username: str, body: dict[str, Any], client: str) -> dict[str, Any]:
         batch_id = secrets.token_hex(12)
         now = time.time()
-        with self.store.tx() as conn:
-            conn.execute(
-                """INSERT INTO web_batches (id, created_by, created_at, service_level,
-                   clinical_history, referring_clinician, label, expected_files)
-                   VALUES (?,?,?,?,?,?,?,?)""",
-                (
-                    batch_id,
-                    username,
-                    now,
-                    body["service_level"],
-                    body["clinical_history"],
-                    body["referring_clinician"],
-                    body["label"],
-                    body["expected_files"],
-                ),
-            )
-            audit.append(
-                conn,
-                username,
-                "lan.batch_created",
-                batch_id,
-                source=client,
+        self.db.add_batch(
+            WebBatch(
+                id=batch_id,
+                created_by=username,
+                created_at=now,
                 service_level=body["service_level"],
+                clinical_history=body["clinical_history"],
+                referring_clinician=body["referring_clinician"],
+                label=body["label"],
                 expected_files=body["expected_files"],
-            )
+                sent_at=None,
+            ),
+            client,
+        )
         return self.batch_view(batch_id)
 
-    def batch_row(self, batch_id: str) -> Any:
-        rows = self.store.query("SELECT * FROM web_batches WHERE id = ?", (batch_id,))
-        return rows[0] if rows else None
+    def batch_row(self, batch_id: str) -> WebBatch | None:
+        return self.db.batch(batch_id)
 
     def list_batches(self, username: str | None, limit: int = 50) -> list[dict[str, Any]]:
-        if username is None:
-            rows = self.store.query(
-                "SELECT id FROM web_batches ORDER BY created_at DESC LIMIT ?", (limit,)
-            )
-        else:
-            rows = self.store.query(
-                "SELECT id FROM web_batches WHERE created_by = ? ORDER BY created_at DESC LIMIT ?",
-                (username, limit),
-            )
-        return [self.batch_view(r["id"]) for r in rows]
+        return [self.batch_view(i) for i in self.db.batch_ids(username, limit)]
 
     def batch_view(self, batch_id: str) -> dict[str, Any]:
         b = self.batch_row(batch_id)
-        uploads = self.store.query(
-            "SELECT * FROM web_uploads WHERE batch_id = ? AND state != 'terminated'", (batch_id,)
-        )
+        assert b is not None
+        uploads = self.db.batch_uploads(batch_id)
         counts = {"received": 0, "accepted": 0, "duplicate": 0, "quarantined": 0}
         refused = []
         study_uids: dict[str, int] = {}
         for u in uploads:
-            if u["state"] != "done":
+            if u.state != "done":
                 continue
             counts["received"] += 1
-            outcome = "accepted" if u["outcome"] == "replayed" else u["outcome"]
+            outcome = "accepted" if u.outcome == "replayed" else u.outcome
             if outcome in counts:
                 counts[outcome] += 1
             if outcome == "quarantined":
@@ -124,40 +102,33 @@ class BatchService:
                 # message stays for IT.
                 refused.append(
                     {
-                        "filename": u["filename"],
-                        "reason": u["reason"],
-                        "message": u["message"],
-                        **words(u["reason"] or ""),
+                        "filename": u.filename,
+                        "reason": u.reason,
+                        "message": u.message,
+                        **words(u.reason or ""),
                     }
                 )
-            elif u["study_instance_uid"]:
-                study_uids[u["study_instance_uid"]] = study_uids.get(u["study_instance_uid"], 0) + 1
+            elif u.study_instance_uid:
+                study_uids[u.study_instance_uid] = study_uids.get(u.study_instance_uid, 0) + 1
         return {
-            "id": b["id"],
-            "service_level": b["service_level"],
-            "clinical_history": b["clinical_history"],
-            "referring_clinician": b["referring_clinician"],
-            "label": b["label"],
-            "created_by": b["created_by"],
-            "created_at": b["created_at"],
-            "sent_at": b["sent_at"],
-            "expected_files": b["expected_files"],
+            "id": b.id,
+            "service_level": b.service_level,
+            "clinical_history": b.clinical_history,
+            "referring_clinician": b.referring_clinician,
+            "label": b.label,
+            "created_by": b.created_by,
+            "created_at": b.created_at,
+            "sent_at": b.sent_at,
+            "expected_files": b.expected_files,
             "files": counts,
             "refused": refused,
             "studies": [self._study_view(uid, n) for uid, n in sorted(study_uids.items())],
         }
 
     def _study_view(self, uid: str, files: int) -> dict[str, Any]:
-        rows = self.store.query("SELECT * FROM studies WHERE study_instance_uid = ?", (uid,))
-        held = self.store.query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM instances "
-            "WHERE study_instance_uid = ?",
-            (uid,),
-        )[0]
-        with self.store._lock:
-            progress = transfer_progress(self.store.conn, uid)
-        study = rows[0] if rows else None
-        state = study["state"] if study is not None else "receiving"
+        held = self.db.study_holding(uid)
+        progress = held.progress
+        state = held.state if held.state is not None else "receiving"
         if state == "delivered":
             stage = "pacs"
         elif state == "committed":
@@ -166,94 +137,74 @@ class BatchService:
             stage = "sending"
         else:
             stage = "agent"
-        total = held["bytes"]
+        total = held.bytes
         sent = total if stage in ("hub", "pacs") else (progress or {}).get("bytes_sent", 0)
         return {
             "study_instance_uid": uid,
             "stage": stage,
-            "instances": held["n"],
+            "instances": held.instances,
             "files_from_this_batch": files,
             "bytes_total": total,
             "bytes_sent": sent,
             "percent": round(100.0 * sent / total, 1) if total else 0.0,
-            "last_error": study["last_error"] if study is not None else None,
+            "last_error": held.last_error,
         }
 
     def send(self, batch_id: str, username: str, client: str) -> dict[str, Any]:
         """Send the batch's studies now instead of after the quiet period."""
-        uids = [
-            r["study_instance_uid"]
-            for r in self.store.query(
-                "SELECT DISTINCT study_instance_uid FROM web_uploads WHERE batch_id = ? "
-                "AND study_instance_uid IS NOT NULL AND outcome != 'quarantined'",
-                (batch_id,),
-            )
-        ]
+        uids = self.db.sendable_study_uids(batch_id)
         if uids:
             self.store.mark_ready(uids)
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE web_batches SET sent_at = COALESCE(sent_at, ?) WHERE id = ?",
-                (time.time(), batch_id),
-            )
-            audit.append(
-                conn, username, "lan.batch_sent", batch_id, source=client, studies=len(uids)
-            )
+        self.db.mark_sent(batch_id, time.time(), username, client, len(uids))
         return self.batch_view(batch_id)
 
     # -- uploads (the tus server's state) ----------------------------------------------------
 
-    def create_upload(self, batch_id: str, username: str, filename: str, length: int) -> Any:
+    def create_upload(self, batch_id: str, username: str, filename: str, length: int) -> WebUpload:
         upload_id = secrets.token_hex(16)
-        now = time.time()
-        with self.store.tx() as conn:
-            conn.execute(
-                """INSERT INTO web_uploads (id, batch_id, created_by, filename, length,
-                   created_at, updated_at) VALUES (?,?,?,?,?,?,?)""",
-                (upload_id, batch_id, username, safe_filename(filename), length, now, now),
-            )
+        self.db.add_upload(
+            upload_id, batch_id, username, safe_filename(filename), length, time.time()
+        )
         self.part_path(upload_id).touch()
-        return self.upload(upload_id)
+        row = self.upload(upload_id)
+        assert row is not None
+        return row
 
-    def upload(self, upload_id: str) -> Any:
-        rows = self.store.query("SELECT * FROM web_uploads WHERE id = ?", (upload_id,))
-        return rows[0] if rows else None
+    def upload(self, upload_id: str) -> WebUpload | None:
+        return self.db.upload(upload_id)
 
     def part_path(self, upload_id: str) -> Path:
         return self.upload_dir / f"{upload_id}.part"
 
     def set_offset(self, upload_id: str, offset: int) -> None:
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE web_uploads SET offset = ?, updated_at = ? WHERE id = ?",
-                (offset, time.time(), upload_id),
-            )
+        self.db.set_offset(upload_id, offset, time.time())
 
-    def finish(self, upload_id: str, client: str) -> Any:
+    def finish(self, upload_id: str, client: str) -> WebUpload | None:
         """The last byte is here: take the file in (validate, spool or quarantine)."""
         with self._ingest_lock:
             row = self.upload(upload_id)
-            if row is None or row["state"] != "open":
+            if row is None or row.state != "open":
                 return row
-            batch = self.batch_row(row["batch_id"])
+            batch = self.batch_row(row.batch_id)
+            assert batch is not None
             path = self.part_path(upload_id)
             metadata = {
                 k: v
                 for k, v in {
-                    "clinical_history": batch["clinical_history"],
-                    "referring_clinician": batch["referring_clinician"],
+                    "clinical_history": batch.clinical_history,
+                    "referring_clinician": batch.referring_clinician,
                     "facility": self.facility() or "",
-                    "submitted_by": row["created_by"],
+                    "submitted_by": row.created_by,
                 }.items()
                 if v
             }
             source = Source(
                 kind="pwa",
-                name=row["created_by"],
-                service_level=batch["service_level"],
+                name=row.created_by,
+                service_level=batch.service_level,
                 metadata=metadata,
                 owned=True,
-                display_name=row["filename"],
+                display_name=row.filename,
                 source_path=f"pwa:{upload_id}",
             )
             if path.exists():
@@ -262,37 +213,20 @@ class BatchService:
                 result = self._already_taken(upload_id)
             path.unlink(missing_ok=True)  # a duplicate's bytes are already in the spool
             message = result.message or result.reason
-            with self.store.tx() as conn:
-                conn.execute(
-                    """UPDATE web_uploads SET state = 'done', offset = length, outcome = ?,
-                       reason = ?, message = ?, sop_instance_uid = ?, study_instance_uid = ?,
-                       updated_at = ? WHERE id = ? AND state = 'open'""",
-                    (
-                        result.outcome,
-                        result.reason or None,
-                        message or None,
-                        result.sop_instance_uid,
-                        result.study_instance_uid,
-                        time.time(),
-                        upload_id,
-                    ),
-                )
-                audit.append(
-                    conn,
-                    row["created_by"],
-                    "lan.upload_received",
-                    upload_id,
-                    outcome="success" if result.outcome != "quarantined" else "minor_failure",
-                    source=client,
-                    batch=row["batch_id"],
-                    result=result.outcome,
-                    reason=result.reason or None,
-                    size=row["length"],
-                )
+            self.db.finish_upload(
+                row,
+                outcome=result.outcome,
+                reason=result.reason or None,
+                message=message or None,
+                sop_instance_uid=result.sop_instance_uid,
+                study_instance_uid=result.study_instance_uid,
+                at=time.time(),
+                client=client,
+            )
             log.info(
                 "lan_upload_taken",
                 upload_id=upload_id,
-                batch=row["batch_id"],
+                batch=row.batch_id,
                 outcome=result.outcome,
                 reason=result.reason or None,
             )
@@ -300,47 +234,36 @@ class BatchService:
 
     def _already_taken(self, upload_id: str) -> IngestResult:
         """The file left its upload path before the row said so (a crash in between)."""
-        rows = self.store.query(
-            "SELECT sop_instance_uid, study_instance_uid, size FROM instances "
-            "WHERE source_path = ?",
-            (f"pwa:{upload_id}",),
-        )
-        if rows:
-            r = rows[0]
-            return IngestResult("accepted", "", r[0], r[1], r[2])
+        held = self.db.instance_from(f"pwa:{upload_id}")
+        if held is not None:
+            return IngestResult(
+                "accepted", "", held.sop_instance_uid, held.study_instance_uid, held.size
+            )
         return IngestResult("quarantined", "lost_in_crash", size=0)
 
     def terminate(self, upload_id: str) -> bool:
         """Drop an unfinished upload (tus termination); False if it was already taken in."""
         with self._ingest_lock:  # never in the middle of its own ingest
-            with self.store.tx() as conn:
-                cur = conn.execute(
-                    "UPDATE web_uploads SET state = 'terminated', updated_at = ? "
-                    "WHERE id = ? AND state = 'open'",
-                    (time.time(), upload_id),
-                )
-            if cur.rowcount != 1:
+            if not self.db.terminate_upload(upload_id, time.time()):
                 return False
             self.part_path(upload_id).unlink(missing_ok=True)
             return True
 
-    def reconcile(self, upload_id: str) -> Any:
+    def reconcile(self, upload_id: str) -> WebUpload | None:
         """Settle an open upload whose file does not match its row (a crash in between): taken
         in already (its instance is in the catalogue) becomes done; otherwise the offset falls
         back to the bytes really on disk, and the phone sends the rest again."""
         row = self.upload(upload_id)
-        if row is None or row["state"] != "open":
+        if row is None or row.state != "open":
             return row
         path = self.part_path(upload_id)
-        taken = self.store.query(
-            "SELECT 1 FROM instances WHERE source_path = ?", (f"pwa:{upload_id}",)
-        )
+        taken = self.db.has_instance_from(f"pwa:{upload_id}")
         if taken or not path.exists():
             if taken:
                 return self.finish(upload_id, "recovery")
             path.touch()
         size = path.stat().st_size
-        if size < row["offset"]:
+        if size < row.offset:
             self.set_offset(upload_id, size)
         return self.upload(upload_id)
 
@@ -348,32 +271,28 @@ class BatchService:
         """At start: settle every open upload with its file; take in those complete on disk
         whose ingest a crash interrupted. One that still fails waits for the phone's retry."""
         settled = 0
-        for r in self.store.query("SELECT id, length FROM web_uploads WHERE state = 'open'"):
+        for upload_id, length in self.db.open_uploads():
             try:
-                row = self.reconcile(r["id"])
-                path = self.part_path(r["id"])
-                if row["state"] == "open" and path.exists() and path.stat().st_size == r["length"]:
-                    row = self.finish(r["id"], "recovery")
-                settled += row["state"] == "done"
+                row = self.reconcile(upload_id)
+                assert row is not None
+                path = self.part_path(upload_id)
+                if row.state == "open" and path.exists() and path.stat().st_size == length:
+                    row = self.finish(upload_id, "recovery")
+                    assert row is not None
+                settled += row.state == "done"
             except Exception:
-                log.exception("lan_upload_recovery_failed", upload_id=r["id"])
+                log.exception("lan_upload_recovery_failed", upload_id=upload_id)
         return settled
 
     def expire(self, idle_seconds: float) -> int:
         """Drop uploads nobody has touched for ``idle_seconds`` (a phone that never came back);
         their bytes were never complete, so nothing the agent held is lost."""
         cutoff = time.time() - idle_seconds
-        rows = self.store.query(
-            "SELECT id FROM web_uploads WHERE state = 'open' AND updated_at < ?", (cutoff,)
-        )
-        return sum(1 for r in rows if self.terminate(r["id"]))
+        return sum(1 for i in self.db.idle_upload_ids(cutoff) if self.terminate(i))
 
     def summary(self) -> dict[str, int]:
-        row = self.store.query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(length - offset), 0) AS left "
-            "FROM web_uploads WHERE state = 'open'"
-        )[0]
-        return {"open_uploads": row["n"], "bytes_expected": row["left"]}
+        n, left = self.db.open_upload_totals()
+        return {"open_uploads": n, "bytes_expected": left}
 
 
 def batch_json(body: Any) -> dict[str, Any]:
