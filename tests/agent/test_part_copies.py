@@ -59,12 +59,14 @@ class StallingTus:
         self.deleted.append(url)
 
 
-def _sender(tmp_path: Path, tus: StallingTus) -> tuple[TransferSender, dict[str, Any]]:
+def _sender(
+    tmp_path: Path, tus: StallingTus, copies: int = 3
+) -> tuple[TransferSender, dict[str, Any]]:
     store = Store(tmp_path / "agent.db")
     client = SimpleNamespace(http=None)
     sender = TransferSender(
         store, client, None, spool_dir=tmp_path / "spool",  # type: ignore[arg-type]
-        quiet_period=1, retry_max=1, status_poll=60, streams=3,
+        quiet_period=1, retry_max=1, status_poll=60, streams=3, part_copies=copies,
     )  # fmt: skip
     sender.tus = tus  # type: ignore[assignment]
     data = os.urandom(1024 * 1024)
@@ -118,3 +120,16 @@ def test_no_copies_on_a_clean_link(tmp_path: Path) -> None:
     (final,) = tus.finals
     assert len(tus.uploads) == len(final) == 3  # one upload per part, one part per stream
     assert not tus.deleted
+
+
+def test_no_copies_when_the_link_is_billed_by_the_megabyte(tmp_path: Path) -> None:
+    """``part_copies = 0``: the stalled part is waited for, and no byte is sent twice."""
+    tus = StallingTus(loss=0.3)
+    sender, seg = _sender(tmp_path, tus, copies=0)
+    threading.Timer(2.0, tus.release.set).start()
+    started = time.monotonic()
+    sender.upload_segment(seg["row"])
+    assert time.monotonic() - started >= 1.9  # it waited for the stalled connection
+    (final,) = tus.finals
+    assert tus.stalled in final and len(tus.uploads) == len(final)
+    assert b"".join(bytes(tus.uploads[u]) for u in final) == seg["data"]

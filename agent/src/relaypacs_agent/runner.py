@@ -138,6 +138,7 @@ class Agent:
             bandwidth_limit_kbps=settings.bandwidth_limit_kbps,
             routine_window=settings.routine_window,
             streams=settings.parallel_streams,
+            part_copies=settings.part_copies,
         )
         # --- end of uplink construction.
         self.heartbeat = (

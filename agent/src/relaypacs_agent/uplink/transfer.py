@@ -68,8 +68,9 @@ PARTS_PER_STREAM = 2
 # Once no part is left to start, a free stream sends a copy of a part still in flight (a new
 # partial upload of the same bytes); the first copy the hub acknowledges whole is the part. At
 # 30% loss both ways most parts arrive in a few seconds and a few stall for ten or more on
-# retransmission timeouts: the copies cut that tail. At most this many copies of a part at once.
-MAX_COPIES = 3
+# retransmission timeouts: the copies cut that tail. At most ``part_copies`` copies of a part at
+# once (the agent's setting; 0: none).
+
 # A part is late (worth a copy) once in flight this many times as long as the median part of
 # its segment took so far, and at least STRAGGLER_MIN_SECONDS.
 STRAGGLER_FACTOR = 2.0
@@ -150,7 +151,8 @@ class _PartRace:
     ``record`` and ``finish`` run their write under the lock, so a losing copy never writes its
     URL or offset over the winner's."""
 
-    def __init__(self, done: list[bool]) -> None:
+    def __init__(self, done: list[bool], *, copies: int) -> None:
+        self.copies = copies
         self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
         self.done = done
@@ -177,14 +179,14 @@ class _PartRace:
         of this segment took (fewest copies first, then the oldest), if another copy may
         start. On a clean link parts finish together and none qualifies; under random loss a
         few stall on retransmission timeouts while the rest are long done."""
-        if not self.took:
+        if not self.took or self.copies <= 0:
             return None
         typical = sorted(self.took)[len(self.took) // 2]
         late = time.monotonic() - max(STRAGGLER_MIN_SECONDS, STRAGGLER_FACTOR * typical)
         waiting = [
             i
             for i, done in enumerate(self.done)
-            if not done and 0 < self.inflight[i] < MAX_COPIES and self.since[i] <= late
+            if not done and 0 < self.inflight[i] <= self.copies and self.since[i] <= late
         ]
         if not waiting:
             return None
@@ -255,6 +257,7 @@ class TransferSender:
         bandwidth_limit_kbps: int = 0,
         routine_window: str | None = None,
         streams: int = 3,
+        part_copies: int = 3,
     ) -> None:
         self.store = store
         self.client = client
@@ -270,6 +273,7 @@ class TransferSender:
         self.segment_max = max(segment_max, segment_min)
         self.routine_window = routine_window
         self.streams = max(1, streams)
+        self.part_copies = max(0, part_copies)
         self.pacer = Pacer(bandwidth_limit_kbps * 1000 / 8)
         self.rate_bps = 0.0  # recent wire throughput, bytes/s
         self.chunk = 1024 * 1024
@@ -554,7 +558,7 @@ class TransferSender:
             )
         errors: list[BaseException] = []
         failures = [0] * len(parts)
-        race = _PartRace([_part_done(p) for p in parts])
+        race = _PartRace([_part_done(p) for p in parts], copies=self.part_copies)
 
         # Parts the hub already holds whole (a segment resumed) are not asked about again.
         pending = iter([i for i, p in enumerate(parts) if not _part_done(p)])
