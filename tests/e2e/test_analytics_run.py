@@ -67,58 +67,64 @@ def run(tmp_path: Path) -> Iterator[HubProcess]:
         forward_max_attempts="1",
     )
     hub.start()
-    north, east = tmp_path / "north-in", tmp_path / "east-in"
-    north.mkdir()
-    east.mkdir()
-    folders = [
-        {"path": str(north), "name": "north", "metadata": {"facility": "north"}},
-        {"path": str(east), "name": "east", "service_level": "stat",
-         "metadata": {"facility": "east"}},
-    ]  # fmt: skip
-    agent = AgentProcess(
-        tmp_path,
-        hub.url,
-        watch_folders=json.dumps(folders),
-        heartbeat_seconds="1",
-        agent_name="two-clinics",
-        min_free_bytes=str(64 * 1024 * 1024),
-    )
-    agent.start()
-    try:
-        ct = generate_study(tmp_path / "ct", instances=3, seed=501, rows=32, columns=32)
-        mr = generate_study(
-            tmp_path / "mr", modality="MR", instances=2, seed=502, rows=32, columns=32
+    try:  # the hub stops whatever happens, or it outlives the test
+        north, east = tmp_path / "north-in", tmp_path / "east-in"
+        north.mkdir()
+        east.mkdir()
+        folders = [
+            {"path": str(north), "name": "north", "metadata": {"facility": "north"}},
+            {"path": str(east), "name": "east", "service_level": "stat",
+             "metadata": {"facility": "east"}},
+        ]  # fmt: skip
+        agent = AgentProcess(
+            tmp_path,
+            hub.url,
+            watch_folders=json.dumps(folders),
+            heartbeat_seconds="1",
+            agent_name="two-clinics",
+            min_free_bytes=str(64 * 1024 * 1024),
         )
-        er = generate_study(tmp_path / "er", instances=2, seed=503, rows=32, columns=32)
-        copy_tree(tmp_path / "ct", north / "ct")
-        copy_tree(tmp_path / "mr", north / "mr")
-        copy_tree(tmp_path / "er", east / "er")
-        (north / "notes.txt").write_text("not an image")  # quarantined by the agent
-        wait_for(lambda: len(archive_files(archive)) == 7, 120, "7 instances in the archive")
-        wait_for(
-            lambda: (
-                _total(_samples(hub), "relaypacs_forward_jobs_finished_total", outcome="dead") == 1
-            ),
-            60,
-            "the regional PACS job to die",
-        )
-        assert {ct.study_instance_uid, mr.study_instance_uid, er.study_instance_uid}
-        # The agent's heartbeat (every second here) reaches Prometheus through the hub: the
-        # backlog drains to the one study whose regional copy died (the agent still counts it
-        # as not delivered) and the quarantined text file is counted by its reason.
-        wait_for(
-            lambda: (
-                _total(_samples(hub), "relaypacs_agent_quarantined_files", reason="not_dicom") == 1
-                and _total(_samples(hub), "relaypacs_agent_backlog_studies", agent="two-clinics")
-                == 1
-            ),
-            30,
-            "the agent's heartbeat to show one study waiting and one quarantined file",
-        )
+        agent.start()
+        try:
+            ct = generate_study(tmp_path / "ct", instances=3, seed=501, rows=32, columns=32)
+            mr = generate_study(
+                tmp_path / "mr", modality="MR", instances=2, seed=502, rows=32, columns=32
+            )
+            er = generate_study(tmp_path / "er", instances=2, seed=503, rows=32, columns=32)
+            copy_tree(tmp_path / "ct", north / "ct")
+            copy_tree(tmp_path / "mr", north / "mr")
+            copy_tree(tmp_path / "er", east / "er")
+            (north / "notes.txt").write_text("not an image")  # quarantined by the agent
+            wait_for(lambda: len(archive_files(archive)) == 7, 120, "7 instances in the archive")
+            wait_for(
+                lambda: (
+                    _total(_samples(hub), "relaypacs_forward_jobs_finished_total", outcome="dead")
+                    == 1
+                ),
+                60,
+                "the regional PACS job to die",
+            )
+            assert {ct.study_instance_uid, mr.study_instance_uid, er.study_instance_uid}
+            # The agent's heartbeat (every second here) reaches Prometheus through the hub: the
+            # backlog drains to the one study whose regional copy died (the agent still counts it
+            # as not delivered) and the quarantined text file is counted by its reason.
+            wait_for(
+                lambda: (
+                    _total(_samples(hub), "relaypacs_agent_quarantined_files", reason="not_dicom")
+                    == 1
+                    and _total(
+                        _samples(hub), "relaypacs_agent_backlog_studies", agent="two-clinics"
+                    )
+                    == 1
+                ),
+                30,
+                "the agent's heartbeat to show one study waiting and one quarantined file",
+            )
+        finally:
+            agent.terminate()
+        yield hub
     finally:
-        agent.terminate()
-    yield hub
-    hub.terminate()
+        hub.terminate()
 
 
 def test_scraped_counters_and_analytics_match_the_run(run: HubProcess) -> None:
