@@ -42,6 +42,18 @@ CACHE = Path(
     os.environ.get("RELAYPACS_COMPOSE_TEST_CACHE", Path.home() / ".cache/relaypacs/compose-test")
 )
 PROJECT = "relaypacs-ct"
+# The agent's containers (enrollment and the running agent): the project's network, the state
+# volume that keeps the enrollment, the hub through nginx over the compose network.
+AGENT_ARGS = [
+    "--network",
+    f"{PROJECT}_default",
+    "-v",
+    f"{PROJECT}-agent:/var/lib/relaypacs-agent",
+    "-e",
+    "RELAYPACS_AGENT_HUB_URL=http://nginx:8080",
+    "-e",
+    "RELAYPACS_AGENT_ALLOW_INSECURE_HTTP=true",
+]
 BRIDGE = "rpct0"
 BRIDGE_CIDR = "10.231.0.1/24"
 ADDRESS_POOL = "base=10.232.0.0/16,size=24"
@@ -635,20 +647,10 @@ class Deployment:
             {"facility": "clinic-a", "ttl_minutes": 30},
             self.admin_token,
         )["code"]
-        common = [
-            "--network",
-            f"{PROJECT}_default",
-            "-v",
-            f"{PROJECT}-agent:/var/lib/relaypacs-agent",
-            "-e",
-            "RELAYPACS_AGENT_HUB_URL=http://nginx:8080",
-            "-e",
-            "RELAYPACS_AGENT_ALLOW_INSECURE_HTTP=true",
-        ]
         self.docker(
             "run",
             "--rm",
-            *common,
+            *AGENT_ARGS,
             "relaypacs/agent:compose-test",
             "relaypacs-agent",
             "enroll",
@@ -671,14 +673,7 @@ class Deployment:
             "--init",
             "--name",
             self.agent,
-            "--network",
-            f"{PROJECT}_default",
-            "-v",
-            f"{PROJECT}-agent:/var/lib/relaypacs-agent",
-            "-e",
-            "RELAYPACS_AGENT_HUB_URL=http://nginx:8080",
-            "-e",
-            "RELAYPACS_AGENT_ALLOW_INSECURE_HTTP=true",
+            *AGENT_ARGS,
             "-e",
             "RELAYPACS_AGENT_QUIET_PERIOD_SECONDS=1",
             "-e",

@@ -69,10 +69,9 @@ PARTS_PER_STREAM = 2
 # partial upload of the same bytes); the first copy the hub acknowledges whole is the part. At
 # 30% loss both ways most parts arrive in a few seconds and a few stall for ten or more on
 # retransmission timeouts: the copies cut that tail. At most ``part_copies`` copies of a part at
-# once (the agent's setting; 0: none).
-
-# A part is late (worth a copy) once in flight this many times as long as the median part of
-# its segment took so far, and at least STRAGGLER_MIN_SECONDS.
+# once (the agent's setting; 0: none). A part is late (worth a copy) once in flight this many
+# times as long as the median part of its segment took so far, and at least
+# STRAGGLER_MIN_SECONDS.
 STRAGGLER_FACTOR = 2.0
 STRAGGLER_MIN_SECONDS = 1.0
 
@@ -207,13 +206,11 @@ class _PartRace:
     def all_done(self) -> bool:
         return all(self.done)
 
-    def record(self, i: int, write: Callable[[], None]) -> bool:
-        """Run ``write`` unless part ``i`` is done; whether it was done."""
+    def record(self, i: int, write: Callable[[], None]) -> None:
+        """Run ``write`` unless part ``i`` is done (another copy won: its row stands)."""
         with self.lock:
-            if self.done[i]:
-                return True
-            write()
-            return False
+            if not self.done[i]:
+                write()
 
     def finish(self, i: int, write: Callable[[], None]) -> bool:
         """The first copy of part ``i`` acknowledged whole: write it and say True (once)."""
