@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -32,9 +34,39 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
-    )
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, hide_parameters=True)
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection that has been idle this long is tested before use.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Test a pooled connection before use only when it has been idle for a while.
+
+    SQLAlchemy's ``pool_pre_ping`` tests every checkout, and for asyncpg a test is three round
+    trips (begin, a query, rollback): under load that was more than half of a tus PATCH's
+    round trips to PostgreSQL. A connection handed back moments ago is almost always alive; one
+    that is not (the server restarted under load) fails its statement, the hub answers that one
+    request 503 ``database_unavailable`` (the agent retries it) and SQLAlchemy replaces every
+    connection of the pool made before the failure."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _before_use(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:
+            # The pool drops this connection and checks out another (a new one if needed).
+            raise DisconnectionError(f"idle connection failed its test: {exc}") from exc
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -8,10 +8,11 @@ missing again, so the agent resends it); the rest of the segment still counts.
 
 from __future__ import annotations
 
-import functools
 import json
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import structlog
@@ -23,12 +24,14 @@ from relaypacs_hub.db.models import Instance, ManifestEntry, Upload
 from relaypacs_hub.ingest.receive import record_instances
 from relaypacs_hub.storage.base import ObjectStore, content_key
 from relaypacs_hub.storage.uploads import UploadStore
-from relaypacs_shared.dicom import validate_file
+from relaypacs_shared.dicom import InstanceInfo, validate_file
 from relaypacs_shared.errors import DicomValidationError, ProtocolError
-from relaypacs_shared.segments import extract_entry, read_index
+from relaypacs_shared.segments import SegmentEntry, extract_entry, read_index
 
 log = structlog.get_logger("relaypacs.hub.segments")
 SEGMENT_KIND = "relaypacs-segment"
+# SOP Instance UIDs asked about per query (a segment of small instances holds thousands).
+_IN_BATCH = 1000
 
 
 @dataclass
@@ -37,6 +40,19 @@ class SegmentOutcome:
     stored_bytes: int = 0
     already_held: int = 0
     rejected: dict[str, str] = field(default_factory=dict)
+
+
+def _unpack(
+    f: BinaryIO, entry: SegmentEntry, tmp: Path, max_instance_bytes: int
+) -> tuple[str, InstanceInfo | None]:
+    """Decompress one entry to ``tmp`` and, when it hashes as declared, validate it as DICOM:
+    (its SHA-256, what it is or None for a hash that differs). One trip to a worker thread for
+    both (small instances of a series were mostly trips)."""
+    with tmp.open("wb") as out:
+        sha = extract_entry(f, entry, out)
+    if sha != entry.sha256:
+        return sha, None
+    return sha, validate_file(tmp, max_bytes=max_instance_bytes, sha256=sha)
 
 
 async def process_upload(
@@ -65,31 +81,42 @@ async def process_upload(
             index = await anyio.to_thread.run_sync(read_index, f, length)
             if index.study_instance_uid != study_uid:
                 raise ProtocolError("segment index names another study than its upload")
+            # Only this segment's instances, and only the columns compared: a CT's segments
+            # each loaded the whole study's rows as ORM objects before.
+            sops = [e.sop_instance_uid for e in index.entries]
+            declared: dict[str, tuple[str, int]] = {}
+            held: dict[str, str] = {}
             async with sessionmaker() as session:
-                declared = {
-                    m.sop_instance_uid: m
-                    for m in await session.scalars(
-                        select(ManifestEntry).where(ManifestEntry.study_instance_uid == study_uid)
-                    )
-                }
-                held = {
-                    i.sop_instance_uid: i.sha256
-                    for i in await session.scalars(
-                        select(Instance).where(Instance.study_instance_uid == study_uid)
-                    )
-                }
+                for i in range(0, len(sops), _IN_BATCH):
+                    batch = sops[i : i + _IN_BATCH]
+                    for sop, sha, size in await session.execute(
+                        select(
+                            ManifestEntry.sop_instance_uid,
+                            ManifestEntry.sha256,
+                            ManifestEntry.size,
+                        )
+                        .where(ManifestEntry.study_instance_uid == study_uid)
+                        .where(ManifestEntry.sop_instance_uid.in_(batch))
+                    ):
+                        declared[sop] = (sha, size)
+                    for sop, sha in await session.execute(
+                        select(Instance.sop_instance_uid, Instance.sha256)
+                        .where(Instance.study_instance_uid == study_uid)
+                        .where(Instance.sop_instance_uid.in_(batch))
+                    ):
+                        held[sop] = sha
             pending: list[tuple[dict[str, object], str, str, int]] = []
             for entry in index.entries:
                 sop = entry.sop_instance_uid
-                m = declared.get(sop)
-                if m is None or m.sha256 != entry.sha256:
+                declared_sha, declared_size = declared.get(sop, (None, None))
+                if declared_sha != entry.sha256:
                     outcome.rejected[sop] = "not declared in the study's manifest with this hash"
                     continue
-                if entry.size != m.size or entry.size > max_instance_bytes:
+                if entry.size != declared_size or entry.size > max_instance_bytes:
                     # Checked before any work: the size bounds the decompression.
                     outcome.rejected[sop] = (
-                        f"entry declares {entry.size} bytes, the manifest {m.size}"
-                        if entry.size != m.size
+                        f"entry declares {entry.size} bytes, the manifest {declared_size}"
+                        if entry.size != declared_size
                         else f"entry of {entry.size} bytes is over the instance limit"
                     )
                     continue
@@ -98,16 +125,12 @@ async def process_upload(
                     continue
                 tmp = store.staging_dir() / f"{uuid.uuid4().hex}.dcm"
                 try:
-                    with tmp.open("wb") as out:
-                        sha = await anyio.to_thread.run_sync(extract_entry, f, entry, out)
-                    if sha != entry.sha256:
+                    sha, info = await anyio.to_thread.run_sync(
+                        _unpack, f, entry, tmp, max_instance_bytes
+                    )
+                    if info is None:
                         outcome.rejected[sop] = "decompressed bytes do not match the manifest hash"
                         continue
-                    info = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            validate_file, tmp, max_bytes=max_instance_bytes, sha256=sha
-                        )
-                    )
                     if info.sop_instance_uid != sop or info.study_instance_uid != study_uid:
                         outcome.rejected[sop] = "instance UIDs differ from the segment index"
                         continue
