@@ -25,6 +25,9 @@ MAX_DAYS = 366
 def _range(start: date | None, end: date | None) -> tuple[date, date]:
     today = datetime.now(UTC).date()
     end = end or today
+    # The default start and the day after the end must be dates too (a 422, not an overflow).
+    if end == date.max or (start is None and end < date.min + timedelta(days=29)):
+        raise HTTPException(422, "a date out of range")
     start = start or end - timedelta(days=29)
     if start > end:
         raise HTTPException(422, "start is after end")
