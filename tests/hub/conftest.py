@@ -89,7 +89,7 @@ class HubClient:
 
     @property
     def delivery(self) -> Any:
-        return self.app.state.delivery
+        return self.app.state.hub.delivery
 
     async def upload(self, study: GeneratedStudy, files: list[Path] | None = None) -> None:
         for path in files or study.files:

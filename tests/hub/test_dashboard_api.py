@@ -16,7 +16,6 @@ from argon2.exceptions import VerificationError
 from sqlalchemy import event, select, update
 
 from relaypacs_dev.generate import generate_study
-from relaypacs_hub.api.routes.overview import percentile
 from relaypacs_hub.auth import devices
 from relaypacs_hub.db.models import (
     AuditLogEntry,
@@ -28,6 +27,7 @@ from relaypacs_hub.db.models import (
     User,
     utcnow,
 )
+from relaypacs_hub.services.overview import percentile
 from relaypacs_shared.wire import format_content_digest
 from tests.hub.authfix import (
     ADMIN_TOKEN,

@@ -74,3 +74,16 @@ async def test_report_ids_and_cursors_beyond_the_columns_are_a_422(tmp_path: Pat
         assert r.status_code == 422, r.text
         r = await client.get("/api/v1/reports/7/content", headers=admin)
         assert r.status_code == 404, r.text
+
+
+async def test_analytics_dates_at_the_calendars_edges_are_a_422(tmp_path: Path) -> None:
+    async with hub_client(auth_settings(tmp_path)) as (_app, client):
+        admin = bearer(ADMIN_TOKEN)
+        for path in ("/api/v1/analytics", "/api/v1/analytics/studies.csv"):
+            for params in ({"end": "0001-01-01"}, {"start": "9999-12-31", "end": "9999-12-31"}):
+                r = await client.get(path, params=params, headers=admin)
+                assert r.status_code == 422, (path, params, r.text)
+            r = await client.get(
+                path, params={"start": "0001-01-01", "end": "0001-01-01"}, headers=admin
+            )
+            assert r.status_code == 200, (path, r.text)

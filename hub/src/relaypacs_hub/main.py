@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse
 
 from relaypacs_hub import metrics
 from relaypacs_hub.api import problems
-from relaypacs_hub.api.deps import HubState
 from relaypacs_hub.api.routes import (
     analytics,
     claims,
@@ -48,6 +47,7 @@ from relaypacs_hub.reports.hl7 import MllpServer
 from relaypacs_hub.reports.poller import ReportPoller
 from relaypacs_hub.reports.push import PushSender
 from relaypacs_hub.reports.service import FeedSignal
+from relaypacs_hub.runtime import HubRuntime
 from relaypacs_hub.serving import body_limit
 from relaypacs_hub.storage.factory import build_object_store, build_upload_store
 from relaypacs_shared.httpguard import BodyLimit, SecurityHeaders
@@ -106,7 +106,6 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         except BaseException:
             await engine.dispose()  # a bad rules file stops the start cleanly
             raise
-        app.state.delivery = delivery
         if settings.worker_enabled and destinations:
             worker = ForwardingWorker(
                 settings, sessionmaker, store, destinations, limits=delivery.limits
@@ -116,12 +115,11 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         feed = FeedSignal()
         push = await anyio.to_thread.run_sync(PushSender, settings, sessionmaker)
         feed.listeners.append(push.on_report)
-        app.state.hub = HubState(
+        app.state.hub = HubRuntime(
             settings=settings,
             sessionmaker=sessionmaker,
             store=store,
-            destination_names=sorted(destinations),
-            wake_worker=worker.wake if worker else None,
+            delivery=delivery,
             tus=tus,
             auth=auth,
             limiter=limiter,
@@ -130,15 +128,11 @@ def create_app(settings: HubSettings | None = None, *, migrate: bool = True) -> 
         )
         poller_task: asyncio.Task[None] | None = None
         if settings.report_poll_enabled:
-            poller = ReportPoller(
-                settings, sessionmaker, store, destinations, app.state.hub.reports
-            )
+            poller = ReportPoller(settings, sessionmaker, store, destinations, feed)
             poller_task = asyncio.create_task(poller.run(stop))
         mllp: MllpServer | None = None
         if settings.hl7_port is not None:
-            mllp = MllpServer(
-                sessionmaker, app.state.hub.reports, settings.hl7_host, settings.hl7_port
-            )
+            mllp = MllpServer(sessionmaker, feed, settings.hl7_host, settings.hl7_port)
             await mllp.start()
         log.info(
             "hub_started",

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: everything a route needs comes from ``app.state`` built in create_app."""
+"""FastAPI dependencies: the caller (``Policy``) and the one runtime object (``State``, the
+``HubRuntime`` that create_app keeps as ``app.state.hub``)."""
 
 from __future__ import annotations
 
@@ -7,43 +8,18 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Header, HTTPException, Request, status
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relaypacs_hub.auth import devices
-from relaypacs_hub.config import HubSettings
-from relaypacs_hub.db.models import Study
-from relaypacs_hub.forwarding.runtime import Delivery
-from relaypacs_hub.storage.base import ObjectStore
+from relaypacs_hub.runtime import HubRuntime
+from relaypacs_hub.services import studies
 
 
-@dataclass
-class HubState:
-    settings: HubSettings
-    sessionmaker: async_sessionmaker[AsyncSession]
-    store: ObjectStore
-    destination_names: list[str]
-    wake_worker: object  # callable, or None when no worker runs in this process
-    tus: Any = None  # relaypacs_hub.ingest.tus.TusService
-    auth: Any = None  # relaypacs_hub.auth.service.AuthService
-    limiter: Any = None  # relaypacs_hub.ratelimit.Limiter; None: no rate limits
-    reports: Any = None  # relaypacs_hub.reports.service.FeedSignal
-    push: Any = None  # relaypacs_hub.reports.push.PushSender
+def get_runtime(request: Request) -> HubRuntime:
+    runtime: HubRuntime = request.app.state.hub
+    return runtime
 
 
-def get_state(request: Request) -> HubState:
-    state: HubState = request.app.state.hub
-    return state
-
-
-State = Annotated[HubState, Depends(get_state)]
-
-
-def get_delivery(request: Request) -> Delivery:
-    delivery: Delivery = request.app.state.delivery
-    return delivery
-
-
-DeliveryDep = Annotated[Delivery, Depends(get_delivery)]
+State = Annotated[HubRuntime, Depends(get_runtime)]
 
 
 # -- who may call a route ----------------------------------------------------------------------
@@ -89,7 +65,7 @@ def bearer_matches(authorization: str | None, secret: Any) -> bool:
     return hmac.compare_digest(authorization.encode(), expected.encode())
 
 
-async def _principal(state: HubState, authorization: str | None) -> Principal | None:
+async def _principal(state: HubRuntime, authorization: str | None) -> Principal | None:
     if not authorization:
         return None
     if bearer_matches(authorization, state.settings.admin_token):
@@ -187,11 +163,6 @@ class Policy:
         raise _forbidden(f"this route is for: {self.name}")
 
 
-def _is_device_credential(authorization: str | None) -> bool:
-    scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and token.strip().startswith(devices.CREDENTIAL_PREFIX)
-
-
 ROLES = frozenset({"clinician", "radiographer", "radiologist", "admin"})
 PUBLIC = Policy("public", public=True)
 AGENT = Policy("agent", agent=True)
@@ -231,17 +202,10 @@ def route_policy(dependant: Any) -> list[Policy]:
     return found
 
 
-async def readable_study(state: HubState, who: Principal, study_uid: str) -> str | None:
+async def readable_study(state: HubRuntime, who: Principal, study_uid: str) -> str | None:
     """The study's facility, once the caller may see the study: 404 when the hub holds no
     instance of it, 403 when it belongs to a facility outside the caller's (a device reads its
     own facility's studies, a user those of their facilities, an admin every one)."""
-    async with state.sessionmaker() as session:
-        if await session.get(Study, study_uid) is None:
-            raise HTTPException(
-                404, {"code": "unknown_study", "detail": "the hub holds no instance of this study"}
-            )
-        facility = await devices.study_facility(session, study_uid)
-        readers = await devices.study_facilities(session, study_uid)
     allowed: list[str] | None
     if who.kind == "anonymous":  # an agent route with no agent credential configured (dev)
         allowed = None
@@ -249,9 +213,4 @@ async def readable_study(state: HubState, who: Principal, study_uid: str) -> str
         allowed = [who.agent_facility] if who.agent_facility is not None else None
     else:
         allowed = facility_scope(who)
-    # Its own facility, and any an admin accepted it for (a patient transfer).
-    if allowed is not None and not readers & set(allowed):
-        raise HTTPException(
-            403, {"code": "forbidden", "detail": "this study belongs to another facility"}
-        )
-    return facility
+    return await studies.readable_study(state.sessionmaker, study_uid, allowed)

@@ -1,6 +1,7 @@
 """Errors to answers, in one place: every ``RelayError`` a route lets through is answered from
-``relaypacs_shared.wire.PROBLEMS`` (status, stable code, plain detail), with the tus headers on
-the upload endpoint. Routes raise; they do not build error answers.
+``relaypacs_shared.wire.PROBLEMS`` (status, stable code, plain detail; a service's ``Coded`` error
+brings its own code), with the tus headers on the upload endpoint. Routes and services raise;
+they do not build error answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from relaypacs_hub import metrics
 from relaypacs_hub.ratelimit import RateLimited
+from relaypacs_hub.services.errors import Coded
 from relaypacs_shared import tus
 from relaypacs_shared.errors import RelayError, StorageError
 from relaypacs_shared.wire import API_PREFIX, problem_of, problem_type
@@ -29,6 +31,8 @@ def _is_tus(request: Request) -> bool:
 async def relay_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RelayError)
     status, body = problem_of(exc)
+    if isinstance(exc, Coded):
+        body.code = exc.code
     if isinstance(exc, StorageError):
         metrics.dependency_error("object_store")
         log.error("storage_error", error=str(exc))

@@ -1,8 +1,8 @@
 """Delivery in one hub process: destinations, their limits, the rules and the router.
 
-Built at start by ``create_app`` and by ``relaypacs-hub worker``; the API reaches it as
-``request.app.state.delivery`` (``DeliveryDep`` in ``api/deps.py``), and so can any code that
-commits a study (``commit_study(..., delivery.router)``).
+Built at start by ``create_app`` (kept in the ``HubRuntime``, ``relaypacs_hub.runtime``) and by
+``relaypacs-hub worker``; code that commits a study passes its router
+(``commit_study(..., delivery.router)``).
 """
 
 from __future__ import annotations

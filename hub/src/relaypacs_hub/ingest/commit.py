@@ -6,7 +6,7 @@ says so. A later commit with more instances (a late series) is a follow-up of th
 what a destination does not hold yet is sent again.
 
 Callers: the instance-upload API (``POST /api/v1/studies/{uid}/commit``) and the segment path.
-Both pass the hub's :class:`~relaypacs_hub.routing.router.Router` (``app.state.delivery.router``).
+Both pass the hub's :class:`~relaypacs_hub.routing.router.Router` (``HubRuntime.delivery.router``).
 """
 
 from __future__ import annotations

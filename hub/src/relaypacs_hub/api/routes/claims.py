@@ -3,35 +3,16 @@ and the decision (accept the study for that facility too, or refuse it with a re
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from relaypacs_hub.api.deps import AdminAuth, State
-from relaypacs_hub.audit import audit
-from relaypacs_hub.auth.devices import study_facility
-from relaypacs_hub.db.models import Device, Instance, StudyClaim, aware_utc, utcnow
+from relaypacs_hub.services import claims
+from relaypacs_hub.services.claims import ClaimInfo, ClaimState
 
 router = APIRouter(prefix="/api/v1/study-claims", tags=["studies"])
-
-
-class ClaimInfo(BaseModel):
-    study_instance_uid: str
-    facility: str = Field(description="The facility that sent the study second.")
-    owner: str | None = Field(description="The facility the study belongs to.")
-    owner_instances: int = Field(description="Instances of the study the hub holds.")
-    state: Literal["held", "accepted", "refused"]
-    device: str = Field(description="The device that last sent it.")
-    attempts: int
-    first_seen_at: datetime
-    last_seen_at: datetime
-    decided_by: str | None
-    decided_at: datetime | None
-    reason: str
 
 
 class Decision(BaseModel):
@@ -43,45 +24,14 @@ class Decision(BaseModel):
     )
 
 
-async def _info(session: AsyncSession, claim: StudyClaim) -> ClaimInfo:
-    owner = await study_facility(session, claim.study_instance_uid)
-    held = await session.scalar(
-        select(func.count())
-        .select_from(Instance)
-        .where(Instance.study_instance_uid == claim.study_instance_uid)
-    )
-    device = claim.device
-    if device.startswith("device:"):  # a device's principal: show the name it enrolled with
-        found = await session.get(Device, device.removeprefix("device:"))
-        device = found.name if found is not None else device
-    return ClaimInfo(
-        study_instance_uid=claim.study_instance_uid,
-        facility=claim.facility,
-        owner=owner,
-        owner_instances=int(held or 0),
-        state=claim.state,  # type: ignore[arg-type]
-        device=device,
-        attempts=claim.attempts,
-        first_seen_at=aware_utc(claim.first_seen_at) or claim.first_seen_at,
-        last_seen_at=aware_utc(claim.last_seen_at) or claim.last_seen_at,
-        decided_by=claim.decided_by,
-        decided_at=aware_utc(claim.decided_at),
-        reason=claim.reason,
-    )
-
-
 @router.get("", response_model=list[ClaimInfo])
 async def list_claims(
     state: State,
     _auth: AdminAuth,
-    claim_state: Literal["held", "accepted", "refused"] | None = None,
+    claim_state: ClaimState | None = None,
 ) -> list[ClaimInfo]:
     """Studies sent by a second facility, held ones first (newest first within each state)."""
-    query = select(StudyClaim).order_by(StudyClaim.state != "held", StudyClaim.last_seen_at.desc())
-    if claim_state is not None:
-        query = query.where(StudyClaim.state == claim_state)
-    async with state.sessionmaker() as session:
-        return [await _info(session, c) for c in await session.scalars(query.limit(500))]
+    return await claims.list_claims(state, claim_state)
 
 
 @router.post("/{study_uid}/{facility}", response_model=ClaimInfo)
@@ -90,15 +40,6 @@ async def decide_claim(
 ) -> ClaimInfo:
     """Accept the study for this facility too (its agent sends it at its next try, and its
     people read the study's state), or refuse it: the agent stops and shows the reason."""
-    async with state.sessionmaker() as session, session.begin():
-        claim = await session.get(StudyClaim, (study_uid, facility))
-        if claim is None:
-            raise HTTPException(
-                404, {"code": "unknown_claim", "detail": "no facility sent this study second"}
-            )
-        claim.state = "accepted" if body.decision == "accept" else "refused"
-        claim.reason = body.reason.strip()
-        claim.decided_by = who.name
-        claim.decided_at = utcnow()
-        await audit(session, who.name, f"study_claim_{claim.state}", study_uid, facility=facility)
-        return await _info(session, claim)
+    return await claims.decide(
+        state, who.name, study_uid, facility, body.decision == "accept", body.reason
+    )

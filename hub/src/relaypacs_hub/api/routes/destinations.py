@@ -7,124 +7,26 @@ each archive is also asked whether it answers (C-ECHO, a QIDO-RS query, a writab
 
 from __future__ import annotations
 
-import asyncio
-from datetime import datetime
-from statistics import median
+from fastapi import APIRouter
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
-from sqlalchemy import func, select
-
-from relaypacs_hub.api.deps import AdminAuth, DeliveryDep, State
-from relaypacs_hub.db.models import ForwardJob, JobState
-from relaypacs_hub.forwarding.base import Destination
-from relaypacs_shared.errors import RelayError
+from relaypacs_hub.api.deps import AdminAuth, State
+from relaypacs_hub.services import destinations
+from relaypacs_hub.services.destinations import DestinationHealth
 
 router = APIRouter(prefix="/api/v1/destinations", tags=["admin: destinations"])
-
-PROBE_TIMEOUT_SECONDS = 15.0
-RECENT_JOBS = 100
-
-
-class Probe(BaseModel):
-    reachable: bool
-    detail: str
-
-
-class DestinationHealth(BaseModel):
-    name: str
-    type: str
-    profile: str | None
-    max_concurrent_jobs: int
-    jobs: dict[str, int]
-    last_confirmed_at: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-    time_to_pacs_median_seconds: float | None
-    time_to_pacs_max_seconds: float | None
-    probe: Probe | None = None
-
-
-async def _probe(dest: Destination) -> Probe:
-    try:
-        detail = await asyncio.wait_for(dest.probe(), PROBE_TIMEOUT_SECONDS)
-    except TimeoutError:
-        return Probe(reachable=False, detail=f"no answer within {PROBE_TIMEOUT_SECONDS:.0f} s")
-    except RelayError as exc:
-        return Probe(reachable=False, detail=str(exc))
-    except Exception as exc:  # a library failing in an unforeseen way is still "unreachable"
-        return Probe(reachable=False, detail=f"{type(exc).__name__}: {exc}")
-    return Probe(reachable=True, detail=detail)
-
-
-async def _health(state: State, delivery: DeliveryDep, name: str, probe: bool) -> DestinationHealth:
-    config = delivery.configs[name]
-    async with state.sessionmaker() as session:
-        counts = dict(
-            (
-                await session.execute(
-                    select(ForwardJob.state, func.count())
-                    .where(ForwardJob.destination == name)
-                    .group_by(ForwardJob.state)
-                )
-            ).all()
-        )
-        last_confirmed = await session.scalar(
-            select(func.max(ForwardJob.completed_at)).where(ForwardJob.destination == name)
-        )
-        failing = await session.scalar(
-            select(ForwardJob)
-            .where(ForwardJob.destination == name)
-            .where(ForwardJob.last_error.is_not(None))
-            .order_by(ForwardJob.updated_at.desc())
-            .limit(1)
-        )
-        times = [
-            t
-            for t in await session.scalars(
-                select(ForwardJob.time_to_pacs_seconds)
-                .where(ForwardJob.destination == name)
-                .where(ForwardJob.time_to_pacs_seconds.is_not(None))
-                .order_by(ForwardJob.completed_at.desc())
-                .limit(RECENT_JOBS)
-            )
-            if t is not None
-        ]
-    return DestinationHealth(
-        name=name,
-        type=config.type,
-        profile=getattr(config, "profile", None),
-        max_concurrent_jobs=config.max_concurrent_jobs,
-        jobs={s: int(counts.get(s, 0)) for s in tuple(JobState)},
-        last_confirmed_at=last_confirmed,
-        last_error=failing.last_error if failing else None,
-        last_error_at=failing.updated_at if failing else None,
-        time_to_pacs_median_seconds=median(times) if times else None,
-        time_to_pacs_max_seconds=max(times) if times else None,
-        probe=await _probe(delivery.destinations[name]) if probe else None,
-    )
 
 
 @router.get("", response_model=list[DestinationHealth])
 async def list_destinations(
-    state: State, delivery: DeliveryDep, _auth: AdminAuth, probe: bool = False
+    state: State, _auth: AdminAuth, probe: bool = False
 ) -> list[DestinationHealth]:
     """Every configured destination with its queue and, with ``?probe=true``, a live check."""
-    return list(
-        await asyncio.gather(
-            *(_health(state, delivery, name, probe) for name in sorted(delivery.configs))
-        )
-    )
+    return await destinations.list_health(state, probe)
 
 
 @router.get("/{name}", response_model=DestinationHealth)
 async def get_destination(
-    name: str, state: State, delivery: DeliveryDep, _auth: AdminAuth, probe: bool = True
+    name: str, state: State, _auth: AdminAuth, probe: bool = True
 ) -> DestinationHealth:
     """One destination, probed by default."""
-    if name not in delivery.configs:
-        raise HTTPException(
-            status_code=404,
-            detail={"code": "unknown_destination", "detail": f"no destination named {name!r}"},
-        )
-    return await _health(state, delivery, name, probe)
+    return await destinations.health(state, name, probe)

@@ -3,19 +3,16 @@ renew it, and admins list and revoke devices."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from relaypacs_hub.api.deps import AdminAuth, AgentAuth, DeviceAuth, PublicAccess, State
-from relaypacs_hub.audit import audit
 from relaypacs_hub.auth import devices
-from relaypacs_hub.auth.service import facilities_of
-from relaypacs_hub.db.models import AgentHeartbeat, Device, User, aware_utc, utcnow
 from relaypacs_hub.ratelimit import RateLimited, enforce, enroll_rule
+from relaypacs_hub.services import devices as device_service
+from relaypacs_hub.services.devices import DeviceInfo, HeartbeatAnswer, VerifierFeed
 from relaypacs_shared.wire import Heartbeat
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
@@ -41,38 +38,6 @@ class CredentialAnswer(BaseModel):
     device_id: str
     facility: str
     secret: str = Field(description="Shown only now; sent as `Bearer rpd_<device_id>.<secret>`.")
-
-
-class DeviceInfo(BaseModel):
-    id: str
-    facility: str
-    name: str
-    created_at: datetime
-    last_seen_at: datetime | None
-    revoked_at: datetime | None
-
-
-class Verifier(BaseModel):
-    username: str
-    role: str
-    facilities: list[str]
-    password_hash: str = Field(description="The argon2id hash as the hub stores it.")
-    totp_secret: str | None = Field(
-        description="Base32 TOTP secret, only when the user has confirmed TOTP; else null."
-    )
-    totp_required: bool = Field(
-        description="The user's role must use a second factor (`RELAYPACS_HUB_REQUIRE_TOTP_ROLES`)."
-    )
-    totp_last_step: int | None = Field(
-        default=None,
-        description="The RFC 6238 time step of the last code accepted for this user at the hub "
-        "or at any agent: an agent accepts only a later one, so a code works once everywhere.",
-    )
-
-
-class VerifierFeed(BaseModel):
-    generated_at: datetime
-    users: list[Verifier]
 
 
 def _source(request: Request) -> str | None:
@@ -134,36 +99,7 @@ async def verifiers(
     the facilities listed for them); the legacy agent token (or the open development mode) gets
     every user. Disabled users are left out. Every read is audited."""
     response.headers["Cache-Control"] = "no-store"
-    facility = who.agent_facility
-    required = state.settings.totp_required_roles
-    async with state.sessionmaker() as session:
-        users = list(
-            await session.scalars(
-                select(User).where(User.disabled.is_(False)).order_by(User.username)
-            )
-        )
-    feed = [
-        Verifier(
-            username=u.username,
-            role=u.role,
-            facilities=facilities_of(u),
-            password_hash=u.password_hash,
-            totp_secret=u.totp_secret if u.totp_enabled else None,
-            totp_required=u.role in required,
-            totp_last_step=u.totp_last_step if u.totp_enabled else None,
-        )
-        for u in users
-        if facility is None or facility in facilities_of(u)
-    ]
-    await audit(
-        state.sessionmaker,
-        who.name,
-        "device.verifiers_read",
-        facility or "*",
-        source=_source(request),
-        users=len(feed),
-    )
-    return VerifierFeed(generated_at=datetime.now(UTC), users=feed)
+    return await device_service.verifier_feed(state, who.agent_facility, who.name, _source(request))
 
 
 class TotpStepClaim(BaseModel):
@@ -193,77 +129,22 @@ async def claim_totp_step(
     return TotpStepAnswer(accepted=accepted)
 
 
-class HeartbeatAnswer(BaseModel):
-    agent: str = Field(description="The name the hub exports this agent's metrics under.")
-    facility: str | None
-    received_at: datetime
-
-
 @router.post("/heartbeat", response_model=HeartbeatAnswer)
 async def heartbeat(body: Heartbeat, state: State, who: AgentAuth) -> HeartbeatAnswer:
     """An agent's health report (backlog, oldest waiting study, disk free against its reserve,
     quarantine by reason, last hub contact, version). The hub keeps the latest per agent and
     exports it at `/metrics`. An enrolled device is named and placed by its enrollment; an
     agent on the legacy token (or the open development mode) by what it reports."""
-    if who.device_id is not None:
-        async with state.sessionmaker() as session:
-            device = await session.get(Device, who.device_id)
-        key, name = who.device_id, device.name if device else body.name
-        facility: str | None = who.agent_facility
-    else:
-        key, name, facility = f"unenrolled:{body.name}", body.name, body.facility
-    now = utcnow()
-    contact = body.last_hub_contact_at
-    if contact is not None and contact.tzinfo is not None:
-        contact = contact.astimezone(UTC).replace(tzinfo=None)
-    async with state.sessionmaker() as session, session.begin():
-        row = await session.get(AgentHeartbeat, key, with_for_update=True)
-        if row is None:
-            row = AgentHeartbeat(agent_key=key)
-            session.add(row)
-        row.device_id = who.device_id
-        row.facility = facility
-        row.name = name
-        row.version = body.version
-        row.received_at = now
-        row.backlog_studies = body.backlog_studies
-        row.backlog_bytes = body.backlog_bytes
-        row.oldest_waiting_seconds = body.oldest_waiting_seconds
-        row.disk_free_bytes = body.disk_free_bytes
-        row.disk_reserve_bytes = body.disk_reserve_bytes
-        row.quarantine_json = json.dumps(body.quarantine, sort_keys=True)
-        row.last_hub_contact_at = contact
-    return HeartbeatAnswer(agent=name, facility=facility, received_at=aware_utc(now) or now)
+    return await device_service.record_heartbeat(state, body, who.device_id, who.agent_facility)
 
 
 @router.get("", response_model=list[DeviceInfo])
 async def list_devices(state: State, _auth: AdminAuth) -> list[DeviceInfo]:
     """Every enrolled device, revoked ones included."""
-    return [
-        DeviceInfo(
-            id=d.id,
-            facility=d.facility,
-            name=d.name,
-            created_at=d.created_at,
-            last_seen_at=d.last_seen_at,
-            revoked_at=d.revoked_at,
-        )
-        for d in await devices.list_devices(state.sessionmaker)
-    ]
+    return await device_service.list_devices(state)
 
 
 @router.post("/{device_id}/revoke", response_model=DeviceInfo)
 async def revoke(device_id: str, state: State, who: AdminAuth, request: Request) -> DeviceInfo:
     """Revoke a device: its credential is refused (401) from now on."""
-    try:
-        d = await devices.revoke(state.sessionmaker, who.name, device_id, _source(request))
-    except LookupError as exc:
-        raise HTTPException(404, {"code": "unknown_device", "detail": "no such device"}) from exc
-    return DeviceInfo(
-        id=d.id,
-        facility=d.facility,
-        name=d.name,
-        created_at=d.created_at,
-        last_seen_at=d.last_seen_at,
-        revoked_at=d.revoked_at,
-    )
+    return await device_service.revoke(state, who.name, device_id, _source(request))

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from relaypacs_hub import metrics
 from relaypacs_hub.api.deps import Policy, Principal, PublicAccess, State, bearer_matches
+from relaypacs_hub.services.health import ping_database
 from relaypacs_shared.netpolicy import is_loopback_host
 
 router = APIRouter(tags=["health"])
@@ -45,8 +45,7 @@ async def readyz(state: State, _auth: PublicAccess) -> JSONResponse:
     timeout = state.settings.readiness_timeout_seconds
 
     async def database() -> None:
-        async with state.sessionmaker() as session:
-            await session.execute(text("SELECT 1"))
+        await ping_database(state.sessionmaker)
 
     async def object_store() -> None:
         await state.store.exists("readyz/probe")

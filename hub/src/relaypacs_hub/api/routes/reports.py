@@ -19,7 +19,6 @@ from fastapi import (
     status,
 )
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import delete, select
 
 from relaypacs_hub.api.deps import (
     AgentAuth,
@@ -31,18 +30,9 @@ from relaypacs_hub.api.deps import (
     bearer_matches,
     readable_study,
 )
-from relaypacs_hub.audit import audit
-from relaypacs_hub.db.models import PushSubscription, Report, StudyReport
 from relaypacs_hub.reports.push import check_endpoint
-from relaypacs_hub.reports.service import (
-    NewReport,
-    NoFinalReport,
-    feed_page,
-    poll_now,
-    record_report,
-    report_json,
-    study_report_json,
-)
+from relaypacs_hub.reports.service import NewReport, poll_now
+from relaypacs_hub.services import reports
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError
 from relaypacs_shared.reports import REPORT_CLASSES, ReportRejected, check_pdf, parse_report
@@ -93,6 +83,10 @@ class ArchiveChange(BaseModel):
 
 def _problem(code: int, kind: str, detail: str) -> HTTPException:
     return HTTPException(status_code=code, detail={"code": kind, "detail": detail})
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _uid(value: str) -> str:
@@ -188,27 +182,7 @@ async def post_report(
             "unsupported_media_type",
             "send application/json, application/dicom (SR or Encapsulated PDF) or application/pdf",
         )
-    try:
-        report, created = await record_report(state.sessionmaker, new, signal=state.reports)
-    except NoFinalReport as exc:
-        raise _problem(409, "no_final_report", str(exc)) from exc
-    await audit(
-        state.sessionmaker,
-        who.name,
-        "report.posted",
-        study_uid,
-        source=request.client.host if request.client else None,
-        report_id=report.id,
-        status=report.status,
-        kind=report.kind,
-        duplicate=not created,
-    )
-    async with state.sessionmaker() as session:
-        row = await session.get(StudyReport, study_uid)
-        return {
-            "report": report_json(report, with_text=False),
-            "study": study_report_json(row, study_uid),
-        }
+    return await reports.post(state, new, who.name, _source(request))
 
 
 @router.post(
@@ -236,25 +210,8 @@ async def get_reports(
     reports, newest first (text included; a PDF through ``/api/v1/reports/{id}/content``)."""
     study_uid = _uid(study_uid)
     await readable_study(state, who, study_uid)
-    async with state.sessionmaker() as session:
-        row = await session.get(StudyReport, study_uid)
-        reports = list(
-            await session.scalars(
-                select(Report)
-                .where(Report.study_instance_uid == study_uid)
-                .order_by(Report.id.desc())
-            )
-        )
-    if reports and who.kind == "user":
-        await audit(
-            state.sessionmaker,
-            who.name,
-            "report.read",
-            study_uid,
-            source=request.client.host if request.client else None,
-            reports=len(reports),
-        )
-    return {**study_report_json(row, study_uid), "reports": [report_json(r) for r in reports]}
+    reader = who.name if who.kind == "user" else None
+    return await reports.study_reports(state, study_uid, reader, _source(request))
 
 
 @router.get("/api/v1/reports/{report_id}/content")
@@ -265,22 +222,12 @@ async def get_report_content(
     who: StudyReader,
 ) -> Response:
     """The PDF of a report (``has_content``)."""
-    async with state.sessionmaker() as session:
-        report = await session.get(Report, report_id)
-    if report is None or report.content is None:
-        raise _problem(404, "unknown_report", "no such report document")
-    await readable_study(state, who, report.study_instance_uid)
-    await audit(
-        state.sessionmaker,
-        who.name,
-        "report.read",
-        report.study_instance_uid,
-        source=request.client.host if request.client else None,
-        report_id=report.id,
-    )
+    doc = await reports.document(state, report_id)
+    await readable_study(state, who, doc.study_uid)
+    await reports.note_document_read(state, doc, who.name, _source(request))
     return Response(
-        report.content,
-        media_type=report.content_type or "application/octet-stream",
+        doc.content,
+        media_type=doc.content_type,
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
     )
 
@@ -299,22 +246,7 @@ async def report_feed(
 ) -> dict[str, Any]:
     """The calling agent's facility's report events after ``after`` (long poll: waits up to
     ``wait`` seconds for one). Answers ``cursor`` to send as ``after`` next time."""
-    facility = who.agent_facility
-    loop_time = anyio.current_time
-    deadline = loop_time() + wait
-    while True:
-        page = await feed_page(state.sessionmaker, facility, after, limit)
-        remaining = deadline - loop_time()
-        if page or remaining <= 0:
-            break
-        await state.reports.wait(min(1.0, remaining))
-    return {
-        "cursor": page[-1][0].seq if page else after,
-        "events": [
-            {"seq": event.seq, "at": event.at.isoformat() + "Z", "report": report_json(report)}
-            for event, report in page
-        ],
-    }
+    return await reports.feed(state, who.agent_facility, after, wait, limit)
 
 
 # -- Web Push subscriptions, relayed by the agents --------------------------------------------
@@ -346,25 +278,15 @@ async def push_subscribe(
     if reason:
         raise _problem(422, "invalid_endpoint", reason)
     facility = who.agent_facility or ""
-    async with state.sessionmaker() as session, session.begin():
-        row = await session.scalar(
-            select(PushSubscription).where(PushSubscription.endpoint == body.endpoint)
-        )
-        if row is None:
-            row = PushSubscription(endpoint=body.endpoint)
-            session.add(row)
-        row.p256dh = body.keys.p256dh
-        row.auth = body.keys.auth
-        row.facility = facility
-        row.username = body.username
-        row.last_error = None
-    await audit(
-        state.sessionmaker,
-        who.name,
-        "push.subscribed",
-        body.username,
-        source=request.client.host if request.client else None,
+    await reports.subscribe(
+        state,
+        endpoint=body.endpoint,
+        p256dh=body.keys.p256dh,
+        auth=body.keys.auth,
         facility=facility,
+        username=body.username,
+        actor=who.name,
+        source=_source(request),
     )
     return {"subscribed": True, "facility": facility}
 
@@ -374,11 +296,5 @@ async def push_unsubscribe(
     state: State, who: DeviceAuth, endpoint: Annotated[str, Query(max_length=1024)]
 ) -> Response:
     """Forget a subscription of the device's facility."""
-    async with state.sessionmaker() as session, session.begin():
-        await session.execute(
-            delete(PushSubscription).where(
-                PushSubscription.endpoint == endpoint,
-                PushSubscription.facility == (who.agent_facility or ""),
-            )
-        )
+    await reports.unsubscribe(state, endpoint, who.agent_facility or "")
     return Response(status_code=204)

@@ -11,10 +11,10 @@ from fastapi import APIRouter, Request, Response
 
 from relaypacs_hub import metrics
 from relaypacs_hub.api.deps import AgentAuth, Principal, PublicAccess, State
-from relaypacs_hub.api.routes.studies import claim_for_device
 from relaypacs_hub.ingest.segments import process_upload
 from relaypacs_hub.ingest.tus import UploadView
 from relaypacs_hub.ratelimit import enforce, upload_create_rule
+from relaypacs_hub.services.studies import claim_for_device
 from relaypacs_shared import tus
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError, ProtocolError
@@ -88,7 +88,7 @@ async def create(request: Request, state: State, _auth: AgentAuth) -> Response:
         except DicomValidationError as exc:
             raise ProtocolError(f"Upload-Metadata study: {exc.message}") from exc
         # A device uploads segments of its own facility's studies only.
-        await claim_for_device(state, _auth, req.metadata["study"])
+        await claim_for_device(state, _auth.agent_facility, _auth.name, req.metadata["study"])
     owner = owner_of(_auth)
     v = await state.tus.create(req, owner)
     metrics.TUS_CREATED.inc()
