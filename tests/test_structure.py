@@ -28,10 +28,6 @@ SQL = re.compile(
 
 # Files outside store/ that still hold SQL, relative to relaypacs_agent/.
 ALLOWED = {
-    # The audit log's own table: append() writes inside the caller's open transaction.
-    "audit.py",
-    # One-shot operator commands (an identity change's audit record, the wrapped-files list).
-    "cli.py",
     # `relaypacs-agent status` reads the catalogue over its own read-only connection.
     "status.py",
     # The heartbeat reads the backlog over its own read-only connection, off the writer's lock.

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from relaypacs_agent.audit import append as audit_append
+from relaypacs_agent.store.audit import append as audit_append
 from relaypacs_agent.store.schema import MIGRATIONS
 from relaypacs_shared.dicom import InstanceInfo
 

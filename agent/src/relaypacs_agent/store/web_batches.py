@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from relaypacs_agent.audit import append as audit_append
+from relaypacs_agent.store.audit import append as audit_append
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.uplink.progress import transfer_progress
 
