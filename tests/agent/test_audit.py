@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from relaypacs_agent import audit as agent_audit
 from relaypacs_agent.cli import app as agent_cli
 from relaypacs_agent.ingest import quarantine
 from relaypacs_agent.ingest.pipeline import Ingestor
+from relaypacs_agent.store import audit as agent_audit
 from relaypacs_agent.store.db import Store
 from relaypacs_dev.generate import generate_study
 from relaypacs_shared.audit import verify_chain

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from relaypacs_agent.store.db import Store
+from relaypacs_agent.store.uplink import UplinkStore
 from relaypacs_agent.uplink.transfer import TransferSender
 
 
@@ -79,7 +80,7 @@ def _sender(
             "sop_uids, created_at, updated_at) VALUES ('s1', '1.2.3', ?, ?, ?, ?, '[]', ?, ?)",
             (str(path), len(data), len(data), hashlib.sha256(data).hexdigest(), now, now),
         )
-    seg = store.query("SELECT * FROM segments WHERE id = 's1'")[0]
+    seg = UplinkStore(store).segment("s1")
     return sender, {"row": seg, "data": data, "store": store}
 
 

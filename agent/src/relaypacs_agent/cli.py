@@ -325,14 +325,13 @@ def _audit_local(action: str, target: str, **details: Any) -> None:
     """Record a change of this agent's identity in its own hash-chained audit log."""
     import getpass
 
-    from relaypacs_agent import audit
+    from relaypacs_agent.store.audit import audit
     from relaypacs_agent.store.db import Store
 
     settings = AgentSettings()
     store = Store(settings.db_path)
     try:
-        with store.tx() as conn:
-            audit.append(conn, f"cli:{getpass.getuser()}", action, target, **details)
+        audit(store, f"cli:{getpass.getuser()}", action, target, **details)
     finally:
         store.close()
 
@@ -496,23 +495,16 @@ def wrapped(
     """
     from pydicom.uid import UID
 
+    from relaypacs_agent.store.audit import wrapped_records
     from relaypacs_agent.store.db import Store
 
     settings = AgentSettings()
     store = Store(settings.db_path)
-    rows = store.query(
-        "SELECT at, actor, target, details FROM audit_log WHERE action = 'instance.wrapped' "
-        "ORDER BY seq"
-    )
+    records = wrapped_records(store)
     store.close()
     entries = [
-        {
-            "at": r["at"],
-            "sop_instance_uid": r["target"],
-            "by": r["actor"],
-            **json.loads(r["details"]),
-        }
-        for r in rows
+        {"at": r.at, "sop_instance_uid": r.sop_instance_uid, "by": r.actor, **r.details}
+        for r in records
     ]
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
@@ -544,7 +536,7 @@ def audit_verify(
 
         RELAYPACS_AGENT_DATA_DIR=/var/lib/relaypacs relaypacs-agent audit verify
     """
-    from relaypacs_agent.audit import read_log
+    from relaypacs_agent.store.audit import read_log
     from relaypacs_agent.store.db import Store
     from relaypacs_shared.audit import verify_report
 
@@ -571,7 +563,7 @@ def audit_export(
 
         relaypacs-agent audit export --format atna > audit.jsonl
     """
-    from relaypacs_agent.audit import read_log
+    from relaypacs_agent.store.audit import read_log
     from relaypacs_agent.store.db import Store
     from relaypacs_shared.audit import EXPORT_FORMATS, export_lines
 

@@ -23,7 +23,6 @@ import errno
 import itertools
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from pynetdicom import (
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from relaypacs_agent.ingest.pipeline import DiskFull, Ingestor, Source
+from relaypacs_agent.store.db import OperationalError
 
 log = structlog.get_logger("relaypacs.agent.dimse")
 
@@ -239,7 +239,7 @@ class StoreSCP:
                 return _status(STATUS_OUT_OF_RESOURCES, DISK_FULL_COMMENT)
             log.error("dimse_store_failed", calling_aet=calling, error=str(exc)[:200])
             return _status(STATUS_OUT_OF_RESOURCES, f"cannot store: {exc}")
-        except sqlite3.OperationalError as exc:
+        except OperationalError as exc:
             # "database or disk is full": the catalogue's disk, same answer.
             if "full" not in str(exc):
                 raise

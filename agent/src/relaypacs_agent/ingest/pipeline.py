@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import shutil
-import sqlite3
 import threading
 import time
 import uuid
@@ -43,7 +42,7 @@ from relaypacs_agent.ingest.files import (
     remove_orphans,
     stage_copy,
 )
-from relaypacs_agent.store.db import SourceFile, Store
+from relaypacs_agent.store.db import IntegrityError, SourceFile, Store
 from relaypacs_shared.dicom import (
     DEFAULT_MAX_SEQUENCE_DEPTH,
     InstanceInfo,
@@ -265,7 +264,7 @@ class Ingestor:
                         source_file=sf,
                         wrapped=wrapped,
                     )
-                except sqlite3.IntegrityError:
+                except IntegrityError:
                     # Another process (``relaypacs-agent import``) recorded it first.
                     existing = self.store.get_instance(info.sop_instance_uid)
                     if existing is None:

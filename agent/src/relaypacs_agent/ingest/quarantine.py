@@ -10,13 +10,13 @@ versions stay until a person deletes one.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from relaypacs_agent.ingest.files import place_in_spool, stage_copy
 from relaypacs_agent.ingest.pipeline import Ingestor, Source
+from relaypacs_agent.store.db import Row
 from relaypacs_shared.dicom import precheck_file, validate_file
 from relaypacs_shared.errors import DicomValidationError
 from relaypacs_shared.refusals import explain, words  # one wording table (CLI, LAN API, PWA)
@@ -33,14 +33,14 @@ class Released:
     study_instance_uid: str
 
 
-def entry_dict(row: sqlite3.Row) -> dict[str, Any]:
-    d = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a mapping
+def entry_dict(row: Row) -> dict[str, Any]:
+    d = {k: row[k] for k in row.keys()}  # noqa: SIM118 - a Row is not a mapping
     d.update(words(row["reason"]))
     d["exists"] = Path(row["path"]).exists()
     return d
 
 
-def _open_entry(ingestor: Ingestor, entry_id: int) -> tuple[sqlite3.Row, Path]:
+def _open_entry(ingestor: Ingestor, entry_id: int) -> tuple[Row, Path]:
     row = ingestor.store.quarantine_entry(entry_id)
     if row is None:
         raise ReleaseRefused(f"no quarantine entry {entry_id}")
@@ -123,7 +123,7 @@ def delete(ingestor: Ingestor, entry_id: int) -> dict[str, Any]:
     return entry_dict(row)
 
 
-def sidecar(row: sqlite3.Row) -> dict[str, Any]:
+def sidecar(row: Row) -> dict[str, Any]:
     path = Path(row["path"])
     side = path.with_name(path.name + ".reason.json")
     try:

@@ -19,9 +19,15 @@ from typing import Any
 
 import sqlite_utils
 
-from relaypacs_agent.audit import append as audit_append
+from relaypacs_agent.store.audit import append as audit_append
 from relaypacs_agent.store.schema import MIGRATIONS
 from relaypacs_shared.dicom import InstanceInfo
+
+# The catalogue's row type and the errors it raises, for the agent outside the store layer, which
+# imports no database driver (the import-linter contract in pyproject.toml).
+Row = sqlite3.Row
+IntegrityError = sqlite3.IntegrityError
+OperationalError = sqlite3.OperationalError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from relaypacs_agent.audit import append as audit_append
+from relaypacs_agent.store.audit import append as audit_append
 from relaypacs_agent.store.db import Store
 
 _PENDING = "totp_pending:"

@@ -233,3 +233,54 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("006_login_sources", _M006_LOGIN_SOURCES),
     ("007_report_stores", _M007_REPORT_STORES),
 ]
+
+# The uplink's own tables (segments and their upload offsets, parts, transfer stats), applied by
+# the uplink at start (relaypacs_agent.store.uplink.UplinkStore.migrate), recorded in the same
+# ``_migrations`` table; append only.
+UPLINK_MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "uplink_001_segments",
+        """
+        CREATE TABLE segments (
+            id TEXT PRIMARY KEY,
+            study_instance_uid TEXT NOT NULL,
+            path TEXT NOT NULL,
+            length INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            sop_uids TEXT NOT NULL,            -- JSON list
+            upload_url TEXT,
+            offset INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL DEFAULT 'built', -- built | uploading | uploaded | abandoned
+            attempts INTEGER NOT NULL DEFAULT 0,
+            resent_bytes INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX ix_segments_study ON segments (study_instance_uid, state);
+        CREATE TABLE transfer_stats (
+            study_instance_uid TEXT PRIMARY KEY,
+            total_bytes INTEGER NOT NULL DEFAULT 0,   -- raw bytes the hub lacked at manifest time
+            sent_bytes INTEGER NOT NULL DEFAULT 0,    -- raw bytes in segments the hub acknowledged
+            wire_bytes INTEGER NOT NULL DEFAULT 0,    -- bytes put on the link (after compression)
+            rate_bps REAL NOT NULL DEFAULT 0,         -- recent wire throughput
+            started_at REAL,
+            updated_at REAL
+        );
+        """,
+    ),
+    (
+        "uplink_002_segment_parts",
+        """
+        CREATE TABLE segment_parts (
+            segment_id TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            start INTEGER NOT NULL,
+            length INTEGER NOT NULL,
+            upload_url TEXT,
+            offset INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (segment_id, idx)
+        );
+        """,
+    ),
+]

@@ -13,9 +13,9 @@ import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from relaypacs_agent.audit import append as audit_append
+from relaypacs_agent.store.audit import append as audit_append
 from relaypacs_agent.store.db import Store
-from relaypacs_agent.uplink.progress import transfer_progress
+from relaypacs_agent.store.uplink import UplinkStore
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class StudyHolding:
     last_error: str | None
     instances: int
     bytes: int
-    progress: dict[str, Any] | None  # relaypacs_agent.uplink.progress.transfer_progress
+    progress: dict[str, Any] | None  # relaypacs_agent.store.uplink.TransferProgress
 
 
 _Row = TypeVar("_Row", WebBatch, WebUpload)
@@ -163,15 +163,14 @@ class WebBatchStore:
             "WHERE study_instance_uid = ?",
             (study_uid,),
         )[0]
-        with self.store._lock:
-            progress = transfer_progress(self.store.conn, study_uid)
+        progress = UplinkStore(self.store).progress(study_uid)
         study = rows[0] if rows else None
         return StudyHolding(
             state=study["state"] if study is not None else None,
             last_error=study["last_error"] if study is not None else None,
             instances=held["n"],
             bytes=held["bytes"],
-            progress=progress,
+            progress=progress.as_dict() if progress is not None else None,
         )
 
     def instance_from(self, source_path: str) -> HeldInstance | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import shutil
 import socket
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from relaypacs_agent.store.reader import CatalogueReader
 from relaypacs_agent.uplink.client import HubClient
 from relaypacs_shared.errors import RelayError
 from relaypacs_shared.wire import LABEL_CODE, Heartbeat
@@ -43,22 +43,9 @@ def collect(
 ) -> Heartbeat:
     """Read the agent's health from its catalogue (its own read-only connection)."""
     now = time.time() if now is None else now
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    try:
-        studies, oldest = conn.execute(
-            "SELECT COUNT(*), MIN(first_received_at) FROM studies WHERE state != 'delivered'"
-        ).fetchone()
-        backlog_bytes = conn.execute(
-            "SELECT COALESCE(SUM(i.size), 0) FROM instances i JOIN studies s "
-            "ON s.study_instance_uid = i.study_instance_uid WHERE s.state != 'delivered'"
-        ).fetchone()[0]
-        reasons = dict(
-            conn.execute(
-                "SELECT reason, COUNT(*) FROM quarantine WHERE resolution IS NULL GROUP BY reason"
-            ).fetchall()
-        )
-    finally:
-        conn.close()
+    with CatalogueReader(db_path) as reader:
+        backlog = reader.backlog()
+        reasons = reader.open_quarantine_reasons()
     quarantine: dict[str, int] = {}
     for reason, n in reasons.items():
         code = str(reason) if re.match(LABEL_CODE, str(reason)) else "other"
@@ -67,9 +54,13 @@ def collect(
     return Heartbeat(
         name=name[:128] or "agent",
         version=agent_version(),
-        backlog_studies=int(studies),
-        backlog_bytes=int(backlog_bytes),
-        oldest_waiting_seconds=max(now - float(oldest), 0.0) if oldest is not None else None,
+        backlog_studies=backlog.studies,
+        backlog_bytes=backlog.bytes,
+        oldest_waiting_seconds=(
+            max(now - backlog.oldest_received_at, 0.0)
+            if backlog.oldest_received_at is not None
+            else None
+        ),
         disk_free_bytes=shutil.disk_usage(spool_dir).free,
         disk_reserve_bytes=min_free_bytes,
         quarantine=quarantine,

@@ -32,8 +32,8 @@ import structlog
 
 from relaypacs_agent.ingest.pipeline import Ingestor
 from relaypacs_agent.store.db import Store
+from relaypacs_agent.store.uplink import Segment, SegmentPart, UplinkStore
 from relaypacs_agent.uplink.client import HubClient, HubRefused, HubUnavailable
-from relaypacs_agent.uplink.schema import migrate_uplink
 from relaypacs_agent.uplink.tus_client import TusClient
 from relaypacs_shared.errors import ChecksumMismatch, OffsetConflict, RelayError, UnknownUpload
 from relaypacs_shared.segments import SegmentItem, build_segment, should_compress
@@ -115,11 +115,6 @@ def parts_for(streams: int, configured: int, length: int) -> int:
         return streams
     count = min(MAX_CONCAT_PARTS, streams * PARTS_PER_STREAM, length // PARALLEL_MIN_PART)
     return max(streams, count)
-
-
-def _part_done(part: Any) -> bool:
-    """The hub acknowledged every byte of this part (the offset is saved only after that)."""
-    return bool(part["upload_url"]) and part["offset"] >= part["length"]
 
 
 class Pacer:
@@ -257,6 +252,7 @@ class TransferSender:
         part_copies: int = 3,
     ) -> None:
         self.store = store
+        self.uplink = UplinkStore(store)
         self.client = client
         self.tus = TusClient(client.http)
         self.ingestor = ingestor
@@ -277,7 +273,7 @@ class TransferSender:
         self._last_poll = 0.0
         self.stop = threading.Event()
         self.wake = threading.Event()
-        migrate_uplink(store)
+        self.uplink.migrate()
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -362,7 +358,7 @@ class TransferSender:
                 return
             raise
         missing = set(answer.missing)
-        self._stats_start(uid, answer.missing_bytes)
+        self.uplink.start_stats(uid, answer.missing_bytes)
         for inst in instances:
             if inst["sop_instance_uid"] not in missing and inst["state"] != "uploaded":
                 self.store.mark_uploaded(inst["sop_instance_uid"])
@@ -370,7 +366,7 @@ class TransferSender:
             self._commit(study, instances)
             return
         todo = [i for i in instances if i["sop_instance_uid"] in missing]
-        tries = self._segment_tries(uid)
+        tries = self.uplink.segment_tries(uid)
         stubborn = [i for i in todo if tries.get(i["sop_instance_uid"], 0) >= MAX_SEGMENT_TRIES]
         if stubborn:
             self._send_alone(uid, stubborn)
@@ -380,26 +376,12 @@ class TransferSender:
 
     # -- segments -----------------------------------------------------------------------
 
-    def _open_segment(self, study_uid: str) -> Any | None:
-        rows = self.store.query(
-            "SELECT * FROM segments WHERE study_instance_uid = ? "
-            "AND state IN ('built', 'uploading') ORDER BY created_at LIMIT 1",
-            (study_uid,),
-        )
-        if rows and not Path(rows[0]["path"]).exists():
-            self._set_segment(rows[0]["id"], state="abandoned")
+    def _open_segment(self, study_uid: str) -> Segment | None:
+        seg = self.uplink.open_segment(study_uid)
+        if seg is not None and not Path(seg.path).exists():
+            self.uplink.update_segment(seg.id, state="abandoned")
             return None
-        return rows[0] if rows else None
-
-    def _segment_tries(self, study_uid: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.store.query(
-            "SELECT sop_uids FROM segments WHERE study_instance_uid = ? AND state = 'uploaded'",
-            (study_uid,),
-        ):
-            for sop in json.loads(row["sop_uids"]):
-                counts[sop] = counts.get(sop, 0) + 1
-        return counts
+        return seg
 
     def target_segment_bytes(self) -> int:
         if self.rate_bps <= 0:
@@ -407,7 +389,7 @@ class TransferSender:
         link = self.rate_bps * self.streams_now()
         return int(max(self.segment_min, min(self.segment_max, link * SEGMENT_SECONDS)))
 
-    def _pack(self, study_uid: str, todo: list[Any]) -> Any:
+    def _pack(self, study_uid: str, todo: list[Any]) -> Segment:
         target = self.target_segment_bytes()
         chosen: list[Any] = []
         total = 0
@@ -434,23 +416,15 @@ class TransferSender:
                 for i in chosen
             ],
         )
-        now = time.time()
-        with self.store.tx() as conn:
-            conn.execute(
-                """INSERT INTO segments (id, study_instance_uid, path, length, raw_bytes, sha256,
-                   sop_uids, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)""",
-                (
-                    seg_id,
-                    study_uid,
-                    str(path),
-                    built.length,
-                    built.raw_bytes,
-                    built.sha256,
-                    json.dumps([i["sop_instance_uid"] for i in chosen]),
-                    now,
-                    now,
-                ),
-            )
+        self.uplink.add_segment(
+            seg_id,
+            study_uid,
+            path=str(path),
+            length=built.length,
+            raw_bytes=built.raw_bytes,
+            sha256=built.sha256,
+            sop_uids=[i["sop_instance_uid"] for i in chosen],
+        )
         log.info(
             "segment_built",
             study_uid=study_uid,
@@ -459,47 +433,35 @@ class TransferSender:
             raw_bytes=built.raw_bytes,
             bytes=built.length,
         )
-        return self.store.query("SELECT * FROM segments WHERE id = ?", (seg_id,))[0]
+        seg = self.uplink.segment(seg_id)
+        assert seg is not None
+        return seg
 
-    def _set_segment(self, seg_id: str, **fields: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        with self.store.tx() as conn:
-            conn.execute(
-                f"UPDATE segments SET {cols}, updated_at = ? WHERE id = ?",  # noqa: S608 - our column names
-                (*fields.values(), time.time(), seg_id),
-            )
-
-    def upload_segment(self, seg: Any) -> None:
+    def upload_segment(self, seg: Segment) -> None:
         """Upload one segment (in parallel parts when it is large enough), then let it go."""
-        seg_id, uid, length = seg["id"], seg["study_instance_uid"], seg["length"]
+        seg_id, uid, length = seg.id, seg.study_instance_uid, seg.length
         bound = log.bind(study_uid=uid, segment_id=seg_id)
         meta = {
             "kind": "relaypacs-segment",
             "study": uid,
             "segment": seg_id,
-            "sha256": seg["sha256"],
+            "sha256": seg.sha256,
         }
-        parts = self.store.query("SELECT * FROM segment_parts WHERE segment_id = ?", (seg_id,))
         streams = min(self.streams_now(), length // PARALLEL_MIN_PART)
-        if parts or (self.streams > 1 and streams >= 2):
+        if self.uplink.has_parts(seg_id) or (self.streams > 1 and streams >= 2):
             failures = self._upload_parallel(seg, meta, bound, streams)
         else:
             failures = self._upload_single(seg, meta, bound)
         if failures < 0:
             return  # stopping
-        self._set_segment(seg_id, state="uploaded", offset=length)
-        Path(seg["path"]).unlink(missing_ok=True)
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE transfer_stats SET sent_bytes = sent_bytes + ?, updated_at = ? "
-                "WHERE study_instance_uid = ?",
-                (seg["raw_bytes"], time.time(), uid),
-            )
+        self.uplink.update_segment(seg_id, state="uploaded", offset=length)
+        Path(seg.path).unlink(missing_ok=True)
+        self.uplink.count_sent(uid, seg.raw_bytes)
         bound.info("segment_uploaded", bytes=length, failures=failures)
 
-    def _upload_single(self, seg: Any, meta: dict[str, str], bound: Any) -> int:
-        seg_id, length = seg["id"], seg["length"]
-        url = seg["upload_url"]
+    def _upload_single(self, seg: Segment, meta: dict[str, str], bound: Any) -> int:
+        seg_id, length = seg.id, seg.length
+        url = seg.upload_url
         session = UploadSession(length, 0)
         if url:
             try:
@@ -509,10 +471,10 @@ class TransferSender:
                 url = None  # expired or lost at the hub: start this segment again
         if not url:
             url = self.tus.create(length, meta)
-            self._set_segment(seg_id, upload_url=url, offset=0, state="uploading")
+            self.uplink.update_segment(seg_id, upload_url=url, offset=0, state="uploading")
 
         def saved(offset: int) -> None:
-            self._set_segment(seg_id, offset=offset)
+            self.uplink.update_segment(seg_id, offset=offset)
 
         return self._send_range(seg, url, 0, session, saved, bound)
 
@@ -520,7 +482,7 @@ class TransferSender:
         """Parallel streams for the next segment: the configured count, more under loss."""
         return streams_for(self.streams, self.tus.loss)
 
-    def _upload_parallel(self, seg: Any, meta: dict[str, str], bound: Any, streams: int) -> int:
+    def _upload_parallel(self, seg: Segment, meta: dict[str, str], bound: Any, streams: int) -> int:
         """tus concatenation: partial uploads sent by ``streams`` connections in parallel, then
         one final that joins them.
 
@@ -528,10 +490,8 @@ class TransferSender:
         the link busy, and parts finer than the streams let a fast stream take the next part
         while a slow one retransmits. Each part resumes on its own, like a single upload.
         """
-        seg_id, length = seg["id"], seg["length"]
-        parts = self.store.query(
-            "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
-        )
+        seg_id, length = seg.id, seg.length
+        parts = self.uplink.parts(seg_id)
         if not parts:
             count = parts_for(streams, self.streams, length)
             size = -(-length // count)
@@ -541,25 +501,19 @@ class TransferSender:
                 parts=count,
                 tcp_loss=round(self.tus.loss or 0.0, 3),
             )
-            with self.store.tx() as conn:
-                for i in range(count):
-                    start = i * size
-                    conn.execute(
-                        "INSERT INTO segment_parts (segment_id, idx, start, length) "
-                        "VALUES (?,?,?,?)",
-                        (seg_id, i, start, max(0, min(size, length - start))),
-                    )
-            self._set_segment(seg_id, state="uploading")
-            parts = self.store.query(
-                "SELECT * FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
+            self.uplink.add_parts(
+                seg_id,
+                [(i * size, max(0, min(size, length - i * size))) for i in range(count)],
             )
+            self.uplink.update_segment(seg_id, state="uploading")
+            parts = self.uplink.parts(seg_id)
         errors: list[BaseException] = []
         failures = [0] * len(parts)
-        race = _PartRace([_part_done(p) for p in parts], copies=self.part_copies)
+        race = _PartRace([p.done for p in parts], copies=self.part_copies)
 
         # Parts the hub already holds whole (a segment resumed) are not asked about again.
-        pending = iter([i for i, p in enumerate(parts) if not _part_done(p)])
-        yield_to = self._stat_waiting_behind(seg["study_instance_uid"])
+        pending = iter([i for i, p in enumerate(parts) if not p.done])
+        yield_to = self._stat_waiting_behind(seg.study_instance_uid)
         yielded: list[bool] = []
 
         def run() -> None:
@@ -604,20 +558,14 @@ class TransferSender:
         if yielded:
             bound.info("segment_yielded_to_stat")
             return -1  # the segment stays open; its parts are resumed after the STAT study
-        urls = [
-            r["upload_url"]
-            for r in self.store.query(
-                "SELECT upload_url FROM segment_parts WHERE segment_id = ? ORDER BY idx", (seg_id,)
-            )
-        ]
+        urls = self.uplink.part_urls(seg_id)
         try:
             final = self.tus.create_final(urls, meta)
         except UnknownUpload:
             # A part expired or was lost at the hub: start the parts again next time.
-            with self.store.tx() as conn:
-                conn.execute("DELETE FROM segment_parts WHERE segment_id = ?", (seg_id,))
+            self.uplink.drop_parts(seg_id)
             raise
-        self._set_segment(seg_id, upload_url=final)
+        self.uplink.update_segment(seg_id, upload_url=final)
         return sum(failures)
 
     def _stat_waiting_behind(self, study_uid: str) -> Callable[[], bool]:
@@ -632,8 +580,8 @@ class TransferSender:
 
     def _upload_part(
         self,
-        seg: Any,
-        part: Any,
+        seg: Segment,
+        part: SegmentPart,
         meta: dict[str, str],
         bound: Any,
         race: _PartRace,
@@ -643,8 +591,8 @@ class TransferSender:
         """Send one part. The first send of a part keeps its upload URL and offset in SQLite
         (a restart resumes it); a copy (``copy``) is a new partial upload of the same bytes,
         recorded only if the hub acknowledges it whole before the first send."""
-        seg_id, idx, start, plen = seg["id"], part["idx"], part["start"], part["length"]
-        url = None if copy else part["upload_url"]
+        seg_id, idx, start, plen = seg.id, part.idx, part.start, part.length
+        url = None if copy else part.upload_url
         session = UploadSession(plen, 0)
         if url:
             try:
@@ -658,18 +606,15 @@ class TransferSender:
             )
             if not copy:
                 created = url
-                race.record(idx, lambda: self._set_part(seg_id, idx, upload_url=created, offset=0))
+                race.record(
+                    idx, lambda: self.uplink.set_part(seg_id, idx, upload_url=created, offset=0)
+                )
         this_url = url
         won: list[bool] = []
 
         def write(offset: int) -> None:
-            self._set_part(seg_id, idx, upload_url=this_url, offset=offset)
-            with self.store.tx() as conn:  # the segment's offset: its parts' progress together
-                conn.execute(
-                    "UPDATE segments SET offset = (SELECT COALESCE(SUM(offset), 0) FROM "
-                    "segment_parts WHERE segment_id = ?) WHERE id = ?",
-                    (seg_id, seg_id),
-                )
+            self.uplink.set_part(seg_id, idx, upload_url=this_url, offset=offset)
+            self.uplink.sum_part_offsets(seg_id)  # the segment's offset: its parts' together
 
         def saved(offset: int) -> None:
             if offset >= plen:
@@ -690,17 +635,9 @@ class TransferSender:
                 self.tus.delete(url)
         return failures
 
-    def _set_part(self, seg_id: str, idx: int, **fields: Any) -> None:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        with self.store.tx() as conn:
-            conn.execute(
-                f"UPDATE segment_parts SET {cols} WHERE segment_id = ? AND idx = ?",  # noqa: S608
-                (*fields.values(), seg_id, idx),
-            )
-
     def _send_range(
         self,
-        seg: Any,
+        seg: Segment,
         url: str,
         start: int,
         session: UploadSession,
@@ -713,9 +650,9 @@ class TransferSender:
 
         Returns the number of failed PATCHes, or -1 if the agent is stopping.
         """
-        uid = seg["study_instance_uid"]
+        uid = seg.study_instance_uid
         failures = in_a_row = 0
-        with Path(seg["path"]).open("rb") as f:
+        with Path(seg.path).open("rb") as f:
             while not session.done:
                 if self.stop.is_set():
                     return -1
@@ -734,7 +671,7 @@ class TransferSender:
                     failures += 1
                     in_a_row += 1
                     self.chunk = max(MIN_CHUNK, self.chunk // 2)
-                    self._count_wire(uid, len(data))
+                    self.uplink.count_wire(uid, len(data), self.rate_bps)
                     if in_a_row > 30:
                         raise  # the study is deferred; the offset is safe in SQLite
                     # Short, capped, jittered: a link that comes back is used within seconds.
@@ -748,7 +685,7 @@ class TransferSender:
                     continue
                 in_a_row = 0
                 self._learn_rate(len(data) / max(time.monotonic() - started, 1e-3))
-                self._count_wire(uid, len(data))
+                self.uplink.count_wire(uid, len(data), self.rate_bps)
                 saved(session.offset)
         return failures
 
@@ -762,28 +699,6 @@ class TransferSender:
         # failure halved it, one lucky fast PATCH must not jump it back to a size that fails.
         target = min(MAX_CHUNK, self.rate_bps * PATCH_SECONDS, self.chunk * 2)
         self.chunk = int(max(MIN_CHUNK, target))
-
-    # -- stats --------------------------------------------------------------------------
-
-    def _stats_start(self, uid: str, missing_bytes: int) -> None:
-        now = time.time()
-        with self.store.tx() as conn:
-            conn.execute(
-                """INSERT INTO transfer_stats (study_instance_uid, total_bytes, started_at,
-                   updated_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (study_instance_uid) DO UPDATE SET
-                     total_bytes = MAX(total_bytes, transfer_stats.sent_bytes + ?),
-                     updated_at = ?""",
-                (uid, missing_bytes, now, now, missing_bytes, now),
-            )
-
-    def _count_wire(self, uid: str, n: int) -> None:
-        with self.store.tx() as conn:
-            conn.execute(
-                "UPDATE transfer_stats SET wire_bytes = wire_bytes + ?, rate_bps = ?, "
-                "updated_at = ? WHERE study_instance_uid = ?",
-                (n, self.rate_bps, time.time(), uid),
-            )
 
     # -- commit, refusals, status -------------------------------------------------------
 

@@ -14,7 +14,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from relaypacs_agent import audit
+from relaypacs_agent.store import audit
 from relaypacs_agent.uplink.client import HubRefused, HubUnavailable
 from relaypacs_agent.web.auth import LanSession
 

@@ -2,7 +2,8 @@
 
 :func:`append` runs inside a write transaction the caller already holds (``Store.tx()``, which is
 ``BEGIN IMMEDIATE`` on the single writer), so the record lands with the change it describes and
-no other writer can chain in between. Records never carry patient names or IDs, nor file names
+no other writer can chain in between: the ``conn`` it takes is the handle ``Store.tx()`` yields,
+and only the store layer holds one. Records never carry patient names or IDs, nor file names
 (which often do).
 """
 
@@ -12,6 +13,7 @@ import json
 import socket
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relaypacs_shared.audit import (
@@ -27,6 +29,16 @@ if TYPE_CHECKING:
     from relaypacs_agent.store.db import Store
 
 HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class WrappedRecord:
+    """The audit record of a file that came without a DICOM file header and was given one."""
+
+    at: str
+    actor: str
+    sop_instance_uid: str
+    details: dict[str, Any]  # transfer_syntax, came_from, original_sha256, ...
 
 
 def append(
@@ -103,3 +115,12 @@ def read_log(store: Store, batch: int = 1000) -> Iterator[ChainedRecord]:
                 bad = AuditRecord(seq=max(row["seq"], 1), at="", actor="?", action="?", target="?")
                 yield ChainedRecord(bad, row["prev_hash"], "invalid")
         after = rows[-1]["seq"]
+
+
+def wrapped_records(store: Store) -> list[WrappedRecord]:
+    """Every ``instance.wrapped`` record, in seq order."""
+    rows = store.query(
+        "SELECT at, actor, target, details FROM audit_log WHERE action = 'instance.wrapped' "
+        "ORDER BY seq"
+    )
+    return [WrappedRecord(r["at"], r["actor"], r["target"], json.loads(r["details"])) for r in rows]
