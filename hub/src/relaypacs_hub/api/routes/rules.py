@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException
-from pydantic import BaseModel, Field
 
 from relaypacs_hub.api.deps import AdminAuth, State
 from relaypacs_hub.services import rules
 from relaypacs_hub.services.rules import (
+    DryRunRequest,
     DryRunResponse,
-    FactsIn,
     RulesPublic,
     UnroutedStudy,
 )
@@ -65,18 +64,6 @@ async def reload_rules(state: State, _auth: AdminAuth) -> RulesPublic:
 @router.get("/history", response_model=list[RulesPublic])
 async def rules_history(state: State, _auth: AdminAuth) -> list[RulesPublic]:
     return await rules.history(state)
-
-
-class DryRunRequest(BaseModel):
-    study_instance_uid: str | None = Field(
-        default=None, description="A study the hub holds: its own facts are used"
-    )
-    facts: FactsIn | None = Field(default=None, description="Or facts given here")
-    facility: str | None = Field(default=None, description="Override the study's facility")
-    rules: dict[str, Any] | None = Field(
-        default=None, description="Proposed rules to try instead of those in force"
-    )
-    now: datetime | None = Field(default=None, description="Evaluate as if at this time")
 
 
 def _parse(body: dict[str, Any]) -> RuleSet:
