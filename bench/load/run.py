@@ -3,6 +3,7 @@
     make bench-load                       # 200 agents, 10 min, 2 replicas (one killed); 1-2-3 curve
     uv run python bench/load/run.py --agents 50 --minutes 2  # a quicker look
     uv run python bench/load/run.py --curve 1,2,3 --minutes 3   # throughput by replica count
+    uv run python bench/load/run.py --curve 1,2,3 --replica-cpus 0.3  # each replica on 0.3 CPU
 
 What runs, all real processes on this machine:
 
@@ -242,6 +243,35 @@ def _children(pid: int) -> list[str]:
         return []
 
 
+class CpuLimit:
+    """A CPU quota for one process (and the threads and children it has), as a replica on a
+    node of its own would have: a cgroup with ``cpus`` CPUs' worth of time per 100 ms period
+    (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``). Root only."""
+
+    def __init__(self, name: str, cpus: float) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        period = 100_000
+        quota = int(cpus * period)
+        if v2.exists() and "cpu" in v2.read_text().split():
+            self.dir = Path("/sys/fs/cgroup") / name
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.max").write_text(f"{quota} {period}")
+        else:
+            self.dir = Path("/sys/fs/cgroup/cpu") / name
+            if not self.dir.parent.is_dir():
+                raise SystemExit("--replica-cpus needs the cgroup cpu controller (run as root)")
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.cfs_period_us").write_text(str(period))
+            (self.dir / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def add(self, pid: int) -> None:
+        (self.dir / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()  # once its processes have ended
+
+
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -338,6 +368,7 @@ def run_once(
     hubs: list[HubProcess] = []
     workers: list[WorkerProcess] = []
     nginx: Nginx | None = None
+    limits: list[CpuLimit] = []
     try:
         destinations = run_dir / "destinations.toml"
         destinations.write_text(
@@ -371,6 +402,10 @@ def run_once(
             (run_dir / f"api{i}").mkdir()
             hubs.append(HubProcess(run_dir / f"api{i}", **shared))  # type: ignore[arg-type]
             hubs[-1].start()
+            if args.replica_cpus:
+                limits.append(CpuLimit(f"relaypacs-bench-{run_dir.name}-api{i}", args.replica_cpus))
+                assert hubs[-1].proc is not None
+                limits[-1].add(hubs[-1].proc.pid)
         for hub in hubs:
             wait_for(functools.partial(_answers, hub.url), 60, f"hub replica on {hub.port}")
         for w in range(args.workers):
@@ -398,6 +433,8 @@ def run_once(
                 proc.terminate()
         if nginx:
             nginx.stop()
+        for limit in limits:
+            limit.remove()
         scp.stop()
         asyncio.run(_admin_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         if not args.keep:
@@ -527,6 +564,7 @@ async def drive(
     gb = stats.raw_bytes / 1e9
     result = {
         "replicas": replicas,
+        "replica_cpus": args.replica_cpus or None,
         "agents": args.agents,
         "facilities": args.facilities,
         "minutes": args.minutes,
@@ -617,7 +655,8 @@ def table(results: list[dict[str, Any]], bound: dict[str, float] | None) -> str:
             if k.startswith("hub")
         )
         lines.append(
-            f"| {r['replicas']}{' (one killed)' if r['killed_replica_at_s'] else ''} "
+            f"| {r['replicas']}{' (one killed)' if r['killed_replica_at_s'] else ''}"
+            f"{' x ' + str(r['replica_cpus']) + ' CPU' if r.get('replica_cpus') else ''} "
             f"| {r['agents']} "
             f"| {r['minutes']} | {r['studies']} | {r['studies_per_min']} | {r['mb_per_s']} | {p95} "
             f"| {sum(r['errors'].values())} | {r['hub_cpu_seconds_per_gb']} | {rss} "
@@ -654,6 +693,12 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (0: ingest only)")
     p.add_argument("--worker-concurrency", type=int, default=4)
     p.add_argument("--no-bound", action="store_true")
+    p.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=0.0,
+        help="give each replica this many CPUs (a cgroup quota), as on a node of its own",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run folders under var/bench/load")
     p.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = p.parse_args()
