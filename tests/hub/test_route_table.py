@@ -22,6 +22,11 @@ DEVICE = frozenset({"device"})
 ADMIN = frozenset({"admin", "admin-token"})
 STUDY_READERS = frozenset({"agent", "device", "radiologist", "admin", "admin-token"})
 STUDY_BROWSERS = frozenset({"radiologist", "admin", "admin-token"})
+# Sending a study: agents, and people uploading straight to the hub (every role by default:
+# RELAYPACS_HUB_UPLOAD_ROLES; the TOTP requirement is turned off here, test_direct_upload checks
+# it), who also read the status of what they sent.
+UPLOADERS = AGENT | USERS
+STUDY_STATUS_READERS = STUDY_READERS | USERS
 
 TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/openapi.json"): PUBLIC,
@@ -39,6 +44,11 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/dashboard/"): PUBLIC,
     ("GET", "/dashboard/{path:path}"): PUBLIC,
+    # The upload app (the PWA's index.html) for people with no agent nearby.
+    ("GET", "/upload"): PUBLIC,
+    ("GET", "/upload/"): PUBLIC,
+    ("GET", "/upload/config.json"): PUBLIC,
+    ("GET", "/upload/{path:path}"): PUBLIC,
     ("POST", "/api/v1/auth/login"): PUBLIC,
     ("POST", "/api/v1/auth/refresh"): PUBLIC,
     ("POST", "/api/v1/auth/logout"): PUBLIC,
@@ -52,9 +62,9 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("PATCH", "/api/v1/users/{username}"): ADMIN,
     ("DELETE", "/api/v1/users/{username}"): ADMIN,
     ("PUT", "/api/v1/studies/{study_uid}/instances/{sop_uid}"): AGENT,
-    ("POST", "/api/v1/studies/{study_uid}/commit"): AGENT,
-    ("POST", "/api/v1/studies/{study_uid}/manifest"): AGENT,
-    ("GET", "/api/v1/studies/{study_uid}"): STUDY_READERS,
+    ("POST", "/api/v1/studies/{study_uid}/commit"): UPLOADERS,
+    ("POST", "/api/v1/studies/{study_uid}/manifest"): UPLOADERS,
+    ("GET", "/api/v1/studies/{study_uid}"): STUDY_STATUS_READERS,
     ("GET", "/api/v1/studies"): STUDY_BROWSERS,
     ("GET", "/api/v1/stats"): STUDY_BROWSERS,
     # The archive webhook token is checked in tests/hub/test_reports_webhook.py.
@@ -63,10 +73,10 @@ TABLE: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/analytics/studies.csv"): STUDY_BROWSERS,
     ("OPTIONS", "/api/v1/uploads"): PUBLIC,
     ("OPTIONS", "/api/v1/uploads/{upload_id}"): PUBLIC,
-    ("POST", "/api/v1/uploads"): AGENT,
-    ("HEAD", "/api/v1/uploads/{upload_id}"): AGENT,
-    ("PATCH", "/api/v1/uploads/{upload_id}"): AGENT,
-    ("DELETE", "/api/v1/uploads/{upload_id}"): AGENT,
+    ("POST", "/api/v1/uploads"): UPLOADERS,
+    ("HEAD", "/api/v1/uploads/{upload_id}"): UPLOADERS,
+    ("PATCH", "/api/v1/uploads/{upload_id}"): UPLOADERS,
+    ("DELETE", "/api/v1/uploads/{upload_id}"): UPLOADERS,
     ("GET", "/api/v1/jobs"): ADMIN,
     ("GET", "/api/v1/jobs/{job_id}"): ADMIN,
     ("POST", "/api/v1/jobs/{job_id}/retry"): ADMIN,
@@ -146,8 +156,10 @@ async def test_each_caller_gets_in_exactly_where_the_table_says(tmp_path: Path) 
     dist = tmp_path / "dist"
     (dist / "assets").mkdir(parents=True)
     (dist / "dashboard.html").write_text("<!doctype html><title>t</title>")
+    (dist / "index.html").write_text("<!doctype html><title>u</title>")
     (dist / "assets" / "app.js").write_text("console.log(1)")
-    async with hub_client(auth_settings(tmp_path, pwa_dir=dist)) as (app, client):
+    settings = auth_settings(tmp_path, pwa_dir=dist, direct_upload_require_totp=False)
+    async with hub_client(settings) as (app, client):
         issuer = app.state.hub.auth.issuer
         callers: dict[str, dict[str, str]] = {
             "anonymous": {},

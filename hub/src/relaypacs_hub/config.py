@@ -217,6 +217,18 @@ class HubSettings(BaseSettings):
         description="Comma list of roles that must use a TOTP second factor (e.g. `admin,"
         "radiologist`); such a user without one gets a token that can only enroll.",
     )
+    upload_roles: str = Field(
+        default="clinician,radiographer,radiologist,admin",
+        description="Comma list of roles whose users may upload studies straight to the hub "
+        "(manifest, tus segments, commit, and the status of their facilities' studies), for one "
+        "of their facilities, with no agent in between. Empty: only agents upload.",
+    )
+    direct_upload_require_totp: bool = Field(
+        default=True,
+        description="A user uploading straight to the hub must have a TOTP second factor turned "
+        "on (such uploads come from outside a facility network); without one the upload routes "
+        "answer 403 `totp_required`.",
+    )
     login_max_failures: int = Field(
         default=5,
         ge=1,
@@ -293,7 +305,8 @@ class HubSettings(BaseSettings):
     pwa_dir: Path | None = Field(
         default=None,
         description="The built web app (`pwa/dist`, from `make pwa`) the hub serves at "
-        "`/dashboard/`. Empty: the `pwa/dist` of the source checkout the hub runs from, if built.",
+        "`/dashboard/` (the dashboard) and `/upload/` (the upload app). Empty: the `pwa/dist` "
+        "of the source checkout the hub runs from, if built.",
     )
     report_max_bytes: int = Field(
         default=50 * 1024**2,
@@ -449,6 +462,10 @@ class HubSettings(BaseSettings):
     @property
     def totp_required_roles(self) -> frozenset[str]:
         return frozenset(r.strip() for r in self.require_totp_roles.split(",") if r.strip())
+
+    @property
+    def upload_role_set(self) -> frozenset[str]:
+        return frozenset(r.strip() for r in self.upload_roles.split(",") if r.strip())
 
     @property
     def tls_enabled(self) -> bool:

@@ -801,7 +801,8 @@ export interface paths {
         put?: never;
         /**
          * Post Manifest
-         * @description Record the manifest and answer which instances must still be sent.
+         * @description Record the manifest and answer which instances must still be sent (the study is claimed
+         *     for the sender's facility first: a device's, or the one a person sends for).
          */
         post: operations["post_manifest_api_v1_studies__study_uid__manifest_post"];
         delete?: never;
@@ -889,7 +890,10 @@ export interface paths {
         put?: never;
         /**
          * Create
-         * @description Creation (+ creation-with-upload, defer-length, concatenation); rate limited per caller.
+         * @description Creation (+ creation-with-upload, defer-length, concatenation); rate limited per caller
+         *     (each device, each person). A person's upload names its study (``Upload-Metadata`` ``study``,
+         *     and ``facility`` when they belong to several), claimed for their facility as at the
+         *     manifest.
          */
         post: operations["create_api_v1_uploads_post"];
         delete?: never;
@@ -1593,6 +1597,11 @@ export interface components {
         };
         /** ManifestRequest */
         ManifestRequest: {
+            /**
+             * Facility
+             * @description The facility the study is sent for. A person uploading straight to the hub names one of theirs (needed when they belong to several); an enrolled device's facility comes from its credential.
+             */
+            facility?: string | null;
             /** Instances */
             instances: components["schemas"]["ManifestInstance"][];
             /**

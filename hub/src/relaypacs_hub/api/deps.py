@@ -35,6 +35,7 @@ class Principal:
     facilities: list[str] = field(default_factory=list)
     scope: str = "full"
     device_id: str | None = None  # an enrolled agent (kind "agent"); None: the legacy agent token
+    totp: bool = False  # a user with a TOTP second factor turned on
 
     @property
     def agent_facility(self) -> str | None:
@@ -98,7 +99,14 @@ async def _principal(state: HubRuntime, authorization: str | None) -> Principal 
     if claims.fam is not None and not await state.auth.family_alive(claims.fam):
         # signed out, refresh token caught reused, or the account changed since
         raise _unauthorized("invalid or expired access token")
-    return Principal("user", user.username, user.role, facilities_of(user), claims.scope)
+    return Principal(
+        "user",
+        user.username,
+        user.role,
+        facilities_of(user),
+        claims.scope,
+        totp=bool(user.totp_enabled),
+    )
 
 
 class Policy:
@@ -107,7 +115,9 @@ class Policy:
     unless ``allow_agent_token`` is off; open to callers with no credential only when
     ``anonymous_agents`` is turned on, for development and tests);
     ``device`` (an enrolled device only); a set of user ``roles``; ``admin_token``: the admin
-    machine token too."""
+    machine token too; ``uploaders``: also the users whose role may upload straight to the hub
+    (``upload_roles``), with a full-scope token and, while ``direct_upload_require_totp`` is on,
+    a TOTP second factor turned on."""
 
     def __init__(
         self,
@@ -119,6 +129,7 @@ class Policy:
         enroll_scope: bool = False,
         admin_token: bool = False,
         device: bool = False,
+        uploaders: bool = False,
     ) -> None:
         self.name = name
         self.roles = roles
@@ -127,6 +138,7 @@ class Policy:
         self.enroll_scope = enroll_scope
         self.admin_token = admin_token
         self.device = device
+        self.uploaders = uploaders
 
     async def __call__(
         self, state: State, authorization: Annotated[str | None, Header()] = None
@@ -156,9 +168,24 @@ class Policy:
             if self.admin_token:
                 return who
             raise _forbidden("the admin machine token may not call this route")
-        if who.role in self.roles:
+        # A role the route admits anyway, or one admitted only as a direct uploader.
+        uploading = (
+            self.uploaders
+            and who.role not in self.roles
+            and who.role in state.settings.upload_role_set
+        )
+        if who.role in self.roles or uploading:
             if who.scope != "full" and not self.enroll_scope:
                 raise _forbidden("enroll a TOTP second factor first (/api/v1/auth/totp/enroll)")
+            if uploading and state.settings.direct_upload_require_totp and not who.totp:
+                raise HTTPException(
+                    status_code=status.HTTP_403_FORBIDDEN,
+                    detail={
+                        "code": "totp_required",
+                        "detail": "turn on two-factor sign-in (TOTP) to upload from outside a "
+                        "facility network",
+                    },
+                )
             return who
         raise _forbidden(f"this route is for: {self.name}")
 
@@ -172,6 +199,17 @@ STUDY_READERS = Policy(
 # The dashboard's study list and statistics: people who read studies, and the admin machine
 # token; not agents (a device reads one study's status, never the list of every facility's).
 STUDY_BROWSERS = Policy("radiologist, admin", frozenset({"radiologist", "admin"}), admin_token=True)
+# Sending a study (manifest, tus segments, commit): agents as always, and people uploading
+# straight to the hub (no agent nearby) for one of their facilities.
+UPLOADERS = Policy("agent, uploading user", agent=True, uploaders=True)
+# One study's status: as STUDY_READERS, and the direct uploaders following what they sent.
+STUDY_STATUS_READERS = Policy(
+    "agent, radiologist, admin, uploading user",
+    frozenset({"radiologist", "admin"}),
+    agent=True,
+    admin_token=True,
+    uploaders=True,
+)
 ADMIN = Policy("admin", frozenset({"admin"}), admin_token=True)
 ANY_USER = Policy("any user", ROLES, enroll_scope=True)
 DEVICE = Policy("device", device=True)
@@ -179,6 +217,8 @@ DEVICE = Policy("device", device=True)
 PublicAccess = Annotated[Principal, Depends(PUBLIC)]
 AgentAuth = Annotated[Principal, Depends(AGENT)]
 StudyReader = Annotated[Principal, Depends(STUDY_READERS)]
+Uploader = Annotated[Principal, Depends(UPLOADERS)]
+StudyStatusReader = Annotated[Principal, Depends(STUDY_STATUS_READERS)]
 StudyBrowser = Annotated[Principal, Depends(STUDY_BROWSERS)]
 AdminAuth = Annotated[Principal, Depends(ADMIN)]
 UserAuth = Annotated[Principal, Depends(ANY_USER)]
@@ -214,3 +254,53 @@ async def readable_study(state: HubRuntime, who: Principal, study_uid: str) -> s
     else:
         allowed = facility_scope(who)
     return await studies.readable_study(state.sessionmaker, study_uid, allowed)
+
+
+def upload_facility(who: Principal, requested: str | None) -> str | None:
+    """The facility a caller sends a study for. An enrolled device: its own (403 naming
+    another). A person uploading straight to the hub: the one they name, which must be one of
+    theirs (403), or their only one (422 when they have several and name none). The legacy agent
+    token and the open development mode: what the request says (None: not recorded)."""
+    if who.kind == "user":
+        if requested is not None:
+            if requested not in who.facilities:
+                raise _forbidden(f"you are not a member of facility {requested}")
+            return requested
+        if len(who.facilities) == 1:
+            return who.facilities[0]
+        if not who.facilities:
+            raise _forbidden(
+                "your account belongs to no facility: ask an admin of the hub to add you to the "
+                "facility you send studies for"
+            )
+        raise HTTPException(
+            status_code=422,
+            detail={
+                "code": "facility_required",
+                "detail": "you belong to several facilities ("
+                + ", ".join(who.facilities)
+                + "): say which one this study is for (facility)",
+            },
+        )
+    if who.agent_facility is not None:
+        if requested is not None and requested != who.agent_facility:
+            raise _forbidden("a device may only send studies for its own facility")
+        return who.agent_facility
+    return requested
+
+
+def claimant(who: Principal) -> str:
+    """Who a study's facility claim is recorded for: the device, or ``user:<name>``."""
+    return f"user:{who.name}" if who.kind == "user" else who.name
+
+
+async def claim_upload(
+    state: HubRuntime, who: Principal, study_uid: str, requested: str | None
+) -> str | None:
+    """The facility the caller sends ``study_uid`` for (``upload_facility``), once the study is
+    claimed for it: a study another facility holds is refused alike for devices and people
+    (409 ``study_held`` / ``study_refused``, 403 ``forbidden``)."""
+    facility = upload_facility(who, requested)
+    if who.kind == "user" or who.device_id is not None:
+        await studies.claim_for_device(state, facility, claimant(who), study_uid)
+    return facility

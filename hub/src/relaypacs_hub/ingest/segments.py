@@ -72,6 +72,7 @@ async def process_upload(
             return None
         u.state = "processing"
         study_uid = u.study_instance_uid
+        uploader = _uploader(u.owner)
     outcome = SegmentOutcome()
     bound = log.bind(upload_id=upload_id, study_uid=study_uid)
     try:
@@ -171,7 +172,7 @@ async def process_upload(
             # One audit record for the segment's instances (counts, never patient data).
             await audit(
                 session,
-                "agent",
+                uploader,
                 "segment.received",
                 study_uid,
                 "success" if not outcome.rejected else "minor_failure",
@@ -195,6 +196,17 @@ async def process_upload(
         rejected=len(outcome.rejected),
     )
     return outcome
+
+
+def _uploader(owner: str | None) -> str:
+    """The audit actor of a segment: its upload's owner as the audit log names it elsewhere
+    (``device:<id>``, a person's username), else ``agent`` (the legacy agent token, the open
+    development mode)."""
+    if owner is not None and owner.startswith("user:"):
+        return owner.removeprefix("user:")
+    if owner is not None and owner.startswith("device:"):
+        return owner
+    return "agent"
 
 
 async def process_pending(

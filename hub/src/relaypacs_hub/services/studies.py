@@ -3,6 +3,8 @@ a study stands."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -54,11 +56,14 @@ async def readable_study(
 async def claim_for_device(
     hub: HubRuntime, facility: str | None, claimant: str, study_uid: str
 ) -> None:
-    """A device may only send studies of its facility (``facility``; None: not a device): record
-    the facility at the study's first manifest or instance, and refuse one that belongs to
-    another facility."""
+    """A device may only send studies of its facility (``facility``; None: not a device), and a
+    person uploading straight to the hub only those of the facility they send for (``claimant``
+    ``user:<name>``): record the facility at the study's first manifest or instance, and refuse
+    one that belongs to another facility."""
     if facility is None:
         return
+    # Where the study waits meanwhile: the agent's spool, or the person's browser.
+    keeper = "the browser" if claimant.startswith("user:") else "the agent"
     try:
         await devices.claim_study(
             hub.sessionmaker,
@@ -73,13 +78,13 @@ async def claim_for_device(
                 "study_refused",
                 "an admin of the hub refused this study for your facility"
                 + (f": {exc.reason}" if exc.reason else "")
-                + ". It is kept at the agent; ask the hub's admin if this is a mistake",
+                + f". It is kept at {keeper}; ask the hub's admin if this is a mistake",
             ) from exc
         raise Refused(
             "study_held",
             "this study is already at the hub for another facility (a patient transfer, or two "
             "studies sharing one UID): it is held until an admin of the hub accepts it for your "
-            "facility. Nothing is lost: the agent keeps it and sends it once accepted",
+            f"facility. Nothing is lost: {keeper} keeps it and sends it once accepted",
         ) from exc
     except devices.FacilityMismatch as exc:
         raise Forbidden("this study belongs to another facility") from exc
@@ -180,9 +185,11 @@ async def commit(
     facility: str | None,
     actor: str,
     source: str | None,
+    via: str | None = None,
 ) -> StudyStatus:
     """Commit a study once every instance of the manifest is held (409 ``incomplete`` naming the
-    missing ones); routing and forwarding start then."""
+    missing ones); routing and forwarding start then. ``via``: ``direct`` for a person uploading
+    straight to the hub (recorded in the audit record)."""
     try:
         await commit_study(
             hub.sessionmaker,
@@ -194,6 +201,8 @@ async def commit(
         )
     except StudyIncomplete as exc:
         raise Incomplete(str(exc), exc.missing) from exc
+    # A person's upload straight to the hub says so, and for which facility.
+    direct: dict[str, Any] = {"facility": facility, "via": via} if via else {}
     await audit(
         hub.sessionmaker,
         actor,
@@ -201,6 +210,7 @@ async def commit(
         study_uid,
         source=source,
         instances=len(body.instances),
+        **direct,
     )
     hub.delivery.wake()
     return await study_status(hub.sessionmaker, study_uid)

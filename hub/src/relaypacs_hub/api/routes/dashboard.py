@@ -1,9 +1,13 @@
-"""The web dashboard: the built PWA (``pwa/dist``) served at ``/dashboard/``.
+"""The web dashboard: the built PWA (``pwa/dist``) served at ``/dashboard/``; and its upload app
+(``index.html``, the one agents serve on the LAN) at ``/upload/``, for people with no agent
+nearby: it sends straight to the hub over the protocol agents use (manifest, tus segments,
+commit, status), and ``/upload/config.json`` tells it that it runs on the hub.
 
 Public routes (the app itself holds no data; it calls the API with the user's token). Files are
 resolved inside the build folder and refused outside it; hashed ``assets/`` are cached for good,
-everything else is revalidated. Every answer carries a strict Content-Security-Policy.
-Without a build, ``/dashboard/`` answers 503 with a page that says how to build it.
+everything else is revalidated. Every answer carries a strict Content-Security-Policy (the upload
+app's allows what it needs: a service worker, its manifest, ``blob:`` previews). Without a build,
+``/dashboard/`` and ``/upload/`` answer 503 with a page that says how to build it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import mimetypes
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from relaypacs_hub.api.deps import PublicAccess, State
 from relaypacs_hub.config import HubSettings
+from relaypacs_shared.wire import API_PREFIX
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
@@ -83,13 +88,21 @@ def _not_built() -> HTMLResponse:
     )
 
 
-def _serve(path: Path, cache: str) -> FileResponse:
+def serve_file(path: Path, cache: str, security: dict[str, str] = SECURITY_HEADERS) -> FileResponse:
+    """A file of the build, with its type, the security headers and ``cache``."""
     media_type = _TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0]
     return FileResponse(
         path,
         media_type=media_type or "application/octet-stream",
-        headers={**SECURITY_HEADERS, "Cache-Control": cache},
+        headers={**security, "Cache-Control": cache},
     )
+
+
+def cache_rule(root_dir: Path, target: Path) -> str:
+    """Vite names what it puts in assets/ by content hash (a changed file gets a new name):
+    cached for good; everything else revalidated."""
+    immutable = target.relative_to(root_dir.resolve()).parts[0] == "assets"
+    return IMMUTABLE if immutable else REVALIDATE
 
 
 @router.get("/")
@@ -108,7 +121,7 @@ async def dashboard(state: State, _auth: PublicAccess) -> Response:
     entry = resolve_inside(root_dir, ENTRY) if root_dir is not None else None
     if entry is None:
         return _not_built()
-    return _serve(entry, REVALIDATE)
+    return serve_file(entry, REVALIDATE)
 
 
 @router.get("/dashboard/{path:path}")
@@ -119,6 +132,72 @@ async def dashboard_file(path: str, state: State, _auth: PublicAccess) -> Respon
     target = resolve_inside(root_dir, path)
     if target is None:
         raise HTTPException(404, {"code": "not_found", "detail": "no such dashboard file"})
-    # Vite names what it puts in assets/ by content hash: a changed file gets a new name.
-    immutable = target.relative_to(root_dir.resolve()).parts[0] == "assets"
-    return _serve(target, IMMUTABLE if immutable else REVALIDATE)
+    return serve_file(target, cache_rule(root_dir, target))
+
+
+# -- the upload app ----------------------------------------------------------------------------
+
+UPLOAD_ENTRY = "index.html"
+UPLOAD_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "style-src 'self' 'unsafe-inline'; connect-src 'self'; worker-src 'self'; "
+    "manifest-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+UPLOAD_NOT_BUILT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>RelayPACS</title></head>
+<body><h1>RelayPACS upload app</h1>
+<p>The upload app is not built: run <code>make pwa</code>.</p></body></html>
+"""
+
+
+def _upload_not_built() -> HTMLResponse:
+    return HTMLResponse(
+        UPLOAD_NOT_BUILT,
+        status_code=503,
+        headers={**UPLOAD_SECURITY_HEADERS, "Cache-Control": "no-store"},
+    )
+
+
+@router.get("/upload")
+async def upload_redirect(_auth: PublicAccess) -> RedirectResponse:
+    return RedirectResponse("/upload/", status_code=307)
+
+
+@router.get("/upload/")
+async def upload_app(state: State, _auth: PublicAccess) -> Response:
+    root_dir = find_pwa_dir(state.settings)
+    entry = resolve_inside(root_dir, UPLOAD_ENTRY) if root_dir is not None else None
+    if entry is None:
+        return _upload_not_built()
+    return serve_file(entry, REVALIDATE, UPLOAD_SECURITY_HEADERS)
+
+
+@router.get("/upload/config.json")
+async def upload_config(state: State, _auth: PublicAccess) -> JSONResponse:
+    """What the app needs to know where it runs: on the hub (not an agent), its API, and whether
+    uploading from here needs a TOTP second factor."""
+    return JSONResponse(
+        {
+            "target": "hub",
+            "api": API_PREFIX,
+            "require_totp": state.settings.direct_upload_require_totp,
+        },
+        headers={**UPLOAD_SECURITY_HEADERS, "Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/upload/{path:path}")
+async def upload_file(path: str, state: State, _auth: PublicAccess) -> Response:
+    root_dir = find_pwa_dir(state.settings)
+    entry = resolve_inside(root_dir, UPLOAD_ENTRY) if root_dir is not None else None
+    if root_dir is None or entry is None:
+        return _upload_not_built()
+    target = resolve_inside(root_dir, path)
+    if target is not None:
+        return serve_file(target, cache_rule(root_dir, target), UPLOAD_SECURITY_HEADERS)
+    if path.startswith("api/") or "." in path.rsplit("/", 1)[-1]:
+        raise HTTPException(404, {"code": "not_found", "detail": "no such file of the upload app"})
+    # The app's own pages (client-side routes): its entry, which routes them.
+    return serve_file(entry, REVALIDATE, UPLOAD_SECURITY_HEADERS)

@@ -1,4 +1,5 @@
-"""Manifest first: the agent declares a study's instances, the hub answers which it lacks.
+"""Manifest first: the agent (or a person uploading straight to the hub) declares a study's
+instances, the hub answers which it lacks.
 
 Instances the hub already holds (same SOP Instance UID, same SHA-256) never cross the WAN again,
 whichever agent or study brought them before.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
 
-from relaypacs_hub.api.deps import AgentAuth, State
+from relaypacs_hub.api.deps import State, Uploader, claim_upload
 from relaypacs_hub.services import studies
 from relaypacs_hub.services.studies import ManifestInstance
 from relaypacs_shared.dicom import check_uid
@@ -22,13 +23,21 @@ router = APIRouter(prefix="/api/v1/studies", tags=["manifests"])
 class ManifestRequest(BaseModel):
     service_level: str = "routine"
     instances: list[ManifestInstance] = Field(min_length=1)
+    facility: str | None = Field(
+        default=None,
+        max_length=128,
+        description="The facility the study is sent for. A person uploading straight to the hub "
+        "names one of theirs (needed when they belong to several); an enrolled device's "
+        "facility comes from its credential.",
+    )
 
 
 @router.post("/{study_uid}/manifest", response_model=ManifestAnswer)
 async def post_manifest(
-    study_uid: str, body: ManifestRequest, state: State, who: AgentAuth
+    study_uid: str, body: ManifestRequest, state: State, who: Uploader
 ) -> ManifestAnswer:
-    """Record the manifest and answer which instances must still be sent."""
+    """Record the manifest and answer which instances must still be sent (the study is claimed
+    for the sender's facility first: a device's, or the one a person sends for)."""
     try:
         study_uid = check_uid(study_uid, "StudyInstanceUID")
         for inst in body.instances:
@@ -36,5 +45,5 @@ async def post_manifest(
             check_uid(inst.series_instance_uid, "SeriesInstanceUID")
     except DicomValidationError as exc:
         raise HTTPException(422, {"code": exc.reason, "detail": exc.message}) from exc
-    await studies.claim_for_device(state, who.agent_facility, who.name, study_uid)
+    await claim_upload(state, who, study_uid, body.facility)
     return await studies.answer_manifest(state, study_uid, body.instances)

@@ -1,4 +1,5 @@
-"""Agent-facing study API: upload instances, commit studies, read their delivery status."""
+"""Agent-facing study API: upload instances, commit studies, read their delivery status. A person
+uploading straight to the hub commits and reads the status of their facilities' studies too."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response, status
 
-from relaypacs_hub.api.deps import AgentAuth, State, StudyReader, readable_study
+from relaypacs_hub.api.deps import (
+    AgentAuth,
+    State,
+    StudyStatusReader,
+    Uploader,
+    claim_upload,
+    readable_study,
+)
 from relaypacs_hub.ingest.receive import BodyTooLarge, InstanceConflict, receive_instance
 from relaypacs_hub.services import studies
 from relaypacs_shared.dicom import check_uid
@@ -82,31 +90,28 @@ async def post_commit(
     study_uid: str,
     body: CommitRequest,
     state: State,
-    who: AgentAuth,
+    who: Uploader,
     request: Request,
 ) -> StudyStatus:
     """Commit a study once every instance of the manifest is held; forwarding starts then."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
-    facility = body.facility
-    if who.agent_facility is not None:  # an enrolled device commits for its own facility only
-        if body.facility is not None and body.facility != who.agent_facility:
-            raise _problem(403, "forbidden", "a device may only commit for its own facility")
-        facility = who.agent_facility
-        await studies.claim_for_device(state, who.agent_facility, who.name, study_uid)
+    # An enrolled device commits for its own facility only, a person for one of theirs (the
+    # study claimed for it); the legacy agent token declares the facility in the body.
+    facility = await claim_upload(state, who, study_uid, body.facility)
+    direct = who.kind == "user"
     return await studies.commit(
         state,
         study_uid,
         body,
-        # An enrolled device's credential vouches for its facility; the legacy agent token
-        # declares it in the body.
         facility=facility,
-        actor=who.name if who.device_id else f"agent:{facility or '-'}",
+        actor=who.name if who.device_id or direct else f"agent:{facility or '-'}",
         source=request.client.host if request.client else None,
+        via="direct" if direct else None,
     )
 
 
 @router.get("/{study_uid}", response_model=StudyStatus)
-async def get_study(study_uid: str, state: State, who: StudyReader) -> StudyStatus:
+async def get_study(study_uid: str, state: State, who: StudyStatusReader) -> StudyStatus:
     """Where a study stands: committed or not, and per destination delivered and confirmed."""
     study_uid = _uid(study_uid, "StudyInstanceUID")
     await readable_study(state, who, study_uid)

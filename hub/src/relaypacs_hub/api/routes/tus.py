@@ -1,8 +1,10 @@
-"""tus 1.0 endpoint: ``/api/v1/uploads`` (segments from agents, and any tus client).
+"""tus 1.0 endpoint: ``/api/v1/uploads`` (segments from agents and from people uploading straight
+to the hub, and any tus client).
 
 The request rules are the shared tus core's (``relaypacs_shared.tus``, the dialect in
 ``docs/tus.md``); errors become answers in ``relaypacs_hub.api.problems``. A completed segment is
-unpacked before the last PATCH is answered. Each upload belongs to the caller that created it.
+unpacked before the last PATCH is answered. Each upload belongs to the caller that created it:
+to anybody else (another device, another person of the same facility) it does not exist.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from relaypacs_hub import metrics
-from relaypacs_hub.api.deps import AgentAuth, Principal, PublicAccess, State
+from relaypacs_hub.api.deps import Principal, PublicAccess, State, Uploader, claim_upload
 from relaypacs_hub.ingest.segments import process_upload
 from relaypacs_hub.ingest.tus import UploadView
 from relaypacs_hub.ratelimit import enforce, upload_create_rule
-from relaypacs_hub.services.studies import claim_for_device
 from relaypacs_shared import tus
 from relaypacs_shared.dicom import check_uid
 from relaypacs_shared.errors import DicomValidationError, ProtocolError
@@ -74,21 +75,29 @@ async def _after_complete(state: State, v: UploadView) -> None:
 
 
 @router.post("")
-async def create(request: Request, state: State, _auth: AgentAuth) -> Response:
-    """Creation (+ creation-with-upload, defer-length, concatenation); rate limited per caller."""
+async def create(request: Request, state: State, _auth: Uploader) -> Response:
+    """Creation (+ creation-with-upload, defer-length, concatenation); rate limited per caller
+    (each device, each person). A person's upload names its study (``Upload-Metadata`` ``study``,
+    and ``facility`` when they belong to several), claimed for their facility as at the
+    manifest."""
     tus.require_version(request.headers)
     caller = f"{_auth.kind}:{_auth.name}"
     if _auth.kind == "anonymous":  # no agent credential configured: count per address
         caller += ":" + (request.client.host if request.client else "unknown")
     await enforce(state.limiter, upload_create_rule(state.settings), caller)
     req = tus.parse_creation(request.headers, _limits(state))
+    if _auth.kind == "user" and "study" not in req.metadata:
+        raise ProtocolError(
+            "Upload-Metadata study: a person's upload names the study it belongs to"
+        )
     if "study" in req.metadata:
         try:
             check_uid(req.metadata["study"], "StudyInstanceUID")
         except DicomValidationError as exc:
             raise ProtocolError(f"Upload-Metadata study: {exc.message}") from exc
-        # A device uploads segments of its own facility's studies only.
-        await claim_for_device(state, _auth.agent_facility, _auth.name, req.metadata["study"])
+        # A device uploads segments of its own facility's studies only, a person those of the
+        # facility they send for.
+        await claim_upload(state, _auth, req.metadata["study"], req.metadata.get("facility"))
     owner = owner_of(_auth)
     v = await state.tus.create(req, owner)
     metrics.TUS_CREATED.inc()
@@ -112,7 +121,7 @@ async def create(request: Request, state: State, _auth: AgentAuth) -> Response:
 
 
 @router.head("/{upload_id}")
-async def head(upload_id: str, request: Request, state: State, _auth: AgentAuth) -> Response:
+async def head(upload_id: str, request: Request, state: State, _auth: Uploader) -> Response:
     """Where the upload stands: ``Upload-Offset`` is the truth after any interruption."""
     tus.require_version(request.headers)
     v = await state.tus.get(upload_id, owner_of(_auth))
@@ -136,7 +145,7 @@ async def _patch_body(
 
 
 @router.patch("/{upload_id}")
-async def patch(upload_id: str, request: Request, state: State, _auth: AgentAuth) -> Response:
+async def patch(upload_id: str, request: Request, state: State, _auth: Uploader) -> Response:
     """Append bytes at ``Upload-Offset`` (checksum verified before anything is kept)."""
     tus.require_version(request.headers)
     owner = owner_of(_auth)
@@ -151,7 +160,7 @@ async def patch(upload_id: str, request: Request, state: State, _auth: AgentAuth
 
 
 @router.delete("/{upload_id}")
-async def terminate(upload_id: str, request: Request, state: State, _auth: AgentAuth) -> Response:
+async def terminate(upload_id: str, request: Request, state: State, _auth: Uploader) -> Response:
     """Termination: the upload and its bytes are removed."""
     tus.require_version(request.headers)
     await state.tus.delete(upload_id, owner_of(_auth))
