@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from pydantic.json_schema import models_json_schema
 from starlette.responses import JSONResponse
 
@@ -29,19 +29,24 @@ def _absent_not_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
-def _omitted(value: Any) -> bool:
-    return value is None
-
-
 def omittable() -> Any:
     """A field the JSON leaves out when it has no value (``None`` here)."""
-    return Field(default=None, exclude_if=_omitted, json_schema_extra=_absent_not_null)
+    return Field(default=None, json_schema_extra=_absent_not_null)
 
 
 class Answer(BaseModel):
-    """An answer the agent sends: exactly the declared fields."""
+    """An answer the agent sends: exactly the declared fields, an :func:`omittable` one left
+    out when it is None (by hand: ``Field(exclude_if=...)`` needs pydantic 2.12)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for name, field in type(self).model_fields.items():
+            if field.json_schema_extra is _absent_not_null and data.get(name, 0) is None:
+                del data[name]
+        return data
 
 
 class Problem(Answer):
@@ -343,8 +348,10 @@ REQUESTS: tuple[type[BaseModel], ...] = (LoginRequest, NewBatch, PushSubscriptio
 def openapi() -> dict[str, Any]:
     """The LAN API's models as an OpenAPI document (its ``components``; the routes are in
     ``relaypacs_agent.web.app.ROUTES``)."""
+    # Validation schemas: an answer's are its fields (the serializer above only leaves out the
+    # omittable ones, whose schema says they are optional), a request's what the agent accepts.
     _, schema = models_json_schema(
-        [(m, "serialization") for m in ANSWERS] + [(m, "validation") for m in REQUESTS],
+        [(m, "validation") for m in (*ANSWERS, *REQUESTS)],
         ref_template="#/components/schemas/{model}",
     )
     return {
