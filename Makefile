@@ -37,7 +37,7 @@ lint: install
 test: system-deps install npm-deps services lint pwa-test  ## everything: lint, Vitest, unit and integration tests (browser ones included)
 	$(UV) run pytest -q
 
-docs: install npm-deps  ## regenerate docs/configuration.md, docs/cli.md, docs/api.md and the dashboard's wire types from the code
+docs: install npm-deps  ## regenerate docs/configuration.md, docs/cli.md, docs/api.md, docs/agent-lan-api.json and the PWA's wire types (dashboard and upload app) from the code
 	$(UV) run python scripts/gendocs.py
 
 test-fast: install  ## unit tests only (no PostgreSQL, Orthanc or spawned servers)

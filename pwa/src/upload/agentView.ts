@@ -1,51 +1,18 @@
 /** The Agent page's words: pure helpers over GET /api/v1/status and GET /api/v1/quarantine. */
 import { formatAgo, formatBytes, plural } from '../lib/format'
+import type { components } from './agent-api'
 
-export interface AgentTotals {
-  instances: number
-  instances_by_state: Record<string, number> // spooled | uploaded | refused
-  duplicates: number
-  quarantined: number
-  quarantine_reasons: Record<string, number>
-  studies: number
-  studies_by_state: Record<string, number> // receiving | committed | delivered
-  conformance_findings?: number
-}
-
-export interface AgentReport {
-  exists: boolean
-  totals: AgentTotals
-  disk: { free_bytes?: number; reserve_bytes?: number; refusing?: boolean } | null
-  hub: { reachable: boolean; last_contact_at: number | null }
-  lan: { open_uploads: number; bytes_expected: number } | null
-  /** Words for each quarantine reason in the totals. */
-  reasons?: Record<string, ReasonWords>
-}
-
-export interface QuarantineEntry {
-  id: number | string
-  original_name: string | null
-  source: string | null
-  reason: string
-  message: string | null
-  label?: string
-  explanation?: string
-  what_to_do?: string
-  size: number | null
-  quarantined_at: number // unix s
-}
-
-export interface QuarantineList {
-  total: number
-  entries: QuarantineEntry[]
-}
-
+// The agent's answers, generated from its LAN API models (agent-api.ts, `make docs`).
+type Schemas = components['schemas']
+/** instances_by_state: spooled | uploaded | refused; studies_by_state: receiving | committed | delivered. */
+export type AgentTotals = Schemas['AgentTotals']
+/** GET /status (admin); `reasons`: words for each quarantine reason in the totals. */
+export type AgentReport = Schemas['AgentReport']
+/** An open quarantine entry (quarantined_at in unix s), its reason in words. */
+export type QuarantineEntry = Schemas['QuarantineEntry']
+export type QuarantineList = Schemas['QuarantineList']
 /** A reason code in plain words, as the agent sends them (one table with its CLI). */
-export interface ReasonWords {
-  label: string
-  explanation: string
-  what_to_do: string
-}
+export type ReasonWords = Schemas['ReasonWords']
 
 /** `not_dicom` → "Not a DICOM file" from the agent's words; an unknown code as it is. */
 export function reasonLabel(code: string, words?: Record<string, ReasonWords> | null): string {

@@ -1,48 +1,20 @@
 /** The agent's API (same origin as the upload app). */
 import { QueueError } from '../queue/types'
+import type { components } from './agent-api'
 import type { AgentReport, QuarantineList } from './agentView'
 
-export interface Session {
-  token: string
-  username: string
-  role: string
-  facilities: string[]
-  expires_at: number // unix s
-  offline: boolean
-}
-
-export interface AgentInfo {
-  product: string
-  facility: string | null
-  version: string
-  hub: { reachable: boolean; last_contact_at: number | null }
-}
-
-export type Stage = 'agent' | 'sending' | 'hub' | 'pacs'
-
-export interface ServerBatch {
-  id: string
-  service_level: 'stat' | 'routine'
-  clinical_history: string
-  referring_clinician: string
-  label: string
-  created_by: string
-  created_at: number | string
-  sent_at: number | string | null
-  expected_files: number
-  files: { received: number; accepted: number; duplicate: number; quarantined: number }
-  /** `label`, `explanation`, `what_to_do`: the agent's plain words for the reason (one table with its CLI). */
-  refused: Array<{ filename: string; reason: string; message: string; label?: string; explanation?: string; what_to_do?: string }>
-  studies: Array<{
-    study_instance_uid: string
-    stage: Stage
-    instances: number
-    bytes_total: number
-    bytes_sent: number
-    percent: number
-    last_error: string | null
-  }>
-}
+/** The agent's answers, generated from its LAN API models (`make docs` writes agent-api.ts from
+ * relaypacs_agent.web.wire): a field the agent renames or drops fails the type check here. */
+type Schemas = components['schemas']
+/** POST /auth/login: the bearer token and its session (expires_at in unix s). */
+export type Session = Schemas['Session']
+export type Me = Schemas['Me']
+export type AgentInfo = Schemas['AgentInfo']
+/** A batch as the agent holds it; `refused[]` carries the agent's plain words for each reason
+ * (`label`, `explanation`, `what_to_do`: one table with its CLI). */
+export type ServerBatch = Schemas['ServerBatch']
+export type Stage = Schemas['BatchStudy']['stage']
+export type NewBatch = Schemas['NewBatch']
 
 export class ApiError extends Error {
   constructor(
@@ -153,20 +125,14 @@ export function toQueueError(e: unknown): QueueError {
 
 export const agent = {
   login: (username: string, password: string, totp_code?: string) =>
-    request<Session>('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) }, false),
-  me: () => request<Omit<Session, 'token'>>('GET', '/auth/me'),
+    request<Session>('POST', '/auth/login', { username, password, ...(totp_code ? { totp_code } : {}) } satisfies Schemas['LoginRequest'], false),
+  me: () => request<Me>('GET', '/auth/me'),
   logout: (t?: string) => request<void>('POST', '/auth/logout', undefined, t ?? true),
   info: () => request<AgentInfo>('GET', '/info', undefined, false),
-  createBatch: (b: {
-    service_level: 'stat' | 'routine'
-    clinical_history: string
-    referring_clinician: string
-    expected_files: number
-    label: string
-  }) => request<ServerBatch>('POST', '/batches', b),
+  createBatch: (b: Required<NewBatch>) => request<ServerBatch>('POST', '/batches', b),
   sendBatch: (id: string) => request<unknown>('POST', `/batches/${encodeURIComponent(id)}/send`),
   batch: (id: string) => request<ServerBatch>('GET', `/batches/${encodeURIComponent(id)}`),
-  batches: () => request<{ batches: ServerBatch[] }>('GET', '/batches'),
+  batches: () => request<Schemas['BatchList']>('GET', '/batches'),
   /** Admin only. */
   status: () => request<AgentReport>('GET', '/status'),
   /** Admin only: open quarantine entries, newest first (at most 500). */

@@ -2,37 +2,16 @@
  * and a live stream from the agent (server-sent events over fetch, so the session token goes in
  * the Authorization header) that says when a report arrives. */
 import { useEffect, useState, useSyncExternalStore } from 'react'
+import type { components } from './agent-api'
 import { API, ApiError, getToken, request } from './api'
 
-export type ReportStatus = 'preliminary' | 'final' | 'amended'
-
-export interface ReportSummary {
-  id: number
-  study_instance_uid: string
-  status: ReportStatus
-  study_status: ReportStatus
-  kind: 'text' | 'sr' | 'pdf' | 'cda'
-  title: string
-  document: string | null
-  received_at: number
-}
-
-export interface ReportEntry extends Omit<ReportSummary, 'study_status'> {
-  text: string
-}
-
-export interface StudyReport {
-  study_instance_uid: string
-  status: ReportStatus
-  title: string
-  kind: ReportEntry['kind']
-  text: string
-  report_id: number
-  document: string | null
-  document_report_id: number | null
-  received_at: number
-  reports: ReportEntry[]
-}
+// The agent's answers, generated from its LAN API models (agent-api.ts, `make docs`).
+type Schemas = components['schemas']
+export type ReportStatus = Schemas['ReportSummary']['status']
+/** A study's latest report in the list (no text), with the study's status. */
+export type ReportSummary = Schemas['ReportSummary']
+export type ReportEntry = Schemas['ReportEntry']
+export type StudyReport = Schemas['StudyReport']
 
 export const STATUS_LABEL: Record<ReportStatus, string> = {
   preliminary: 'Preliminary',
@@ -57,7 +36,7 @@ function publish(list: ReportSummary[]): void {
 
 export async function refreshReports(): Promise<void> {
   try {
-    const body = await request<{ reports: ReportSummary[] }>('GET', '/reports')
+    const body = await request<Schemas['ReportList']>('GET', '/reports')
     publish(body.reports)
   } catch {
     // the agent is unreachable: keep what we have
@@ -201,7 +180,7 @@ export async function enablePush(): Promise<void> {
   const permission = await Notification.requestPermission()
   if (permission !== 'granted') throw new Error('Notifications are blocked for this site. Allow them in the browser settings.')
   const reg = await navigator.serviceWorker.ready
-  const { public_key } = await request<{ public_key: string }>('GET', '/push/key')
+  const { public_key } = await request<Schemas['PushKey']>('GET', '/push/key')
   const sub = (await reg.pushManager.getSubscription()) ?? (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: urlKey(public_key) }))
   await request('POST', '/push/subscriptions', sub.toJSON())
 }

@@ -25,7 +25,7 @@ describe('studyStatus', () => {
     expect(studyStatus(local(), [file()], undefined).stage).toBe('agent')
   })
   it('lists refused files from both sides', () => {
-    const s = { ...server(['agent']), refused: [{ filename: 'x.txt', reason: 'not_dicom', message: 'not DICOM' }] }
+    const s = { ...server(['agent']), refused: [{ filename: 'x.txt', reason: 'not_dicom', message: 'not DICOM', label: 'Not a DICOM file', explanation: 'not a DICOM file', what_to_do: 'Send the images, not this file.' }] }
     const st = studyStatus(local(), [file(), file({ id: 'r', name: 'y.dcm', state: 'refused', error: 'bad' } as Partial<QFile>)], s)
     expect(st.refused.map((r) => r.name).sort()).toEqual(['x.txt', 'y.dcm'])
   })

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import structlog
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from relaypacs_agent.ingest.pipeline import DiskFull
 from relaypacs_agent.reports import ReportInbox
 from relaypacs_agent.store.web_batches import WebBatch, WebUpload
+from relaypacs_agent.web import wire
 from relaypacs_agent.web.auth import UPLOADERS, LanAuth, LanSession, LoginRefused
 from relaypacs_agent.web.batches import BatchService, batch_json
 from relaypacs_agent.web.reports import (
@@ -86,7 +88,7 @@ class WebContext:
 
 
 def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
+    return wire.answer(wire.Problem(code=code, detail=detail), status, headers)
 
 
 Handler = Callable[[Request, WebContext, LanSession | None], Awaitable[Response]]
@@ -117,18 +119,21 @@ def guarded(policy: Policy, handler: Handler, ctx: WebContext) -> Callable[..., 
 
 
 async def info(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
-    return JSONResponse(
-        {
-            "product": "RelayPACS agent",
-            "version": ctx.version,
-            "facility": ctx.facility(),
-            "hub": {
-                "reachable": bool(ctx.auth.hub_reachable),
-                "last_contact_at": ctx.last_contact_at(),
-            },
-            "max_upload_bytes": ctx.max_upload_bytes,
-        },
+    return wire.answer(
+        wire.AgentInfo(
+            product="RelayPACS agent",
+            version=ctx.version,
+            facility=ctx.facility(),
+            hub=_hub_contact(ctx),
+            max_upload_bytes=ctx.max_upload_bytes,
+        ),
         headers={"Cache-Control": "no-store"},
+    )
+
+
+def _hub_contact(ctx: WebContext) -> wire.HubContact:
+    return wire.HubContact(
+        reachable=bool(ctx.auth.hub_reachable), last_contact_at=ctx.last_contact_at()
     )
 
 
@@ -143,40 +148,38 @@ async def login(request: Request, ctx: WebContext, _s: LanSession | None) -> Res
     body = await _json_body(request)
     if not isinstance(body, dict):
         return problem(422, "invalid", "send JSON with username and password")
-    username, password = body.get("username"), body.get("password")
-    code = body.get("totp_code") or None
-    if not (
-        isinstance(username, str)
-        and isinstance(password, str)
-        and 0 < len(username) <= 64
-        and 0 < len(password) <= 1024
-    ) or not (code is None or isinstance(code, str)):
+    try:
+        creds = wire.LoginRequest.model_validate(
+            {**body, "totp_code": body.get("totp_code") or None}
+        )
+    except ValidationError:
         return problem(422, "invalid", "username and password are required")
     try:
         token, session = await anyio.to_thread.run_sync(
-            ctx.auth.login, username, password, code, client_of(request)
+            ctx.auth.login, creds.username, creds.password, creds.totp_code, client_of(request)
         )
     except LoginRefused as exc:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return problem(exc.status, exc.code, exc.detail, headers)
-    return JSONResponse(
-        {"token": token, **_session_json(session)}, headers={"Cache-Control": "no-store"}
+    return wire.answer(
+        wire.Session(token=token, **_me(session).model_dump()),
+        headers={"Cache-Control": "no-store"},
     )
 
 
-def _session_json(s: LanSession) -> dict[str, Any]:
-    return {
-        "username": s.username,
-        "role": s.role,
-        "facilities": s.facilities,
-        "expires_at": s.expires_at,
-        "offline": s.offline,
-    }
+def _me(s: LanSession) -> wire.Me:
+    return wire.Me(
+        username=s.username,
+        role=s.role,
+        facilities=s.facilities,
+        expires_at=s.expires_at,
+        offline=s.offline,
+    )
 
 
 async def me(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
     assert s is not None
-    return JSONResponse(_session_json(s))
+    return wire.answer(_me(s))
 
 
 async def logout(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
@@ -189,35 +192,39 @@ async def agent_status(request: Request, ctx: WebContext, _s: LanSession | None)
     status = await anyio.to_thread.run_sync(ctx.status)
     # The catalogue's totals, disk and hub contact; not every study ever held (that is the CLI's
     # `status --json`), nor their clinical metadata.
-    body = {k: status.get(k) for k in ("exists", "totals", "disk")}
-    body["hub"] = {
-        "reachable": bool(ctx.auth.hub_reachable),
-        "last_contact_at": ctx.last_contact_at(),
-    }
-    body["lan"] = await anyio.to_thread.run_sync(ctx.batches.summary)
-    reasons = (status.get("totals") or {}).get("quarantine_reasons") or {}
-    body["reasons"] = {code: words(code) for code in reasons}  # the CLI's words, for the PWA
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+    lan = await anyio.to_thread.run_sync(ctx.batches.summary)
+    totals = wire.AgentTotals.model_validate(status["totals"])
+    body = wire.AgentReport(
+        exists=status["exists"],
+        totals=totals,
+        disk=status.get("disk"),
+        hub=_hub_contact(ctx),
+        lan=lan,
+        # the CLI's words, for the PWA
+        reasons={code: wire.ReasonWords(**words(code)) for code in totals.quarantine_reasons},
+    )
+    return wire.answer(body, headers={"Cache-Control": "no-store"})
 
 
 async def quarantine(request: Request, ctx: WebContext, _s: LanSession | None) -> Response:
     """What the agent refused and holds aside, with the reason in words (open entries)."""
     rows = await anyio.to_thread.run_sync(ctx.batches.store.quarantine_entries)
     entries = [
-        {
-            "id": r["id"],
-            "original_name": r["original_name"],
-            "source": r["source"],
-            "reason": r["reason"],
-            "message": r["message"],
+        wire.QuarantineEntry(
+            id=r["id"],
+            original_name=r["original_name"],
+            source=r["source"],
+            reason=r["reason"],
+            message=r["message"],
             **words(r["reason"]),
-            "size": r["size"],
-            "quarantined_at": r["quarantined_at"],
-        }
+            size=r["size"],
+            quarantined_at=r["quarantined_at"],
+        )
         for r in rows[-500:]
     ]
-    return JSONResponse(
-        {"total": len(rows), "entries": entries[::-1]}, headers={"Cache-Control": "no-store"}
+    return wire.answer(
+        wire.QuarantineList(total=len(rows), entries=entries[::-1]),
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -235,7 +242,7 @@ async def list_batches(request: Request, ctx: WebContext, s: LanSession | None) 
     assert s is not None
     who = None if s.role == "admin" and request.query_params.get("all") == "1" else s.username
     batches = await anyio.to_thread.run_sync(ctx.batches.list_batches, who)
-    return JSONResponse({"batches": batches}, headers={"Cache-Control": "no-store"})
+    return wire.answer(wire.BatchList(batches=batches), headers={"Cache-Control": "no-store"})
 
 
 async def create_batch(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
@@ -247,7 +254,7 @@ async def create_batch(request: Request, ctx: WebContext, s: LanSession | None) 
     view = await anyio.to_thread.run_sync(
         ctx.batches.create_batch, s.username, body, client_of(request)
     )
-    return JSONResponse(view, status_code=201)
+    return wire.answer(view, 201)
 
 
 async def get_batch(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
@@ -256,7 +263,7 @@ async def get_batch(request: Request, ctx: WebContext, s: LanSession | None) -> 
     if _own(ctx, batch_id, s) is None:
         return problem(404, "not_found", "no such upload batch")
     view = await anyio.to_thread.run_sync(ctx.batches.batch_view, batch_id)
-    return JSONResponse(view, headers={"Cache-Control": "no-store"})
+    return wire.answer(view, headers={"Cache-Control": "no-store"})
 
 
 async def send_batch(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
@@ -268,7 +275,7 @@ async def send_batch(request: Request, ctx: WebContext, s: LanSession | None) ->
         ctx.batches.send, batch_id, s.username, client_of(request)
     )
     ctx.wake_sender()
-    return JSONResponse(view)
+    return wire.answer(view)
 
 
 # -- tus -------------------------------------------------------------------------------------

@@ -24,12 +24,10 @@ import structlog
 from relaypacs_agent.ingest.pipeline import Ingestor, IngestResult, Source
 from relaypacs_agent.store.db import Store
 from relaypacs_agent.store.web_batches import WebBatch, WebBatchStore, WebUpload
+from relaypacs_agent.web import wire
 from relaypacs_shared.refusals import words
 
 log = structlog.get_logger("relaypacs.agent.web")
-
-# Where a study stands, as the PWA names it (least advanced first).
-STAGES = ("agent", "sending", "hub", "pacs")
 
 
 def safe_filename(name: str) -> str:
@@ -58,7 +56,7 @@ class BatchService:
 
     # -- batches ----------------------------------------------------------------------------
 
-    def create_batch(self, username: str, body: dict[str, Any], client: str) -> dict[str, Any]:
+    def create_batch(self, username: str, body: wire.NewBatch, client: str) -> wire.ServerBatch:
         batch_id = secrets.token_hex(12)
         now = time.time()
         self.db.add_batch(
@@ -66,11 +64,11 @@ class BatchService:
                 id=batch_id,
                 created_by=username,
                 created_at=now,
-                service_level=body["service_level"],
-                clinical_history=body["clinical_history"],
-                referring_clinician=body["referring_clinician"],
-                label=body["label"],
-                expected_files=body["expected_files"],
+                service_level=body.service_level,
+                clinical_history=body.clinical_history,
+                referring_clinician=body.referring_clinician,
+                label=body.label,
+                expected_files=body.expected_files,
                 sent_at=None,
             ),
             client,
@@ -80,15 +78,15 @@ class BatchService:
     def batch_row(self, batch_id: str) -> WebBatch | None:
         return self.db.batch(batch_id)
 
-    def list_batches(self, username: str | None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_batches(self, username: str | None, limit: int = 50) -> list[wire.ServerBatch]:
         return [self.batch_view(i) for i in self.db.batch_ids(username, limit)]
 
-    def batch_view(self, batch_id: str) -> dict[str, Any]:
+    def batch_view(self, batch_id: str) -> wire.ServerBatch:
         b = self.batch_row(batch_id)
         assert b is not None
         uploads = self.db.batch_uploads(batch_id)
         counts = {"received": 0, "accepted": 0, "duplicate": 0, "quarantined": 0}
-        refused = []
+        refused: list[wire.RefusedFile] = []
         study_uids: dict[str, int] = {}
         for u in uploads:
             if u.state != "done":
@@ -100,35 +98,37 @@ class BatchService:
             if outcome == "quarantined":
                 # The reason in plain words and what to do (the CLI's words); the technical
                 # message stays for IT.
+                # (A quarantined file always has its reason, and its message says it.)
                 refused.append(
-                    {
-                        "filename": u.filename,
-                        "reason": u.reason,
-                        "message": u.message,
+                    wire.RefusedFile(
+                        filename=u.filename,
+                        reason=u.reason or "",
+                        message=u.message or "",
                         **words(u.reason or ""),
-                    }
+                    )
                 )
             elif u.study_instance_uid:
                 study_uids[u.study_instance_uid] = study_uids.get(u.study_instance_uid, 0) + 1
-        return {
-            "id": b.id,
-            "service_level": b.service_level,
-            "clinical_history": b.clinical_history,
-            "referring_clinician": b.referring_clinician,
-            "label": b.label,
-            "created_by": b.created_by,
-            "created_at": b.created_at,
-            "sent_at": b.sent_at,
-            "expected_files": b.expected_files,
-            "files": counts,
-            "refused": refused,
-            "studies": [self._study_view(uid, n) for uid, n in sorted(study_uids.items())],
-        }
+        return wire.ServerBatch(
+            id=b.id,
+            service_level=b.service_level,  # type: ignore[arg-type]  # checked by NewBatch
+            clinical_history=b.clinical_history,
+            referring_clinician=b.referring_clinician,
+            label=b.label,
+            created_by=b.created_by,
+            created_at=b.created_at,
+            sent_at=b.sent_at,
+            expected_files=b.expected_files,
+            files=wire.FileCounts(**counts),
+            refused=refused,
+            studies=[self._study_view(uid, n) for uid, n in sorted(study_uids.items())],
+        )
 
-    def _study_view(self, uid: str, files: int) -> dict[str, Any]:
+    def _study_view(self, uid: str, files: int) -> wire.BatchStudy:
         held = self.db.study_holding(uid)
         progress = held.progress
         state = held.state if held.state is not None else "receiving"
+        stage: wire.Stage
         if state == "delivered":
             stage = "pacs"
         elif state == "committed":
@@ -139,18 +139,18 @@ class BatchService:
             stage = "agent"
         total = held.bytes
         sent = total if stage in ("hub", "pacs") else (progress or {}).get("bytes_sent", 0)
-        return {
-            "study_instance_uid": uid,
-            "stage": stage,
-            "instances": held.instances,
-            "files_from_this_batch": files,
-            "bytes_total": total,
-            "bytes_sent": sent,
-            "percent": round(100.0 * sent / total, 1) if total else 0.0,
-            "last_error": held.last_error,
-        }
+        return wire.BatchStudy(
+            study_instance_uid=uid,
+            stage=stage,
+            instances=held.instances,
+            files_from_this_batch=files,
+            bytes_total=total,
+            bytes_sent=sent,
+            percent=round(100.0 * sent / total, 1) if total else 0.0,
+            last_error=held.last_error,
+        )
 
-    def send(self, batch_id: str, username: str, client: str) -> dict[str, Any]:
+    def send(self, batch_id: str, username: str, client: str) -> wire.ServerBatch:
         """Send the batch's studies now instead of after the quiet period."""
         uids = self.db.sendable_study_uids(batch_id)
         if uids:
@@ -290,13 +290,14 @@ class BatchService:
         cutoff = time.time() - idle_seconds
         return sum(1 for i in self.db.idle_upload_ids(cutoff) if self.terminate(i))
 
-    def summary(self) -> dict[str, int]:
+    def summary(self) -> wire.LanUploads:
         n, left = self.db.open_upload_totals()
-        return {"open_uploads": n, "bytes_expected": left}
+        return wire.LanUploads(open_uploads=n, bytes_expected=left)
 
 
-def batch_json(body: Any) -> dict[str, Any]:
-    """Validate a new batch's JSON body; raise ValueError with a plain message."""
+def batch_json(body: Any) -> wire.NewBatch:
+    """Validate a new batch's JSON body (:class:`wire.NewBatch`, strictly: no number for a
+    text); raise ValueError with a plain message."""
     if not isinstance(body, dict):
         raise ValueError("the body must be a JSON object")
     level = body.get("service_level", "routine")
@@ -312,7 +313,7 @@ def batch_json(body: Any) -> dict[str, Any]:
     if not isinstance(expected, int) or isinstance(expected, bool) or not 0 <= expected <= 100_000:
         raise ValueError("expected_files must be a whole number from 0 to 100000")
     out["expected_files"] = expected
-    return out
+    return wire.NewBatch.model_validate(out)
 
 
 def json_dumps(value: Any) -> str:

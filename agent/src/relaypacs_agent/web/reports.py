@@ -8,14 +8,15 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 
 from relaypacs_agent.store import audit
 from relaypacs_agent.uplink.client import HubRefused, HubUnavailable
+from relaypacs_agent.web import wire
 from relaypacs_agent.web.auth import LanSession
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def _problem(status: int, code: str, detail: str) -> Response:
-    return JSONResponse({"code": code, "detail": detail}, status_code=status)
+    return wire.answer(wire.Problem(code=code, detail=detail), status)
 
 
 def _client(request: Request) -> str:
@@ -55,19 +56,19 @@ async def study_report(request: Request, ctx: WebContext, s: LanSession | None) 
     with_text = next((r for r in reports if r["text"]), None)
     with_document = next((r for r in reports if r["document"]), None)
     status = await anyio.to_thread.run_sync(inbox.study_status, study_uid)
-    return JSONResponse(
-        {
-            "study_instance_uid": study_uid,
-            "status": status,
-            "title": (with_text or latest)["title"],
-            "kind": (with_text or latest)["kind"],
-            "text": with_text["text"] if with_text else "",
-            "report_id": (with_text or latest)["id"],
-            "document": with_document["document"] if with_document else None,
-            "document_report_id": with_document["id"] if with_document else None,
-            "received_at": latest["received_at"],
-            "reports": reports,
-        },
+    return wire.answer(
+        wire.StudyReport(
+            study_instance_uid=study_uid,
+            status=status,  # type: ignore[arg-type]  # the study has a report: not "none"
+            title=(with_text or latest)["title"],
+            kind=(with_text or latest)["kind"],
+            text=with_text["text"] if with_text else "",
+            report_id=(with_text or latest)["id"],
+            document=with_document["document"] if with_document else None,
+            document_report_id=with_document["id"] if with_document else None,
+            received_at=latest["received_at"],
+            reports=[wire.ReportEntry.model_validate(r) for r in reports],
+        ),
         headers={"Cache-Control": "no-store"},
     )
 
@@ -77,7 +78,10 @@ async def list_reports(request: Request, ctx: WebContext, _s: LanSession | None)
     items = await anyio.to_thread.run_sync(inbox.recent) if inbox else []
     for item in items:
         item.pop("text", None)  # the list says which studies have reports; reading is per study
-    return JSONResponse({"reports": items}, headers={"Cache-Control": "no-store"})
+    return wire.answer(
+        wire.ReportList(reports=[wire.ReportSummary.model_validate(i) for i in items]),
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def report_document(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
@@ -134,12 +138,12 @@ async def events(request: Request, ctx: WebContext, _s: LanSession | None) -> Re
                 seen = inbox.version
                 fresh = await anyio.to_thread.run_sync(inbox.recent, 20)
                 for item in reversed([r for r in fresh if r["id"] > last_id]):
-                    data: dict[str, Any] = {
-                        "study_instance_uid": item["study_instance_uid"],
-                        "status": item["study_status"],
-                        "report_id": item["id"],
-                    }
-                    yield f"event: report\ndata: {json.dumps(data)}\n\n".encode()
+                    data = wire.ReportEvent(
+                        study_instance_uid=item["study_instance_uid"],
+                        status=item["study_status"],
+                        report_id=item["id"],
+                    )
+                    yield f"event: report\ndata: {json.dumps(data.model_dump())}\n\n".encode()
                     last_id = max(last_id, item["id"])
             if time.monotonic() - last_beat > KEEPALIVE_SECONDS:
                 last_beat = time.monotonic()
@@ -167,25 +171,25 @@ async def push_key(request: Request, ctx: WebContext, _s: LanSession | None) -> 
         return _problem(503, "hub_unreachable", "the hub is unreachable; try again later")
     except HubRefused as exc:
         return _problem(409, "push_unavailable", f"the hub refused: {exc.detail}")
-    return JSONResponse({"public_key": key}, headers={"Cache-Control": "no-store"})
+    return wire.answer(wire.PushKey(public_key=key), headers={"Cache-Control": "no-store"})
 
 
 async def push_subscribe(request: Request, ctx: WebContext, s: LanSession | None) -> Response:
     assert s is not None
     try:
         body = await request.json()
-        endpoint = str(body["endpoint"])
-        keys = {"p256dh": str(body["keys"]["p256dh"]), "auth": str(body["keys"]["auth"])}
+        sub = wire.PushSubscription(
+            endpoint=str(body["endpoint"]),
+            keys=wire.PushKeys(p256dh=str(body["keys"]["p256dh"]), auth=str(body["keys"]["auth"])),
+        )
     except (ValueError, KeyError, TypeError):
         return _problem(422, "invalid_subscription", "send the browser's PushSubscription")
     if ctx.hub is None:
         return _problem(503, "no_hub", "this agent has no hub to relay notifications")
     try:
-        await anyio.to_thread.run_sync(
-            lambda: ctx.hub.push_subscribe({"endpoint": endpoint, "keys": keys}, s.username)
-        )
+        await anyio.to_thread.run_sync(lambda: ctx.hub.push_subscribe(sub.model_dump(), s.username))
     except HubUnavailable:
         return _problem(503, "hub_unreachable", "the hub is unreachable; try again later")
     except HubRefused as exc:
         return _problem(409, "push_refused", f"the hub refused: {exc.detail}")
-    return JSONResponse({"subscribed": True}, status_code=201)
+    return wire.answer(wire.PushSubscribed(subscribed=True), 201)
