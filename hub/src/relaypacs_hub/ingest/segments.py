@@ -168,8 +168,15 @@ async def process_upload(
         bound.exception("segment_processing_failed", error_type=type(exc).__name__)
         raise
     async with sessionmaker() as session, session.begin():
+        u = await session.get(Upload, upload_id)
+        if u is not None:
+            u.state = state
+            u.error = error or (
+                "; ".join(f"{k}: {v}" for k, v in list(outcome.rejected.items())[:20]) or None
+            )
         if outcome.stored or outcome.rejected:
-            # One audit record for the segment's instances (counts, never patient data).
+            # One audit record for the segment's instances (counts, never patient data), last
+            # in the transaction: the cluster-wide audit lock is held from here to the commit.
             await audit(
                 session,
                 uploader,
@@ -181,12 +188,6 @@ async def process_upload(
                 bytes=outcome.stored_bytes,
                 already_held=outcome.already_held,
                 rejected=len(outcome.rejected),
-            )
-        u = await session.get(Upload, upload_id)
-        if u is not None:
-            u.state = state
-            u.error = error or (
-                "; ".join(f"{k}: {v}" for k, v in list(outcome.rejected.items())[:20]) or None
             )
     await uploads.delete(upload_id)
     bound.info(
