@@ -203,7 +203,7 @@ def test_deflate_entries_come_back_byte_for_byte(size: int) -> None:
 
 
 def test_a_deflate_bomb_costs_one_block(tmp_path: Path) -> None:
-    """A few KB of DEFLATE that inflate to a gigabyte stop past the declared size, in bounded memory."""
+    """A few KB of DEFLATE inflating to a gigabyte stop past the declared size, memory bounded."""
     import tracemalloc
     import zlib
 
