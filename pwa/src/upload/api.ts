@@ -9,6 +9,10 @@ export interface Session {
   facilities: string[]
   expires_at: number // unix s
   offline: boolean
+  /** On the hub (sending straight to it): the refresh token, rotated before the access token ends. */
+  refreshToken?: string
+  /** On the hub: the facility this user sends for (one of `facilities`; null: not chosen yet). */
+  facility?: string | null
 }
 
 export interface AgentInfo {

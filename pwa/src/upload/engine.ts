@@ -3,7 +3,9 @@ import { Scheduler } from '../queue/scheduler'
 import type { Network, QueueApi, QueueChannel, QueueLock, QueueMessage } from '../queue/types'
 import { agent, toQueueError } from './api'
 import { dexieStore } from './db'
+import { hubQueueApi, hubUploader } from './hubSender'
 import { session } from './session'
+import { isHub } from './target'
 import { tusUploader } from './tusUploader'
 
 const browserNetwork: Network = {
@@ -81,8 +83,9 @@ const lock = browserLock()
 
 export const queue = new Scheduler({
   store: dexieStore,
-  uploader: tusUploader,
-  api: queueApi,
+  // On the hub (./config.json said so) the browser sends straight to it; else through the agent.
+  uploader: isHub() ? hubUploader : tusUploader,
+  api: isHub() ? hubQueueApi : queueApi,
   network: browserNetwork,
   concurrency: 2,
   lock,
