@@ -80,6 +80,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     h = Hub(proc, archive)
     h.secrets["ward"] = _with_totp(proc, "ward", ["north"])
     h.secrets["flying"] = _with_totp(proc, "flying", ["north", "east"])
+    # One user per test: a TOTP code opens one session only, twice in 30 s is refused.
+    h.secrets["ambulance"] = _with_totp(proc, "ambulance", ["north"])
     yield h
     proc.terminate()
 
@@ -217,7 +219,7 @@ def test_reload_mid_upload_resumes_where_the_hub_stands(
     ctx = browser.new_context(viewport=DESKTOP)
     page = ctx.new_page()
     traffic = Traffic(page)
-    _sign_in(page, hub, "ward")
+    _sign_in(page, hub, "ambulance")
     page.evaluate("localStorage.setItem('relaypacs.chunkSize', String(64 * 1024))")
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")

@@ -233,3 +233,19 @@ def test_damaged_or_truncated_deflate_is_refused() -> None:
     seg, entry = _deflate_entry(b"\xff" * 64, 10)
     with pytest.raises(ProtocolError):
         extract_entry(io.BytesIO(seg), entry, io.BytesIO())
+
+
+def test_a_segment_the_browser_built_is_read_by_the_hub() -> None:
+    """tests/shared/data/browser-segment.bin is what the upload app's segment builder
+    (pwa/src/upload/segment.ts, checked by segment.test.ts) writes for two fixed instances: one
+    DEFLATEd, one stored as it is. The hub's reader takes it as it takes an agent's."""
+    blob = (Path(__file__).parent / "data" / "browser-segment.bin").read_bytes()
+    index = read_index(io.BytesIO(blob), len(blob))
+    assert index.segment_id == "seg-fixture"
+    assert [e.encoding for e in index.entries] == ["deflate", "identity"]
+    smooth = bytes((i >> 6) & 0xFF for i in range(70_000))
+    jpeg = b"not compressed again: already JPEG"
+    for entry, original in zip(index.entries, [smooth, jpeg], strict=True):
+        out = io.BytesIO()
+        assert extract_entry(io.BytesIO(blob), entry, out) == entry.sha256
+        assert out.getvalue() == original

@@ -3,7 +3,7 @@ import { useEffect, useRef, useState } from 'react'
 import { formatBytes } from '../lib/format'
 import type { QBatch, QFile } from '../queue/types'
 import { usePoll } from './hooks'
-import { hubStudy, type HubStudyStatus } from './hubSender'
+import { hubStudy, type HubStudyStatus } from './hubAuth'
 
 function formatDuration(s: number): string {
   if (s < 60) return `${Math.max(1, Math.round(s))} s`

@@ -67,3 +67,14 @@ export function keepFresh(): () => void {
   const timer = setInterval(() => void ensureFresh().catch(() => undefined), 20_000)
   return () => clearInterval(timer)
 }
+
+/** The hub's status of a committed study (GET /api/v1/studies/{uid}). */
+export interface HubStudyStatus {
+  study_instance_uid: string
+  state: string
+  service_level: string
+  instance_count: number
+  destinations: Array<{ destination: string; state: string; delivered_instances: number; last_error: string | null }>
+}
+
+export const hubStudy = (uid: string) => request<HubStudyStatus>('GET', `/studies/${encodeURIComponent(uid)}`)

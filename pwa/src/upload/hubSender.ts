@@ -51,16 +51,6 @@ interface ManifestAnswer {
   missing_bytes: number
 }
 
-export interface HubStudyStatus {
-  study_instance_uid: string
-  state: string
-  service_level: string
-  instance_count: number
-  destinations: Array<{ destination: string; state: string; delivered_instances: number; last_error: string | null }>
-}
-
-export const hubStudy = (uid: string) => request<HubStudyStatus>('GET', `/studies/${encodeURIComponent(uid)}`)
-
 function asQueueError(e: unknown): QueueError {
   if (e instanceof ApiError && e.status === 422 && e.code === 'facility_required') {
     return new QueueError('rejected', 'Choose which facility you send for (top of the page), then retry.', 422, e.code)
@@ -166,9 +156,14 @@ export const hubUploader: Uploader = {
       if (!blob) throw new QueueError('rejected', 'Its contents are no longer on this device. Pick the file again.', 0, 'gone')
       const seg = await buildSegment(file.id, plan.studyInstanceUid, [{ ...inst, blob }])
       const scale = (sent: number) => Math.floor((sent / seg.length) * file.size)
+      // Resume only an upload made of these very bytes (another app version may DEFLATE in
+      // other blocks): the segment's SHA-256 is kept with the upload it was created for.
+      const segKey = `hubseg:${file.id}`
+      const madeFor = (await db.kv.get(segKey))?.value as { url: string; sha256: string } | undefined
+      const resumable = file.uploadUrl && madeFor?.url === file.uploadUrl && madeFor.sha256 === seg.sha256
       await tusUpload(seg.blob, {
         endpoint: apiUrl('/uploads'),
-        uploadUrl: file.uploadUrl,
+        uploadUrl: resumable ? file.uploadUrl : null,
         metadata: {
           kind: 'relaypacs-segment',
           study: plan.studyInstanceUid,
@@ -182,9 +177,13 @@ export const hubUploader: Uploader = {
         },
         chunkSize: hubChunkSize(),
         signal: ctrl.signal,
-        onUploadUrl: (u) => cb.onUploadUrl(u),
+        onUploadUrl: (u) => {
+          void db.kv.put({ key: segKey, value: { url: u, sha256: seg.sha256 } })
+          cb.onUploadUrl(u)
+        },
         onProgress: (off) => cb.onChunkComplete(scale(off)),
       })
+      await db.kv.delete(segKey)
     })()
     return { promise, abort: () => ctrl.abort() }
   },

@@ -1,14 +1,14 @@
 import { StrictMode } from 'react'
 import { createRoot } from 'react-dom/client'
 import '../styles.css'
+import { App } from './App'
 import { listenForInstall, registerServiceWorker } from './install'
 import { loadTarget } from './target'
 
 listenForInstall()
 registerServiceWorker()
-// Agent or hub first (./config.json): the queue is wired to one or the other when App loads.
-void loadTarget().then(async () => {
-  const { App } = await import('./App')
+// Agent or hub first (./config.json): the queue, started by App, asks which on every call.
+void loadTarget().then(() => {
   createRoot(document.getElementById('root')!).render(
     <StrictMode>
       <App />
