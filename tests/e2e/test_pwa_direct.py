@@ -75,6 +75,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         destinations_file=str(folder_destinations(workdir / "destinations.toml", archive)),
         allow_agent_token="false",
         pwa_dir=str(PWA_DIST),
+        # Access tokens of 72 s: the app refreshes them (a minute ahead) in the middle of uploads.
+        access_token_minutes="1.2",
     )
     proc.start()
     h = Hub(proc, archive)
@@ -97,10 +99,13 @@ class Traffic:
 
     def __init__(self, page: Any) -> None:
         self.creations: list[str] = []
+        self.refreshes = 0
         self.patches: list[tuple[str, int, int, str]] = []  # url, offset, bytes, checksum
         page.on("request", self._seen)
 
     def _seen(self, req: Any) -> None:
+        if req.url.endswith("/api/v1/auth/refresh"):
+            self.refreshes += 1
         if "/api/v1/uploads" not in req.url:
             return
         if req.method == "POST":
@@ -240,4 +245,5 @@ def test_reload_mid_upload_resumes_where_the_hub_stands(
     resumed = [p for p in traffic.patches[seen:] if p[0] in before and p[1] > 0]
     assert resumed, "no upload went on from where the hub stood after the reload"
     assert len(traffic.creations) == len(study.files), "an upload was started over"
+    assert traffic.refreshes >= 1, "the access token was not refreshed during the upload"
     ctx.close()
