@@ -7,6 +7,7 @@ the same study sent again crosses nothing; a reload mid-upload resumes where the
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pyotp
 import pytest
 
@@ -246,4 +248,47 @@ def test_reload_mid_upload_resumes_where_the_hub_stands(
     assert resumed, "no upload went on from where the hub stood after the reload"
     assert len(traffic.creations) == len(study.files), "an upload was started over"
     assert traffic.refreshes >= 1, "the access token was not refreshed during the upload"
+    ctx.close()
+
+
+def test_a_study_another_facility_sent_is_held_and_the_browser_keeps_it(
+    hub: Hub, browser: Any, tmp_path: Path
+) -> None:
+    study = generate_study(tmp_path / "theirs", modality="CT", instances=2, seed=1704, rows=32,
+                           columns=32)  # fmt: skip
+    # Facility east's agent declared this study first: it is east's.
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=hub.proc.url) as c:
+        code = c.post("/api/v1/devices/enrollment-codes", json={"facility": "east"}, headers=admin)
+        assert code.status_code == 201, code.text
+        r = c.post("/api/v1/devices/enroll", json={"code": code.json()["code"], "name": "east-1"})
+        assert r.status_code == 201, r.text
+        device = {"Authorization": f"Bearer rpd_{r.json()['device_id']}.{r.json()['secret']}"}
+        instances = []
+        for f in study.files:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            instances.append({
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                "size": f.stat().st_size,
+            })  # fmt: skip
+        r = c.post(
+            f"/api/v1/studies/{study.study_instance_uid}/manifest",
+            json={"instances": instances},
+            headers=device,
+        )
+        assert r.status_code == 200, r.text
+
+    ctx = browser.new_context(viewport=DESKTOP)
+    page = ctx.new_page()
+    traffic = Traffic(page)
+    hub.secrets["nightshift"] = _with_totp(hub.proc, "nightshift", ["north"])
+    _sign_in(page, hub, "nightshift")
+    _send(page, study.files)
+    card = page.locator('[data-testid="study-card"]').filter(has_text="stays on this device")
+    card.wait_for(timeout=60_000)
+    assert card.get_attribute("data-stage") == "device"
+    assert traffic.creations == [], "a held study was uploaded"
+    assert not any(s in archive_files(hub.archive) for s in study.sop_instance_uids)
     ctx.close()
