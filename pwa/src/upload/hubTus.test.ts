@@ -82,6 +82,17 @@ describe('hub tus client', () => {
     expect(s.offset()).toBe(10_000)
   })
 
+  it('gives up on a checksum mismatch that comes back every time', async () => {
+    const calls: string[] = []
+    const fetch = (async (_u: string, init?: RequestInit) => {
+      calls.push(init!.method!)
+      if (init!.method === 'HEAD') return new Response(null, { status: 200, headers: { 'Upload-Offset': '0' } })
+      return new Response(null, { status: 460 })
+    }) as unknown as typeof globalThis.fetch
+    await expect(tusUpload(new Blob([data]), { ...base, uploadUrl: 'http://hub/api/v1/uploads/x', fetch, retryDelays: [0, 0] })).rejects.toMatchObject({ kind: 'server', status: 460 })
+    expect(calls.filter((m) => m === 'PATCH').length).toBe(3)
+  })
+
   it('formats the checksum as tus wants it', async () => {
     expect(await checksumHeader(new Uint8Array([1, 2, 3]))).toBe(`sha256 ${b64sha(new Uint8Array([1, 2, 3]))}`)
   })

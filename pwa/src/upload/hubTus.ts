@@ -131,7 +131,10 @@ export async function tusUpload(blob: Blob, o: TusOptions): Promise<void> {
           body: data,
         })
         if (res.status === 409 || res.status === 460) {
-          // Offset or checksum mismatch: ask the hub where it stands and go on from there.
+          // Offset or checksum mismatch: ask the hub where it stands and go on from there (a
+          // few times: bytes damaged on every try, e.g. by a proxy, end as an error).
+          if (failures >= delays.length) throw new QueueError('server', `The hub refused the bytes sent (${res.status}) again and again.`, res.status)
+          await sleep(delays[failures++])
           offset = await head(url)
           continue
         }
