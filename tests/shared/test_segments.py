@@ -175,3 +175,77 @@ def test_a_few_kilobytes_that_inflate_to_a_gigabyte_cost_one_block(tmp_path: Pat
     finally:
         tracemalloc.stop()
     assert peak < 16 * 1024 * 1024, peak
+
+
+def _deflate_entry(payload: bytes, size: int) -> tuple[bytes, SegmentEntry]:
+    """A segment prefix with one raw-DEFLATE entry, as the upload app in a browser writes it."""
+    return MAGIC + payload, SegmentEntry(
+        sop_instance_uid="1.2.3",
+        series_instance_uid="1.2",
+        sha256="0" * 64,
+        size=size,
+        encoding="deflate",
+        offset=len(MAGIC),
+        length=len(payload),
+    )
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, 3 * 1024 * 1024 + 17])
+def test_deflate_entries_come_back_byte_for_byte(size: int) -> None:
+    import zlib
+
+    original = (bytes(range(256)) * (size // 256 + 1))[:size]
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    seg, entry = _deflate_entry(c.compress(original) + c.flush(), size)
+    out = io.BytesIO()
+    assert extract_entry(io.BytesIO(seg), entry, out) == hashlib.sha256(original).hexdigest()
+    assert out.getvalue() == original
+
+
+def test_a_deflate_bomb_costs_one_block(tmp_path: Path) -> None:
+    """A few KB of DEFLATE inflating to a gigabyte stop past the declared size, memory bounded."""
+    import tracemalloc
+    import zlib
+
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1024 * 1024)
+    payload = b"".join(c.compress(zeros) for _ in range(1024)) + c.flush()
+    assert len(payload) < 2_000_000
+    seg, entry = _deflate_entry(payload, 4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="beyond its declared size"):
+            extract_entry(io.BytesIO(seg), entry, io.BytesIO())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024, peak
+
+
+def test_damaged_or_truncated_deflate_is_refused() -> None:
+    import zlib
+
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payload = c.compress(b"x" * 100_000 + bytes(range(256)) * 50) + c.flush()
+    seg, entry = _deflate_entry(payload[: len(payload) // 2], 100_000 + 256 * 50)
+    with pytest.raises(ProtocolError, match="not valid deflate"):
+        extract_entry(io.BytesIO(seg), entry, io.BytesIO())
+    seg, entry = _deflate_entry(b"\xff" * 64, 10)
+    with pytest.raises(ProtocolError):
+        extract_entry(io.BytesIO(seg), entry, io.BytesIO())
+
+
+def test_a_segment_the_browser_built_is_read_by_the_hub() -> None:
+    """tests/shared/data/browser-segment.bin is what the upload app's segment builder
+    (pwa/src/upload/segment.ts, checked by segment.test.ts) writes for two fixed instances: one
+    DEFLATEd, one stored as it is. The hub's reader takes it as it takes an agent's."""
+    blob = (Path(__file__).parent / "data" / "browser-segment.bin").read_bytes()
+    index = read_index(io.BytesIO(blob), len(blob))
+    assert index.segment_id == "seg-fixture"
+    assert [e.encoding for e in index.entries] == ["deflate", "identity"]
+    smooth = bytes((i >> 6) & 0xFF for i in range(70_000))
+    jpeg = b"not compressed again: already JPEG"
+    for entry, original in zip(index.entries, [smooth, jpeg], strict=True):
+        out = io.BytesIO()
+        assert extract_entry(io.BytesIO(blob), entry, out) == entry.sha256
+        assert out.getvalue() == original

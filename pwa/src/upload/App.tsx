@@ -2,6 +2,7 @@ import { useEffect, useState, useSyncExternalStore } from 'react'
 import { formatAgo } from '../lib/format'
 import { AgentPage } from './AgentPage'
 import { agent, ApiError } from './api'
+import { ensureFresh, keepFresh } from './hubAuth'
 import { queue } from './engine'
 import { useAgentInfo, useServerBatches } from './hooks'
 import { Home } from './Home'
@@ -13,6 +14,7 @@ import { ReportPage } from './ReportView'
 import { session, useSession } from './session'
 import { hubBadge } from './status'
 import { StudyPage } from './StudyPage'
+import { isHub } from './target'
 
 function useHash(): string {
   return useSyncExternalStore(
@@ -56,14 +58,41 @@ function HubBadge({ online, reachable, hub }: { online: boolean; reachable: bool
   )
 }
 
+function FacilityPicker({ facilities, value }: { facilities: string[]; value: string | null }) {
+  return (
+    <label className="flex items-center gap-2 text-sm">
+      <span>Sending for</span>
+      <select
+        data-testid="facility-picker"
+        className="field min-h-10 w-auto py-1"
+        value={value ?? ''}
+        onChange={(e) => session.update({ facility: e.target.value || null })}
+      >
+        <option value="">Choose a facility…</option>
+        {facilities.map((f) => (
+          <option key={f} value={f}>
+            {f}
+          </option>
+        ))}
+      </select>
+    </label>
+  )
+}
+
 export function App() {
   const s = useSession()
   const hash = useHash()
-  const { info, reachable, hub, online } = useAgentInfo()
+  const direct = isHub()
+  const { info, reachable: agentReachable, hub, online } = useAgentInfo(!direct)
+  // Straight to the hub: nothing stands between this device and the hub but its network.
+  const reachable = direct ? online : agentReachable
   const canInstall = useCanInstall()
-  const server = useServerBatches(s?.username ?? null)
+  const server = useServerBatches(direct ? null : (s?.username ?? null))
   const [checked, setChecked] = useState(false)
-  useReportStream(!!s)
+  useReportStream(!!s && !direct)
+
+  const signedIn = !!s
+  useEffect(() => (direct && signedIn ? keepFresh() : undefined), [direct, signedIn])
 
   useEffect(() => {
     void queue.start()
@@ -73,8 +102,8 @@ export function App() {
   useEffect(() => {
     if (!s || checked) return
     setChecked(true)
-    agent
-      .me()
+    ;(direct ? ensureFresh() : Promise.resolve())
+      .then(() => agent.me())
       .then((me) => session.update({ ...me }))
       .catch((e) => {
         if (e instanceof ApiError && e.status === 401) session.expire()
@@ -83,7 +112,15 @@ export function App() {
 
   const isAdmin = s?.role === 'admin'
   let page
+  const needFacility = direct && !!s && s.facilities.length > 1 && !s.facility
   if (!s) page = <Login />
+  else if (needFacility)
+    page = (
+      <section className="card flex flex-col gap-3" data-testid="choose-facility">
+        <h2 className="text-lg font-semibold">Which facility do you send for?</h2>
+        <FacilityPicker facilities={s.facilities} value={null} />
+      </section>
+    )
   else if (hash.startsWith('#/agent') && isAdmin) page = <AgentPage />
   else if (hash.startsWith('#/new')) page = <NewUpload onDone={() => (window.location.hash = '#/')} />
   else if (hash.startsWith('#/study/')) page = <StudyPage localId={decodeURIComponent(hash.slice('#/study/'.length))} />
@@ -103,11 +140,23 @@ export function App() {
               <a href="#/">RelayPACS</a>
             </h1>
             <p className="truncate text-sm text-slate-700" data-testid="facility">
-              {info?.facility ?? 'Facility not set'}
+              {direct ? (s?.facility ?? (s ? 'Facility not chosen' : '')) : (info?.facility ?? 'Facility not set')}
+            </p>
+            <p className="truncate text-sm font-medium text-slate-800" data-testid="target" data-target={direct ? 'hub' : 'agent'}>
+              {direct
+                ? 'Sending straight to the hub'
+                : `Sending through the facility's agent${info?.facility ? ` at ${info.facility}` : ''}`}
             </p>
           </div>
           <div className="flex flex-wrap items-center gap-2">
-            <HubBadge online={online} reachable={reachable} hub={hub} />
+            {direct ? (
+              <span data-testid="hub-status" data-state={online ? 'hub-direct' : 'offline'} role="status" className="inline-flex items-center rounded-full border border-slate-300 px-2.5 py-1 text-xs font-medium">
+                {online ? 'Direct to the hub' : 'Offline — uploads wait on this device'}
+              </span>
+            ) : (
+              <HubBadge online={online} reachable={reachable} hub={hub} />
+            )}
+            {direct && s && s.facilities.length > 1 && s.facility && <FacilityPicker facilities={s.facilities} value={s.facility} />}
             {canInstall && (
               <button type="button" className="btn-secondary min-h-10 px-3 text-sm" onClick={() => void promptInstall()}>
                 Install app

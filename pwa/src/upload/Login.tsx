@@ -1,5 +1,7 @@
 import { useState, type FormEvent } from 'react'
 import { agent, ApiError, plainMessage } from './api'
+import { hubLogin } from './hubAuth'
+import { getTarget } from './target'
 import { queue } from './engine'
 import { session } from './session'
 import { Alert } from './ui'
@@ -8,7 +10,7 @@ export function Login() {
   const [username, setUsername] = useState('')
   const [password, setPassword] = useState('')
   const [totp, setTotp] = useState('')
-  const [needTotp, setNeedTotp] = useState(false)
+  const [needTotp, setNeedTotp] = useState(() => getTarget().requireTotp)
   const [busy, setBusy] = useState(false)
   const [error, setError] = useState<string | null>(null)
 
@@ -17,7 +19,8 @@ export function Login() {
     setBusy(true)
     setError(null)
     try {
-      const s = await agent.login(username.trim(), password, needTotp ? totp.trim() : undefined)
+      const login = getTarget().target === 'hub' ? hubLogin : agent.login
+      const s = await login(username.trim(), password, needTotp ? totp.trim() : undefined)
       session.signedIn(s)
       queue.setAuthenticated()
     } catch (err) {

@@ -1,8 +1,10 @@
 import { formatBytes, formatDicomDate, formatPersonName, plural } from '../lib/format'
 import type { QBatch, QFile } from '../queue/types'
 import type { ServerBatch } from './api'
+import { HubProgress } from './HubProgress'
 import { ReportBadge } from './ReportView'
 import { STAGE_LABEL, studyStatus } from './status'
+import { isHub } from './target'
 import { ProgressBar, StageSteps } from './ui'
 
 export interface CardProps {
@@ -28,7 +30,7 @@ export function studyUidsOf(local?: QBatch, server?: ServerBatch): string[] {
 }
 
 export function StudyCard({ local, files, server, href }: CardProps) {
-  const st = studyStatus(local, files, server)
+  const st = studyStatus(local, files, server, isHub())
   const stat = (local?.serviceLevel ?? server?.service_level) === 'stat'
   const title = titleOf(local, server)
   const id = local?.id ?? server?.id ?? ''
@@ -73,6 +75,7 @@ export function StudyCard({ local, files, server, href }: CardProps) {
         </div>
         <ProgressBar value={st.percent} label={`${title}: ${st.progressLabel}`} testId="study-progress" />
       </div>
+      {local && isHub() && <HubProgress local={local} files={files} />}
       {st.refused.length > 0 && (
         <p className="text-sm text-red-800">{plural(st.refused.length, 'file')} refused. Open the study for details.</p>
       )}

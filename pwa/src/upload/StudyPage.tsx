@@ -1,6 +1,7 @@
 import { formatBytes, formatDicomDate, formatPersonName, plural } from '../lib/format'
 import { queue } from './engine'
 import { useQueue, useServerBatch } from './hooks'
+import { isHub } from './target'
 import { studyStatus } from './status'
 import { ReportSection } from './ReportView'
 import { StudyCard, studyUidsOf } from './StudyCard'
@@ -12,9 +13,9 @@ export function StudyPage({ localId, serverId }: { localId?: string; serverId?: 
   const local = localId ? snap.batches.find((b) => b.id === localId) : undefined
   const id = local?.serverId ?? serverId ?? null
   const files = local ? snap.files.filter((f) => f.batchId === local.id) : []
-  const pre = studyStatus(local, files, undefined)
-  const server = useServerBatch(pre.stage === 'device' ? null : id, false)
-  const st = studyStatus(local, files, server)
+  const pre = studyStatus(local, files, undefined, isHub())
+  const server = useServerBatch(pre.stage === 'device' || isHub() ? null : id, false)
+  const st = studyStatus(local, files, server, isHub())
   const inPacs = st.stage === 'pacs'
 
   if (localId && !local) {

@@ -6,8 +6,14 @@ import type { AgentReport, QuarantineList } from './agentView'
 /** The agent's answers, generated from its LAN API models (`make docs` writes agent-api.ts from
  * relaypacs_agent.web.wire): a field the agent renames or drops fails the type check here. */
 type Schemas = components['schemas']
-/** POST /auth/login: the bearer token and its session (expires_at in unix s). */
-export type Session = Schemas['Session']
+/** POST /auth/login: the bearer token and its session (expires_at in unix s); on the hub
+ * (sending straight to it) also what the app keeps beside it. */
+export type Session = Schemas['Session'] & {
+  /** On the hub: the refresh token, rotated before the access token ends. */
+  refreshToken?: string
+  /** On the hub: the facility this user sends for (one of `facilities`; null: not chosen yet). */
+  facility?: string | null
+}
 export type Me = Schemas['Me']
 export type AgentInfo = Schemas['AgentInfo']
 /** A batch as the agent holds it; `refused[]` carries the agent's plain words for each reason

@@ -1,9 +1,10 @@
 /** Wires the pure queue to the browser: Dexie, tus, fetch, navigator.onLine. */
 import { Scheduler } from '../queue/scheduler'
-import type { Network, QueueApi, QueueChannel, QueueLock, QueueMessage } from '../queue/types'
+import { QueueError, type Network, type QueueApi, type QueueChannel, type QueueLock, type QueueMessage, type Uploader, type UploadHandle } from '../queue/types'
 import { agent, toQueueError } from './api'
 import { dexieStore } from './db'
 import { session } from './session'
+import { isHub } from './target'
 import { tusUploader } from './tusUploader'
 
 const browserNetwork: Network = {
@@ -50,6 +51,44 @@ const queueApi: QueueApi = {
   },
 }
 
+/**
+ * Straight to the hub: its sender is loaded only there (an agent's app never fetches it). Chosen
+ * per call: ./config.json is read before the app renders and the queue starts (main.tsx).
+ */
+const hubSender = () => import('./hubSender')
+
+const hubApi: QueueApi = {
+  createBatch: async (b) => (await hubSender()).hubQueueApi.createBatch(b),
+  sendBatch: async (id) => (await hubSender()).hubQueueApi.sendBatch(id),
+  probe: async () => (await hubSender()).hubQueueApi.probe(),
+}
+
+const uploader: Uploader = {
+  start(file, batch, cb) {
+    if (!isHub()) return tusUploader.start(file, batch, cb)
+    let handle: UploadHandle | null = null
+    let aborted = false
+    const promise = hubSender().then((m) => {
+      if (aborted) throw new QueueError('network', 'aborted')
+      handle = m.hubUploader.start(file, batch, cb)
+      return handle.promise
+    })
+    return {
+      promise,
+      abort: () => {
+        aborted = true
+        handle?.abort()
+      },
+    }
+  },
+}
+
+const api: QueueApi = {
+  createBatch: (b) => (isHub() ? hubApi : queueApi).createBatch(b),
+  sendBatch: (id) => (isHub() ? hubApi : queueApi).sendBatch(id),
+  probe: () => (isHub() ? hubApi : queueApi).probe(),
+}
+
 export const QUEUE_LOCK = 'relaypacs-queue'
 
 /**
@@ -81,8 +120,9 @@ const lock = browserLock()
 
 export const queue = new Scheduler({
   store: dexieStore,
-  uploader: tusUploader,
-  api: queueApi,
+  // On the hub (./config.json said so) the browser sends straight to it; else through the agent.
+  uploader,
+  api,
   network: browserNetwork,
   concurrency: 2,
   lock,

@@ -72,7 +72,7 @@ export interface AgentStatus {
 }
 
 /** GET /api/v1/info every 5 s (no auth) while the browser is online, and at once when it comes back. */
-export function useAgentInfo(): AgentStatus {
+export function useAgentInfo(enabled = true): AgentStatus {
   const online = useOnline()
   const [state, setState] = useState<{ info: AgentInfo | null; reachable: boolean | null }>(() => {
     try {
@@ -102,7 +102,7 @@ export function useAgentInfo(): AgentStatus {
       }
     },
     5000,
-    online,
+    online && enabled,
   )
   const reachable = online ? state.reachable : false
   return { info: state.info, reachable, hub: reachable ? (state.info?.hub ?? null) : null, online }

@@ -1,6 +1,6 @@
 /** The agent session, kept in localStorage so that a reload keeps it. */
 import { useSyncExternalStore } from 'react'
-import { agent, setToken, setUnauthorizedHandler, type Session } from './api'
+import { agent, request, setToken, setUnauthorizedHandler, type Session } from './api'
 
 const KEY = 'relaypacs.session'
 let current: Session | null = load()
@@ -9,7 +9,7 @@ const listeners = new Set<() => void>()
 function load(): Session | null {
   try {
     const s = JSON.parse(localStorage.getItem(KEY) ?? 'null') as Session | null
-    if (s && typeof s.token === 'string' && s.expires_at * 1000 > Date.now()) return s
+    if (s && typeof s.token === 'string' && (s.expires_at * 1000 > Date.now() || !!s.refreshToken)) return s
   } catch {
     // ignore
   }
@@ -52,10 +52,12 @@ export const session = {
    */
   async signOut() {
     const t = current?.token
+    const refresh = current?.refreshToken
     set(null)
     if (!t) return
     try {
-      await agent.logout(t)
+      if (refresh) await request<void>('POST', '/auth/logout', { refresh_token: refresh }, false)
+      else await agent.logout(t)
     } catch {
       // offline or already gone: it is forgotten here anyway
     }

@@ -87,3 +87,15 @@ describe('hubBadge', () => {
     expect(hubBadge(true, null, null).kind).toBe('checking')
   })
 })
+
+describe('studyStatus, sending straight to the hub', () => {
+  it('is on this device until committed, then at the hub; its words name the hub', () => {
+    const up = studyStatus(local({ state: 'open' }), [file({ state: 'uploading', bytesSent: 30 }), file({ id: 'g', state: 'queued' })], undefined, true)
+    expect(up).toMatchObject({ stage: 'device', progressLabel: 'Uploading to the hub', bytesDone: 30, bytesTotal: 200 })
+    const waiting = studyStatus(local({ serverId: null, state: 'pending' }), [file({ state: 'queued' })], undefined, true)
+    expect(waiting.progressLabel).toBe('Waiting to reach the hub')
+    // Every file through but not committed yet: still on this device (not "at the agent").
+    expect(studyStatus(local({ state: 'open' }), [file()], undefined, true).stage).toBe('device')
+    expect(studyStatus(local({ state: 'sent' }), [file()], undefined, true)).toMatchObject({ stage: 'hub', percent: 100 })
+  })
+})

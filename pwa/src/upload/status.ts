@@ -66,13 +66,18 @@ export function stageOf(local: QBatch | undefined, files: QFile[], server: Serve
   return STAGE_ORDER[min]
 }
 
-export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server: ServerBatch | undefined): StudyStatus {
+/**
+ * `direct`: the app sends straight to the hub (no agent): a study is on this device until it is
+ * committed at the hub, then at the hub.
+ */
+export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server: ServerBatch | undefined, direct = false): StudyStatus {
   const files = local ? allFiles.filter((f) => f.batchId === local.id) : []
-  const stage = stageOf(local, files, server)
+  const stage: ShownStage = direct && local ? (local.state === 'sent' ? 'hub' : 'device') : stageOf(local, files, server)
+  const peer = direct ? 'hub' : 'agent'
   const problems: string[] = []
   const refused: StudyStatus['refused'] = []
   for (const f of files) {
-    if (f.state === 'refused') refused.push({ name: f.name, message: f.error ?? 'The agent refused this file.' })
+    if (f.state === 'refused') refused.push({ name: f.name, message: f.error ?? `The ${peer} refused this file.` })
   }
   for (const r of server?.refused ?? []) {
     if (!refused.some((x) => x.name === r.filename)) {
@@ -83,7 +88,7 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
     // Refused at /send (the agent no longer knows it, or this account may not send): as said.
     problems.push(local.error)
   } else if (local?.state === 'failed' && local.error) {
-    problems.push(`The agent did not accept this study: ${local.error} Tap “Try again”, or remove it and start over.`)
+    problems.push(`The ${peer} did not accept this study: ${local.error} Tap “Try again”, or remove it and start over.`)
   }
   const failed = files.filter((f) => f.state === 'failed')
   if (failed.length) {
@@ -107,8 +112,8 @@ export function studyStatus(local: QBatch | undefined, allFiles: QFile[], server
       bytesTotal += f.size
       bytesDone += f.state === 'uploaded' ? f.size : Math.min(f.bytesSent, f.size)
     }
-    if (!local?.serverId && bytesDone === 0) progressLabel = 'Waiting to reach the agent'
-    else progressLabel = 'Uploading to the agent'
+    if (!local?.serverId && bytesDone === 0) progressLabel = `Waiting to reach the ${peer}`
+    else progressLabel = `Uploading to the ${peer}`
   } else if (stage === 'agent' || stage === 'sending') {
     for (const s of server?.studies ?? []) {
       bytesTotal += s.bytes_total

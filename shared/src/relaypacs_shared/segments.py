@@ -3,7 +3,8 @@
 A segment packs several instances of one study into one file that is uploaded with tus. Layout::
 
     offset 0       magic      b"RPSEG\\x00\\x01\\n"   (8 bytes; the 7th byte is the version)
-    8              payloads   each instance's bytes, zstd-compressed or as they are, back to back
+    8              payloads   each instance's bytes, compressed (zstd or DEFLATE) or as they are
+                              back to back
     ...            index      UTF-8 JSON: SegmentIndex (entries with offset, stored length, hashes)
     end - 36       u32 LE     length of the index in bytes
     end - 32       SHA-256    of every byte before it (the segment's own integrity check)
@@ -14,6 +15,9 @@ against the manifest after decompression, independently of the segment checksum.
 
 Compression is per entry: uncompressed transfer syntaxes are zstd-compressed (typically 40-60 %
 of their size for CT/MR), encapsulated (JPEG, JPEG 2000, RLE, deflate...) ones are sent as they are.
+Agents write zstd. The upload app in a browser (sending straight to the hub) writes ``deflate``:
+raw DEFLATE (RFC 1951, no zlib header), which browsers compress natively or with a small library;
+the hub reads both, with the same guard against decompression bombs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import json
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +47,7 @@ UNCOMPRESSED_TRANSFER_SYNTAXES = frozenset(
         "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
     }
 )
-Encoding = Literal["zstd", "identity"]
+Encoding = Literal["zstd", "deflate", "identity"]
 _CHUNK = 1024 * 1024
 
 
@@ -226,6 +231,34 @@ class _EntryReader:
         return block
 
 
+def _inflate(src: _EntryReader, entry: SegmentEntry, h: hashlib._Hash, out: BinaryIO) -> int:
+    """Raw DEFLATE, in output blocks of at most 1 MiB (``max_length``), stopped past the size."""
+    d = zlib.decompressobj(wbits=-15)
+    written = 0
+    try:
+        while True:
+            block = src.read(_CHUNK)
+            pending = block
+            while True:
+                data = d.decompress(pending, _CHUNK)
+                pending = d.unconsumed_tail
+                if data:
+                    written += len(data)
+                    if written > entry.size:
+                        raise ProtocolError("entry decompresses beyond its declared size")
+                    h.update(data)
+                    out.write(data)
+                if not pending or d.eof:
+                    break
+            if d.eof or not block:
+                break
+        if not d.eof:
+            raise ProtocolError("entry is not valid deflate data: truncated stream")
+    except zlib.error as exc:
+        raise ProtocolError(f"entry is not valid deflate data: {exc}") from exc
+    return written
+
+
 def extract_entry(f: BinaryIO, entry: SegmentEntry, out: BinaryIO) -> str:
     """Write one entry's original bytes to ``out``; return their SHA-256 (hex).
 
@@ -247,6 +280,8 @@ def extract_entry(f: BinaryIO, entry: SegmentEntry, out: BinaryIO) -> str:
                 out.write(data)
         except zstandard.ZstdError as exc:
             raise ProtocolError(f"entry is not valid zstd data: {exc}") from exc
+    elif entry.encoding == "deflate":
+        written = _inflate(src, entry, h, out)
     else:
         while block := src.read(_CHUNK):
             written += len(block)

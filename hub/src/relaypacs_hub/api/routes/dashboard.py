@@ -138,8 +138,10 @@ async def dashboard_file(path: str, state: State, _auth: PublicAccess) -> Respon
 # -- the upload app ----------------------------------------------------------------------------
 
 UPLOAD_ENTRY = "index.html"
+# 'wasm-unsafe-eval': the app hashes files with a WebAssembly SHA-256 (hash-wasm), nothing else.
 UPLOAD_SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+    "img-src 'self' data: blob:; "
     "style-src 'self' 'unsafe-inline'; connect-src 'self'; worker-src 'self'; "
     "manifest-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
